@@ -1,0 +1,92 @@
+"""Reading images and masks from disk and turning them into model input. The one place that decodes files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgekd.errors import EdgekdError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """HxWx3 uint8 RGB; greyscale and 16-bit files are converted; unreadable files are a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekdError(f"image {path} does not exist: check the path")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise EdgekdError(f"image {path} cannot be decoded (corrupt or not an image): replace or remove the file")
+    if image.dtype == np.uint16:
+        image = (image / 257).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(paths: list[Path] | tuple[Path, ...], shape: tuple[int, int], image_path: Path) -> np.ndarray:
+    """Union of one or more mask files (MVTec LOCO has several per image) as HxW bool."""
+    mask = np.zeros(shape, dtype=bool)
+    for path in paths:
+        layer = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if layer is None:
+            raise EdgekdError(f"mask {path} cannot be decoded (missing or corrupt): replace the file")
+        if layer.shape != tuple(shape):
+            raise EdgekdError(f"mask {path} is {layer.shape[1]}x{layer.shape[0]} but image {image_path} is "
+                              f"{shape[1]}x{shape[0]}: masks must match their image's size")
+        mask |= layer > 0
+    return mask
+
+
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (H, W); area interpolation when shrinking keeps thin defects visible."""
+    h, w = size
+    shrink = image.shape[0] > h or image.shape[1] > w
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """(N,H,W,3) uint8 RGB -> (N,3,H,W) float32 in [0, 1]: the input every edgekd model and artifact takes."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
+def write_image_atomic(path: str | Path, image_rgb_or_grey: np.ndarray) -> None:
+    """Write a PNG/JPEG via a temp file and rename, so a crash never leaves a half-written image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = image_rgb_or_grey
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise EdgekdError(f"cannot encode {path}: use a .png or .jpg name")
+    write_bytes_atomic(path, encoded.tobytes())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,56 @@
+"""What every edgekd detector is: a frozen teacher, a trainable student, and the shared scoring."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgekd.backbones import FeatureExtractor
+from edgekd.scoring import FeatureDiff, ScoringConfig, distillation_loss
+
+
+class AnomalyModel(nn.Module):
+    """Input: RGB in [0, 1], (B,3,H,W). Normalisation is part of the model so exported graphs carry it."""
+
+    family = "base"
+
+    def __init__(self, teacher: FeatureExtractor, input_size: tuple[int, int], scoring: ScoringConfig, **options):
+        super().__init__()
+        self.teacher = teacher
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.options = options
+        self.register_buffer("mean", torch.tensor(teacher.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(teacher.std).view(1, 3, 1, 1), persistent=False)
+        self.scorer = FeatureDiff(scoring, self.input_size)
+
+    # -- the two halves; subclasses implement student_features ---------------------------------------------
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return self.teacher(self.normalize(images))
+
+    def student_features(self, images: torch.Tensor, teacher_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def scale_weights(self) -> torch.Tensor | None:
+        """Per-scale weights for combine='weighted' learned by the model; None uses the config's."""
+        return None
+
+    # -- training and inference ------------------------------------------------------------------------------
+    def loss(self, teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor]) -> torch.Tensor:
+        return distillation_loss(teacher_feats, student_feats, None, self.scorer.config.eps)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly map (B,1,H,W), image score (B,))."""
+        teacher_feats = self.teacher_features(images)
+        return self.scorer(teacher_feats, self.student_features(images, teacher_feats), self.scale_weights())
+
+    def student_parameters(self):
+        return [p for name, p in self.named_parameters() if not name.startswith("teacher.")]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher's BatchNorm statistics stay ImageNet's
+        return self

@@ -1,0 +1,72 @@
+"""Reverse distillation (Deng & Li, CVPR 2022): teacher encoder -> one-class bottleneck -> student decoder.
+
+The bottleneck fuses the teacher's three scales at the deepest resolution and squeezes them through a
+strided embedding, so the decoder can only rebuild what normal images look like.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgekd.models.base import AnomalyModel
+from edgekd.models.blocks import ResidualBlock, conv_bn_relu, up_conv_bn_relu
+from edgekd.models.registry import register
+
+
+class OneClassBottleneck(nn.Module):
+    """Multi-scale feature fusion + one-class embedding (RD's OCBE), sized from the teacher's channels."""
+
+    def __init__(self, channels: list[int], width: int, embed: int):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.align1 = nn.Sequential(conv_bn_relu(c1, width, 2), conv_bn_relu(width, width, 2))
+        self.align2 = conv_bn_relu(c2, width, 2)
+        self.align3 = conv_bn_relu(c3, width, 1)
+        self.embed = nn.Sequential(conv_bn_relu(3 * width, embed, 2), ResidualBlock(embed))
+
+    def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.align1(feats[0]), self.align2(feats[1]), self.align3(feats[2])], dim=1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.embed(self.fuse(feats))
+
+
+class DecoderStage(nn.Module):
+    """x2 up, refine, and a linear projection to the teacher's channels (teacher features are signed)."""
+
+    def __init__(self, in_ch: int, hidden: int, out_ch: int):
+        super().__init__()
+        self.body = nn.Sequential(up_conv_bn_relu(in_ch, hidden), ResidualBlock(hidden))
+        self.project = nn.Conv2d(hidden, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.body(x)
+        return hidden, self.project(hidden)
+
+
+class StudentDecoder(nn.Module):
+    def __init__(self, channels: list[int], embed: int, widths: list[int]):
+        super().__init__()
+        w1, w2, w3 = widths
+        self.stage3 = DecoderStage(embed, w3, channels[2])
+        self.stage2 = DecoderStage(w3, w2, channels[1])
+        self.stage1 = DecoderStage(w2, w1, channels[0])
+
+    def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
+        h3, d3 = self.stage3(embedding)
+        h2, d2 = self.stage2(h3)
+        _, d1 = self.stage1(h2)
+        return [d1, d2, d3]
+
+
+@register("rd")
+class ReverseDistillation(AnomalyModel):
+    def __init__(self, teacher, input_size, scoring, width: int = 128, embed: int = 256,
+                 decoder_widths: tuple[int, int, int] = (64, 128, 192), **options):
+        super().__init__(teacher, input_size, scoring, **options)
+        self.bottleneck = OneClassBottleneck(teacher.channels, width, embed)
+        self.decoder = StudentDecoder(teacher.channels, embed, list(decoder_widths))
+
+    def student_features(self, images, teacher_feats):
+        return self.decoder(self.bottleneck(teacher_feats))

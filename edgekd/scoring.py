@@ -1,0 +1,132 @@
+"""The multi-scale feature difference: THE definition of how edgekd turns teacher/student features into an
+anomaly map, an image score and a mask. Training loss, evaluation, export and every runtime call this module.
+
+Per scale: 1 - cosine over channels (accumulated in FP32) -> bilinear upsample to the output size ->
+combine across scales (add, mul, max, weighted) -> separable Gaussian blur -> image score (max or top-k mean).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.errors import EdgekdError
+
+COMBINE_MODES = ("add", "mul", "max", "weighted")
+SCORE_MODES = ("max", "topk")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    combine: str = "add"
+    weights: tuple[float, ...] | None = None  # fixed per-scale weights for combine='weighted'
+    sigma: float = 4.0  # Gaussian blur sigma in output pixels; 0 turns the blur off
+    score: str = "max"
+    topk: int = 100  # pixels averaged for score='topk'
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.combine not in COMBINE_MODES:
+            raise EdgekdError(f"scoring.combine '{self.combine}' is unknown: use one of {', '.join(COMBINE_MODES)}")
+        if self.score not in SCORE_MODES:
+            raise EdgekdError(f"scoring.score '{self.score}' is unknown: use one of {', '.join(SCORE_MODES)}")
+        if self.sigma < 0 or self.topk < 1:
+            raise EdgekdError("scoring.sigma must be >= 0 and scoring.topk >= 1")
+        if self.weights is not None:
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "ScoringConfig":
+        values = dict(values or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise EdgekdError(f"unknown scoring option(s) {', '.join(sorted(unknown))}: "
+                              f"valid are {', '.join(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """1 - cos over channels, (B,C,h,w) x2 -> (B,1,h,w), reductions in FP32 whatever the input precision."""
+    t, s = teacher.float(), student.float()
+    dot = (t * s).sum(dim=1, keepdim=True)
+    norms = torch.sqrt((t * t).sum(dim=1, keepdim=True)) * torch.sqrt((s * s).sum(dim=1, keepdim=True))
+    return 1.0 - dot / torch.clamp(norms, min=eps)
+
+
+def distillation_loss(teacher: list[torch.Tensor], student: list[torch.Tensor],
+                      weights: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+    """Training loss: the same per-scale 1 - cos as the anomaly map, averaged over pixels, summed over scales."""
+    per_scale = torch.stack([cosine_distance(t, s, eps).mean() for t, s in zip(teacher, student)])
+    return (per_scale * weights).sum() if weights is not None else per_scale.sum()
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(4.0 * sigma)))  # 4 sigma, like scipy.ndimage.gaussian_filter
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(amap: torch.Tensor, kernel1d: torch.Tensor) -> torch.Tensor:
+    """Separable blur of (B,1,H,W) with reflect padding (replicate when the map is smaller than the kernel)."""
+    radius = kernel1d.numel() // 2
+    mode = "reflect" if min(amap.shape[-2:]) > radius else "replicate"
+    k = kernel1d.to(amap)
+    out = F.conv2d(F.pad(amap, (radius, radius, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode=mode), k.view(1, 1, -1, 1))
+
+
+def combine_maps(maps: list[torch.Tensor], mode: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    if mode == "add":
+        return torch.stack(maps).sum(0)
+    if mode == "mul":
+        return torch.stack(maps).prod(0)
+    if mode == "max":
+        return torch.stack(maps).max(0).values
+    if weights is None or weights.numel() != len(maps):
+        raise EdgekdError(f"combine='weighted' needs {len(maps)} scale weights (scoring.weights or a learned set)")
+    return (torch.stack(maps) * weights.to(maps[0]).view(-1, 1, 1, 1, 1)).sum(0)
+
+
+def image_score(amap: torch.Tensor, mode: str = "max", topk: int = 100) -> torch.Tensor:
+    flat = amap.flatten(1)
+    if mode == "max":
+        return flat.max(dim=1).values
+    return flat.topk(min(topk, flat.shape[1]), dim=1).values.mean(dim=1)
+
+
+def threshold_mask(amap: torch.Tensor, threshold: float) -> torch.Tensor:
+    return (amap > threshold).to(torch.uint8)
+
+
+class FeatureDiff(nn.Module):
+    """Teacher/student feature lists -> (anomaly map (B,1,H,W) FP32, image score (B,))."""
+
+    def __init__(self, config: ScoringConfig, output_size: tuple[int, int]):
+        super().__init__()
+        self.config = config
+        self.output_size = (int(output_size[0]), int(output_size[1]))
+        kernel = gaussian_kernel1d(config.sigma) if config.sigma > 0 else torch.ones(1)
+        self.register_buffer("blur_kernel", kernel, persistent=False)
+        fixed = torch.tensor(config.weights, dtype=torch.float32) if config.weights else torch.empty(0)
+        self.register_buffer("fixed_weights", fixed, persistent=False)
+
+    def scale_maps(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [F.interpolate(cosine_distance(t, s, self.config.eps), size=self.output_size, mode="bilinear",
+                              align_corners=False) for t, s in zip(teacher, student)]
+
+    def forward(self, teacher: list[torch.Tensor], student: list[torch.Tensor],
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if weights is None and self.fixed_weights.numel():
+            weights = self.fixed_weights
+        amap = combine_maps(self.scale_maps(teacher, student), self.config.combine, weights)
+        if self.config.sigma > 0:
+            amap = gaussian_blur(amap, self.blur_kernel)
+        return amap, image_score(amap, self.config.score, self.config.topk)

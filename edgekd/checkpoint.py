@@ -1,0 +1,78 @@
+"""The checkpoint: everything needed to rebuild and run a detector, written atomically, read defensively."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import torch
+
+from edgekd import __version__
+from edgekd.backbones import build_teacher
+from edgekd.data.images import write_bytes_atomic
+from edgekd.errors import EdgekdError
+from edgekd.models import AnomalyModel, model_class
+from edgekd.scoring import ScoringConfig
+
+FORMAT = "edgekd-checkpoint"
+FORMAT_VERSION = 1
+
+
+def build_model(config: dict, pretrained_teacher: bool = True) -> AnomalyModel:
+    """A detector from a config: the registry picks the family, the teacher comes from the backbone table."""
+    cls = model_class(config["model"])  # unknown names fail here, before any weights are read
+    teacher = build_teacher(config["teacher"], config.get("teacher_weights"), pretrained=pretrained_teacher)
+    size = config["input_size"]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    try:
+        return cls(teacher, size, ScoringConfig.from_dict(config["scoring"]), **config.get("model_options", {}))
+    except TypeError as exc:
+        raise EdgekdError(f"model_options for '{config['model']}' are invalid: {exc}") from None
+
+
+def save_checkpoint(path: str | Path, model: AnomalyModel, config: dict, **extra) -> Path:
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "edgekd_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": config["model"], "config": config,
+        "teacher": {"name": model.teacher.name, "weights_sha256": model.teacher.weights_sha256},
+        "input_size": list(model.input_size),
+        "normalization": {"color": "RGB", "scale": 1 / 255, "mean": list(model.teacher.mean), "std": list(model.teacher.std)},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekdError(f"checkpoint {path} does not exist: train one with 'edgekd train' or fix the path")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise EdgekdError(f"checkpoint {path} is truncated or corrupt ({exc.__class__.__name__}): "
+                          "copy it again or re-run 'edgekd train'") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise EdgekdError(f"{path} is not an edgekd checkpoint: pass the model.ckpt written by 'edgekd train'")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise EdgekdError(f"checkpoint {path} has format version {payload['format_version']}, newer than this "
+                          f"edgekd ({__version__}) reads: upgrade edgekd")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict]:
+    payload = read_checkpoint(path)
+    model = build_model(payload["config"], pretrained_teacher=False)
+    try:
+        result = model.load_state_dict(payload["state_dict"], strict=False)
+        bad = (result.missing_keys + result.unexpected_keys)[:3]
+    except RuntimeError as exc:  # same names, different shapes
+        bad = [line.strip() for line in str(exc).splitlines()[1:2]]
+    if bad:
+        raise EdgekdError(f"checkpoint {path} does not match model '{payload['model']}' of this edgekd "
+                          f"(mismatched tensors {', '.join(bad)}): re-train with this version")
+    return model.eval(), payload

@@ -1,0 +1,88 @@
+"""`edgekd eval`: metrics on a dataset's test split, a results table (JSON + Markdown) and a PNG montage."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgekd.data.images import write_bytes_atomic, write_image_atomic
+from edgekd.data.layouts import Dataset, load_dataset
+from edgekd.data.loading import load_images_and_masks
+from edgekd.metrics import aupro, f1_max, image_auroc, pixel_auroc
+from edgekd.viz import montage
+
+Infer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 images -> (maps, scores)
+METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+
+
+def compute_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
+                    image_threshold: float | None = None) -> dict:
+    f1, f1_threshold = f1_max(labels, scores)
+    metrics = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps),
+               "aupro": aupro(masks, maps), "image_f1_max": f1, "image_f1_threshold": f1_threshold,
+               "n_test": int(len(labels)), "n_anomalous": int(np.sum(labels))}
+    if image_threshold is not None:  # how the stored threshold does: what the line would see
+        predicted = scores > image_threshold
+        metrics["at_threshold"] = {"threshold": float(image_threshold),
+                                   "recall": float(predicted[labels == 1].mean()) if labels.any() else math.nan,
+                                   "false_alarm_rate": float(predicted[labels == 0].mean()) if (labels == 0).any() else math.nan}
+    return metrics
+
+
+def _montage_rows(dataset: Dataset, labels: np.ndarray, scores: np.ndarray, limit: int = 10) -> list[int]:
+    """Two normal images and the highest- and lowest-scoring image of each defect type."""
+    rows = [int(i) for i in np.flatnonzero(labels == 0)[:2]]
+    defects = sorted({s.defect for s in dataset.test if s.label == 1})
+    for defect in defects:
+        idx = [i for i, s in enumerate(dataset.test) if s.defect == defect]
+        rows.append(int(max(idx, key=lambda i: scores[i])))
+    return rows[:limit]
+
+
+def evaluate(infer: Infer, data: str | Path, category: str | None, input_size: tuple[int, int], out: Path,
+             thresholds: dict | None, name: str, progress=None) -> dict:
+    dataset = load_dataset(data, category)
+    images, masks = load_images_and_masks(dataset.test, input_size, progress, f"load {dataset.category}")
+    maps, scores = infer(images)
+    labels = np.array([s.label for s in dataset.test])
+    thresholds = thresholds or {}
+    metrics = compute_metrics(labels, scores, masks, maps, thresholds.get("image"))
+    row = {"name": name, "category": dataset.category, "layout": dataset.layout, **metrics}
+
+    picks = _montage_rows(dataset, labels, scores)
+    pixel_threshold = thresholds.get("pixel", float(np.percentile(maps, 99)))
+    vmin, vmax = float(np.percentile(maps, 1)), float(maps.max())
+    titles = [f"{dataset.test[i].defect} {scores[i]:.3f}" for i in picks]
+    picture = montage(images[picks], maps[picks], maps[picks] > pixel_threshold, masks[picks], titles, vmin, vmax)
+    montage_path = out / f"montage_{dataset.category}.png"
+    write_image_atomic(montage_path, picture)
+    row["montage"] = str(montage_path)
+    return row
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def mean_row(rows: list[dict]) -> dict:
+    return {k: float(np.nanmean([r[k] for r in rows])) if rows else math.nan for k in METRIC_COLUMNS}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = "| category | image AUROC | pixel AUROC | AUPRO | image F1-max |\n|---|---|---|---|---|\n"
+    lines = [f"| {r['category']} | " + " | ".join(_fmt(r[k]) for k in METRIC_COLUMNS) + " |" for r in rows]
+    if len(rows) > 1:
+        lines.append("| **mean** | " + " | ".join(_fmt(v) for v in mean_row(rows).values()) + " |")
+    return header + "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[dict], out: Path, extra: dict | None = None) -> tuple[Path, Path]:
+    payload = {"rows": rows, "mean": mean_row(rows), **(extra or {})}
+    json_path, md_path = out / "results.json", out / "results.md"
+    write_bytes_atomic(json_path, json.dumps(payload, indent=2, default=float).encode())
+    write_bytes_atomic(md_path, ("# edgekd evaluation (values in %)\n\n" + markdown_table(rows)).encode())
+    return json_path, md_path

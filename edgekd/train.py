@@ -1,0 +1,149 @@
+"""`edgekd train`: fit a detector's student on normal images, calibrate its threshold, write the checkpoint.
+
+The teacher is frozen and sees each image unchanged every epoch, so its features are computed once and
+cached; each epoch then only runs (and back-propagates through) the student.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.calibration import score_statistics, thresholds_from_normal
+from edgekd.checkpoint import build_model, read_checkpoint, save_checkpoint
+from edgekd.data.images import to_model_input
+from edgekd.data.layouts import load_dataset
+from edgekd.data.loading import load_images
+from edgekd.device import resolve_device
+from edgekd.errors import EdgekdError
+from edgekd.inference import run_model
+from edgekd.progress import make_progress
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    epochs: int
+    final_loss: float
+    seconds: float
+    thresholds: dict
+    device: str
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def split_normals(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of images to fit on and of held-out normal images for calibration."""
+    n_val = min(max(2, int(round(n * fraction))), n - 1) if n >= 3 and fraction > 0 else 0
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class TeacherFeatureCache:
+    """Teacher features of the training images, kept in memory when they fit the configured budget."""
+
+    def __init__(self, model, images: np.ndarray, device: torch.device, budget_gb: float, batch_size: int, progress):
+        self.model, self.images, self.device = model, images, device
+        probe = model.teacher_features(torch.from_numpy(to_model_input(images[:1])).to(device))
+        per_image = sum(f[0].numel() for f in probe) * 4
+        self.cached = None
+        if per_image * len(images) <= budget_gb * 2**30:
+            task = progress.add_task("teacher features", total=len(images), info="")
+            chunks: list[list[torch.Tensor]] = []
+            for start in range(0, len(images), batch_size):
+                chunks.append([f.cpu() for f in self._compute(np.arange(start, min(start + batch_size, len(images))))])
+                progress.advance(task, len(chunks[-1][0]))
+            self.cached = [torch.cat(parts) for parts in zip(*chunks)]
+
+    def _compute(self, index: np.ndarray) -> list[torch.Tensor]:
+        return self.model.teacher_features(torch.from_numpy(to_model_input(self.images[index])).to(self.device))
+
+    def __call__(self, index: np.ndarray) -> list[torch.Tensor]:
+        if self.cached is None:
+            return self._compute(index)
+        return [f[torch.from_numpy(index)].to(self.device, non_blocking=True) for f in self.cached]
+
+
+def _check_resumable(state: dict, config: dict, path: Path) -> None:
+    for key in ("model", "teacher", "input_size", "model_options"):
+        if state["config"].get(key) != config.get(key):
+            raise EdgekdError(f"cannot resume from {path}: its {key} is {state['config'].get(key)!r}, the config says "
+                              f"{config.get(key)!r}; use a new --out folder or drop --resume")
+
+
+def train(config: dict, data: str | Path, category: str | None, out: str | Path, resume: bool = False) -> TrainResult:
+    settings = config["train"]
+    seed_everything(settings["seed"])
+    out = Path(out)
+    dataset = load_dataset(data, category, seed=settings["seed"])
+    device = resolve_device(settings["device"])
+    model = build_model(config).to(device)
+    fit_idx, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
+    started = time.time()
+    last_path, final_path = out / "last.ckpt", out / "model.ckpt"
+
+    optimizer = torch.optim.Adam(model.student_parameters(), lr=settings["lr"], betas=tuple(settings["betas"]),
+                                 weight_decay=settings["weight_decay"])
+    use_amp = bool(settings["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch, epoch_loss = 0, math.nan
+    if resume:
+        if not last_path.is_file():
+            raise EdgekdError(f"nothing to resume: {last_path} does not exist (train without --resume first)")
+        state = read_checkpoint(last_path)
+        _check_resumable(state, config, last_path)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, epoch_loss = state["epoch"], state["loss"]
+
+    with make_progress() as progress:
+        images = load_images([dataset.train[i] for i in range(len(dataset.train))], model.input_size, progress, "load images")
+        fit_images, val_images = images[fit_idx], images[val_idx]
+        features = TeacherFeatureCache(model, fit_images, device, settings["feature_cache_gb"], settings["batch_size"], progress)
+        batch_size = min(settings["batch_size"], len(fit_images))
+        steps = len(fit_images) // batch_size  # drop the ragged last batch: BatchNorm dislikes tiny batches
+        task = progress.add_task("train", total=settings["epochs"] * steps, completed=start_epoch * steps,
+                                 info=f"loss {epoch_loss:.4f}")
+        for epoch in range(start_epoch, settings["epochs"]):
+            model.train()
+            order = np.random.default_rng([settings["seed"], epoch]).permutation(len(fit_images))
+            total = 0.0
+            for step in range(steps):
+                index = np.sort(order[step * batch_size:(step + 1) * batch_size])
+                teacher_feats = features(index)
+                batch = torch.from_numpy(to_model_input(fit_images[index])).to(device)
+                with torch.autocast(device.type, enabled=use_amp):
+                    student_feats = model.student_features(batch, teacher_feats)
+                loss = model.loss(teacher_feats, student_feats)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                total += float(loss)
+                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{settings['epochs']} loss {total / (step + 1):.4f}")
+            epoch_loss = total / max(steps, 1)
+            if not math.isfinite(epoch_loss):
+                raise EdgekdError(f"training diverged at epoch {epoch + 1} (loss {epoch_loss}): lower train.lr")
+            save_checkpoint(last_path, model, config, epoch=epoch + 1, loss=epoch_loss,
+                            optimizer=optimizer.state_dict())
+
+        # Calibrate on held-out normal images (the training images would give optimistic, too-low thresholds).
+        calib = val_images if len(val_images) else fit_images
+        maps, scores = run_model(model, calib, settings["batch_size"], device, progress, "calibrate")
+    thresholds = thresholds_from_normal(scores, maps, config["threshold"]["k_sigma"])
+    seconds = time.time() - started
+    save_checkpoint(final_path, model, config, score_stats=score_statistics(scores), thresholds=thresholds,
+                    training={"epochs": settings["epochs"], "final_loss": epoch_loss, "seconds": seconds,
+                              "device": str(device), "dataset": str(dataset.root), "category": dataset.category,
+                              "layout": dataset.layout, "n_fit": len(fit_images), "n_calibration": len(calib)})
+    return TrainResult(final_path, settings["epochs"], epoch_loss, seconds, thresholds, str(device))

@@ -1,0 +1,48 @@
+"""Pictures people look at: heatmap overlays with mask contours, and evaluation montages."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def heatmap(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """HxW float -> HxWx3 uint8 RGB with the JET colour map scaled to [vmin, vmax]."""
+    scaled = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    return cv2.cvtColor(cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, vmin: float, vmax: float,
+            alpha: float = 0.45) -> np.ndarray:
+    """The image with the heatmap blended in and the predicted defect regions outlined in white."""
+    if amap.shape != image.shape[:2]:
+        amap = cv2.resize(amap, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    out = cv2.addWeighted(image, 1 - alpha, heatmap(amap, vmin, vmax), alpha, 0)
+    if mask is not None and mask.any():
+        if mask.shape != image.shape[:2]:
+            mask = cv2.resize(mask.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), max(1, image.shape[0] // 200))
+    return out
+
+
+def _label(tile: np.ndarray, text: str) -> np.ndarray:
+    tile = tile.copy()
+    scale = max(tile.shape[0] / 220, 0.6)
+    cv2.rectangle(tile, (0, 0), (tile.shape[1], int(24 * scale) + 4), (0, 0, 0), -1)
+    cv2.putText(tile, text, (4, int(18 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return tile
+
+
+def montage(images: np.ndarray, maps: np.ndarray, pred_masks: np.ndarray, gt_masks: np.ndarray,
+            titles: list[str], vmin: float, vmax: float, tile: int = 192) -> np.ndarray:
+    """Rows of image | heatmap | predicted mask | ground truth, each row titled."""
+    rows = []
+    for image, amap, pred, gt, title in zip(images, maps, pred_masks, gt_masks, titles):
+        cells = [image, overlay(image, amap, None, vmin, vmax),
+                 np.repeat(pred[..., None].astype(np.uint8) * 255, 3, axis=2),
+                 np.repeat(gt[..., None].astype(np.uint8) * 255, 3, axis=2)]
+        cells = [cv2.resize(c, (tile, tile), interpolation=cv2.INTER_AREA) for c in cells]
+        names = [title, "anomaly map", "predicted mask", "ground truth"]
+        rows.append(np.hstack([_label(c, n) for c, n in zip(cells, names)]))
+    return np.vstack(rows)

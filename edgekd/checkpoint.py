@@ -76,3 +76,12 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict]:
         raise EdgekdError(f"checkpoint {path} does not match model '{payload['model']}' of this edgekd "
                           f"(mismatched tensors {', '.join(bad)}): re-train with this version")
     return model.eval(), payload
+
+
+def update_checkpoint(path: str | Path, **fields) -> None:
+    """Rewrite selected top-level fields (e.g. thresholds) of a checkpoint, atomically."""
+    payload = read_checkpoint(path)
+    payload.update(fields)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomic(path, buffer.getvalue())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -43,8 +44,17 @@ def _montage_rows(dataset: Dataset, labels: np.ndarray, scores: np.ndarray, limi
     return rows[:limit]
 
 
+@dataclass
+class Evaluation:
+    row: dict  # metrics and metadata for the results table
+    labels: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+    maps: np.ndarray
+
+
 def evaluate(infer: Infer, data: str | Path, category: str | None, input_size: tuple[int, int], out: Path,
-             thresholds: dict | None, name: str, progress=None) -> dict:
+             thresholds: dict | None, name: str, progress=None) -> Evaluation:
     dataset = load_dataset(data, category)
     images, masks = load_images_and_masks(dataset.test, input_size, progress, f"load {dataset.category}")
     maps, scores = infer(images)
@@ -61,7 +71,7 @@ def evaluate(infer: Infer, data: str | Path, category: str | None, input_size: t
     montage_path = out / f"montage_{dataset.category}.png"
     write_image_atomic(montage_path, picture)
     row["montage"] = str(montage_path)
-    return row
+    return Evaluation(row, labels, scores, masks, maps)
 
 
 def _fmt(value) -> str:

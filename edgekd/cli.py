@@ -53,7 +53,7 @@ def data_info(root: Path = typer.Argument(..., help="Dataset root."),
 
 
 @app.command(help="Train a detector on normal images and write runs/<name>/model.ckpt.")
-def train(config: Path = typer.Option(Path("configs/rd_lite0.yaml"), help="YAML config (see configs/)."),
+def train(config: Optional[Path] = typer.Option(None, help="YAML config (see configs/); default: RD with the Lite0 teacher."),
           data: Path = typer.Option(..., help="Dataset root (MVTec AD/LOCO or folder layout)."),
           category: Optional[str] = typer.Option(None, help="Category sub-folder, e.g. wood or bottle."),
           out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<category>)."),

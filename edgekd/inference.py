@@ -17,7 +17,7 @@ def run_model(model: AnomalyModel, images: np.ndarray, batch_size: int = 16, dev
     model.eval()
     maps = np.empty((len(images), *model.input_size), dtype=np.float32)
     scores = np.empty(len(images), dtype=np.float32)
-    task = progress.add_task(label, total=len(images), info="") if progress else None
+    task = progress.add_task(label, total=len(images)) if progress else None
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(to_model_input(images[start:start + batch_size])).to(device)
         amap, score = model(batch)

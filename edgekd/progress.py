@@ -8,7 +8,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
+class EdgekdProgress(Progress):
+    """Rich progress whose tasks may carry a live `info` text (loss, epoch)."""
+
+    def add_task(self, description: str, *args, info: str = "", **kwargs):
+        return super().add_task(description, *args, info=info, **kwargs)
+
+
 def make_progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console)
+    return EdgekdProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                          TimeRemainingColumn(), console=console)

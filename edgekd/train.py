@@ -58,7 +58,7 @@ class TeacherFeatureCache:
         per_image = sum(f[0].numel() for f in probe) * 4
         self.cached = None
         if per_image * len(images) <= budget_gb * 2**30:
-            task = progress.add_task("teacher features", total=len(images), info="")
+            task = progress.add_task("teacher features", total=len(images))
             chunks: list[list[torch.Tensor]] = []
             for start in range(0, len(images), batch_size):
                 chunks.append([f.cpu() for f in self._compute(np.arange(start, min(start + batch_size, len(images))))])

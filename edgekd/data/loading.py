@@ -11,7 +11,7 @@ from edgekd.data.layouts import Sample
 def load_images(samples: list[Sample], size: tuple[int, int], progress=None, label: str = "load") -> np.ndarray:
     """(N,H,W,3) uint8 RGB, resized to the model input size."""
     out = np.empty((len(samples), size[0], size[1], 3), dtype=np.uint8)
-    task = progress.add_task(label, total=len(samples), info="") if progress else None
+    task = progress.add_task(label, total=len(samples)) if progress else None
     for i, sample in enumerate(samples):
         out[i] = resize_rgb(read_rgb(sample.path), size)
         if progress:
@@ -24,7 +24,7 @@ def load_images_and_masks(samples: list[Sample], size: tuple[int, int], progress
     """Images as above and (N,H,W) bool ground-truth masks (all False for normal images)."""
     images = np.empty((len(samples), size[0], size[1], 3), dtype=np.uint8)
     masks = np.zeros((len(samples), size[0], size[1]), dtype=bool)
-    task = progress.add_task(label, total=len(samples), info="") if progress else None
+    task = progress.add_task(label, total=len(samples)) if progress else None
     for i, sample in enumerate(samples):
         rgb = read_rgb(sample.path)
         images[i] = resize_rgb(rgb, size)

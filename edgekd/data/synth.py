@@ -138,10 +138,13 @@ def chip(rng, n):
 # --------------------------------------------------------------------------------------------------- defects
 def _site(rng, region: np.ndarray | None, n: int, margin: int) -> tuple[int, int]:
     """A random point inside the object (or anywhere inside the margin for textures)."""
+    margin = min(margin, n // 5)  # small images keep room for the defect
     if region is not None:
-        ys, xs = np.nonzero(region[margin:n - margin, margin:n - margin])
+        inner = np.zeros_like(region)
+        inner[margin:n - margin, margin:n - margin] = region[margin:n - margin, margin:n - margin]
+        ys, xs = np.nonzero(inner if inner.any() else region)
         i = rng.integers(len(ys))
-        return int(xs[i]) + margin, int(ys[i]) + margin
+        return int(xs[i]), int(ys[i])
     return tuple(int(v) for v in rng.integers(margin, n - margin, 2))
 
 
@@ -161,7 +164,7 @@ def scratch(img, region, rng):
         points.append((x, y))
     mask = np.zeros((n, n), np.uint8)
     cv2.polylines(mask, [np.int32(points)], False, 1, int(rng.integers(2, 4)))
-    mask = mask.astype(bool)
+    mask = mask.astype(bool) if region is None else mask.astype(bool) & region  # contrast against the object
     return _paint(img, mask, _contrast_colour(img, mask, rng), 0.85)
 
 
@@ -292,6 +295,7 @@ def render_sample(category: str, split: str, index: int, seed: int, size: int, d
     spec = CATEGORIES[category]
     rng = _rng(seed, category, f"{split}/{defect or 'good'}", index)
     image, region = spec.render(rng, size)
+    image = image.astype(np.float32)
     mask = None
     if defect is not None:
         for _ in range(20):  # a defect that lands off the object is drawn again

@@ -62,8 +62,8 @@ class StudentDecoder(nn.Module):
 
 @register("rd")
 class ReverseDistillation(AnomalyModel):
-    def __init__(self, teacher, input_size, scoring, width: int = 128, embed: int = 256,
-                 decoder_widths: tuple[int, int, int] = (64, 128, 192), **options):
+    def __init__(self, teacher, input_size, scoring, width: int = 96, embed: int = 192,
+                 decoder_widths: tuple[int, int, int] = (32, 64, 128), **options):
         super().__init__(teacher, input_size, scoring, **options)
         self.bottleneck = OneClassBottleneck(teacher.channels, width, embed)
         self.decoder = StudentDecoder(teacher.channels, embed, list(decoder_widths))

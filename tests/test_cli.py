@@ -1,0 +1,63 @@
+"""The command line as a user runs it: real subprocesses, real files, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def edgekd(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**__import__("os").environ, "EDGEKD_OFFLINE": "1"})
+
+
+def test_help_lists_every_command():
+    result = edgekd("--help")
+    assert result.returncode == 0
+    for command in ("data", "train", "eval", "predict", "models"):
+        assert command in result.stdout
+
+
+@pytest.mark.slow
+def test_synth_train_eval_predict_end_to_end(tmp_path):
+    data, run = tmp_path / "synth", tmp_path / "run"
+    result = edgekd("data", "synth", data, "--categories", "tile", "--size", "128", "--train", "24",
+                    "--test-good", "6", "--per-defect", "2")
+    assert result.returncode == 0, result.stderr
+    result = edgekd("train", "--data", data, "--category", "tile", "--out", run, "--epochs", "2",
+                    "--set", "input_size=128", "--set", "train.batch_size=8")
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint:" in result.stdout and (run / "model.ckpt").is_file()
+    result = edgekd("eval", run / "model.ckpt", "--data", data)
+    assert result.returncode == 0, result.stderr
+    assert "| tile |" in result.stdout
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert 0.0 <= results["rows"][0]["image_auroc"] <= 1.0 and (run / "eval" / "montage_tile.png").is_file()
+    images = [data / "tile/test/good/000.png", data / "tile/test/crack/000.png"]
+    result = edgekd("predict", run / "model.ckpt", *images, "--out", tmp_path / "preds")
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads((tmp_path / "preds" / "predictions.json").read_text())["predictions"]
+    assert len(predictions) == 2 and (tmp_path / "preds" / "crack_000_overlay.png").is_file()
+    result = edgekd("eval", run / "model.ckpt", "--data", data, "--save-threshold")
+    assert result.returncode == 0 and "stored F1-optimal thresholds" in result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--data", "{tmp}/nowhere"], "dataset folder {tmp}/nowhere does not exist"),
+    (["train", "--data", "{tmp}", "--config", "{tmp}/missing.yaml"], "config file {tmp}/missing.yaml does not exist"),
+    (["train", "--data", "{tmp}", "--set", "model=rdx"], "unknown model 'rdx'"),
+    (["eval", "{tmp}/none.ckpt", "--data", "{tmp}"], "checkpoint {tmp}/none.ckpt does not exist"),
+    (["predict", "{tmp}/bad.ckpt", "x.png"], "checkpoint {tmp}/bad.ckpt is truncated or corrupt"),
+    (["data", "synth", "{tmp}/d", "--categories", "carpet"], "unknown synthetic category 'carpet'"),
+    (["train", "--data", "{tmp}", "--weights", "{tmp}/w.pth"], "weights file {tmp}/w.pth for teacher"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    (tmp_path / "bad.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "normal" / "a.png").write_bytes(b"")
+    result = edgekd(*[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    assert message.format(tmp=tmp_path) in lines[0]

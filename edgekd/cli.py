@@ -79,7 +79,7 @@ def train(config: Optional[Path] = typer.Option(None, help="YAML config (see con
           + (f" --category {category}" if category else ""))
 
 
-@app.command("eval", help="Evaluate checkpoints on a test split: metrics table, JSON, Markdown and PNG montage.")
+@app.command("eval", help="Evaluate checkpoints: metrics table, JSON + Markdown results, PNG montage.")
 def eval_(checkpoints: List[Path] = typer.Argument(..., help="One or more model.ckpt files."),
           data: Path = typer.Option(..., help="Dataset root."),
           category: Optional[str] = typer.Option(None, help="Category (default: the one each checkpoint was trained on)."),
@@ -114,7 +114,7 @@ def eval_(checkpoints: List[Path] = typer.Argument(..., help="One or more model.
         _echo("stored F1-optimal thresholds in " + ", ".join(map(str, checkpoints)))
 
 
-@app.command(help="Score images with a checkpoint; writes a mask and an overlay per image.")
+@app.command(help="Score images with a checkpoint: a mask and an overlay per image.")
 def predict(checkpoint: Path = typer.Argument(..., help="model.ckpt"),
             images: List[Path] = typer.Argument(..., help="Image files."),
             out: Path = typer.Option(Path("preds"), help="Output folder."),

@@ -8,7 +8,7 @@ combine across scales (add, mul, max, weighted) -> separable Gaussian blur -> im
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

@@ -107,7 +107,7 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
         start_epoch, epoch_loss = state["epoch"], state["loss"]
 
     with make_progress() as progress:
-        images = load_images([dataset.train[i] for i in range(len(dataset.train))], model.input_size, progress, "load images")
+        images = load_images(dataset.train, model.input_size, progress, "load images")
         fit_images, val_images = images[fit_idx], images[val_idx]
         features = TeacherFeatureCache(model, fit_images, device, settings["feature_cache_gb"], settings["batch_size"], progress)
         batch_size = min(settings["batch_size"], len(fit_images))
@@ -129,7 +129,7 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                total += float(loss)
+                total += loss.item()
                 progress.update(task, advance=1, info=f"epoch {epoch + 1}/{settings['epochs']} loss {total / (step + 1):.4f}")
             epoch_loss = total / max(steps, 1)
             if not math.isfinite(epoch_loss):

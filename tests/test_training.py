@@ -1,10 +1,5 @@
 """Short real training runs on synthetic data: the detector must clearly learn."""
 
-import json
-import subprocess
-import sys
-
-import numpy as np
 import pytest
 import torch
 

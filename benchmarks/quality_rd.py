@@ -17,12 +17,11 @@ from pathlib import Path
 
 import cv2
 
-from edgekd.checkpoint import load_checkpoint
 from edgekd.config import load_config
 from edgekd.data.images import write_bytes_atomic
 from edgekd.data.synth import parse_categories, synthesize
 from edgekd.evaluate import evaluate, markdown_table, mean_row
-from edgekd.inference import run_model
+from edgekd.runtime.torch_backend import TorchRuntime
 from edgekd.machine import machine_info
 from edgekd.train import train
 
@@ -74,10 +73,9 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     for category in categories:
         result = train(config, args.data, category, args.runs / category)
-        model, payload = load_checkpoint(result.checkpoint)
         started = time.time()
-        evaluation = evaluate(lambda im: run_model(model, im), args.data, category, model.input_size,
-                              args.runs / category / "eval", payload["thresholds"], category)
+        evaluation = evaluate(TorchRuntime.from_checkpoint(result.checkpoint), args.data, category,
+                              args.runs / category / "eval", category)
         row = {**evaluation.row, "train_seconds": round(result.seconds, 1), "eval_seconds": round(time.time() - started, 1),
                "epochs": result.epochs}
         montage = cv2.imread(row.pop("montage"))

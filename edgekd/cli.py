@@ -79,31 +79,33 @@ def train(config: Optional[Path] = typer.Option(None, help="YAML config (see con
           + (f" --category {category}" if category else ""))
 
 
-@app.command("eval", help="Evaluate checkpoints: metrics table, JSON + Markdown results, PNG montage.")
-def eval_(checkpoints: List[Path] = typer.Argument(..., help="One or more model.ckpt files."),
+ARTIFACT_HELP = "A model.ckpt, an exported .onnx or a TensorRT .engine (backend picked from the file type)."
+BACKEND = typer.Option(None, "--backend", help="Force torch, onnxruntime or tensorrt.")
+
+
+@app.command("eval", help="Evaluate models: metrics table, JSON + Markdown results, PNG montage.")
+def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One or more."),
           data: Path = typer.Option(..., help="Dataset root."),
-          category: Optional[str] = typer.Option(None, help="Category (default: the one each checkpoint was trained on)."),
-          out: Optional[Path] = typer.Option(None, help="Results folder (default <run>/eval)."),
-          batch_size: int = BATCH, device: str = DEVICE,
+          category: Optional[str] = typer.Option(None, help="Category (default: the one the model was trained on)."),
+          out: Optional[Path] = typer.Option(None, help="Results folder (default <artifact folder>/eval)."),
+          batch_size: int = BATCH, device: str = DEVICE, backend: Optional[str] = BACKEND,
           save_threshold: bool = typer.Option(False, help="Store F1-optimal thresholds from these labels in the checkpoint.")):
     from edgekd.calibration import thresholds_from_labels
-    from edgekd.checkpoint import load_checkpoint, update_checkpoint
-    from edgekd.device import resolve_device
-    from edgekd.evaluate import markdown_table, write_results
-    from edgekd.evaluate import evaluate as run_eval
-    from edgekd.inference import run_model
+    from edgekd.checkpoint import update_checkpoint
+    from edgekd.evaluate import evaluate, markdown_table, write_results
     from edgekd.progress import make_progress
-    torch_device = resolve_device(device)
-    out = out or (checkpoints[0].parent / "eval")
+    from edgekd.runtime import open_runtime
+    out = out or (artifacts[0].parent / "eval")
     rows = []
     with make_progress() as progress:
-        for path in checkpoints:
-            model, payload = load_checkpoint(path)
-            model.to(torch_device)
-            cat = category or payload.get("training", {}).get("category")
-            infer = lambda images, model=model: run_model(model, images, batch_size, torch_device, progress, "evaluate")
-            result = run_eval(infer, data, cat, model.input_size, out, payload.get("thresholds"), str(path), progress)
-            rows.append(result.row)
+        for path in artifacts:
+            with open_runtime(path, backend, device) as runtime:
+                if save_threshold and runtime.backend != "torch":
+                    raise EdgekdError(f"--save-threshold updates checkpoints, and {path} is not one: "
+                                      "save into the model.ckpt, then export again")
+                result = evaluate(runtime, data, category or runtime.info.get("category"), out, str(path), progress,
+                                  batch_size)
+            rows.append({**result.row, "backend": runtime.backend, "precision": runtime.info.get("precision")})
             if save_threshold:
                 update_checkpoint(path, thresholds=thresholds_from_labels(result.labels, result.scores,
                                                                           result.masks, result.maps))
@@ -111,31 +113,73 @@ def eval_(checkpoints: List[Path] = typer.Argument(..., help="One or more model.
     _echo(markdown_table(rows))
     _echo(f"results: {json_path}, {md_path}; montages: {', '.join(r['montage'] for r in rows)}")
     if save_threshold:
-        _echo("stored F1-optimal thresholds in " + ", ".join(map(str, checkpoints)))
+        _echo("stored F1-optimal thresholds in " + ", ".join(map(str, artifacts)))
 
 
-@app.command(help="Score images with a checkpoint: a mask and an overlay per image.")
-def predict(checkpoint: Path = typer.Argument(..., help="model.ckpt"),
+@app.command(help="Score images with any model: a mask and an overlay per image.")
+def predict(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
             images: List[Path] = typer.Argument(..., help="Image files."),
             out: Path = typer.Option(Path("preds"), help="Output folder."),
             threshold: Optional[float] = typer.Option(None, help="Override the image and pixel threshold."),
-            batch_size: int = BATCH, device: str = DEVICE):
-    from edgekd.checkpoint import load_checkpoint
-    from edgekd.device import resolve_device
-    from edgekd.inference import run_model
+            batch_size: int = BATCH, device: str = DEVICE, backend: Optional[str] = BACKEND):
     from edgekd.predict import predict_images
-    torch_device = resolve_device(device)
-    model, payload = load_checkpoint(checkpoint)
-    model.to(torch_device)
-    thresholds = dict(payload["thresholds"])
-    if threshold is not None:
-        thresholds.update(image=threshold, pixel=threshold)
-    records = predict_images(lambda im: run_model(model, im, batch_size, torch_device), images, model.input_size,
-                             thresholds, out, payload.get("score_stats"))
+    from edgekd.runtime import open_runtime
+    override = {"image": threshold, "pixel": threshold} if threshold is not None else None
+    with open_runtime(artifact, backend, device) as runtime:
+        records = predict_images(runtime, images, out, batch_size, override)
     for r in records:
         verdict = "ANOMALOUS" if r["anomalous"] else "normal"
         _echo(f"{r['image']}: score {r['score']:.4f} {verdict} ({r['defect_pixels']} defect pixels) -> {r['overlay']}")
-    _echo(f"wrote masks, overlays and predictions.json to {out}")
+    _echo(f"wrote masks, overlays and predictions.json to {out} ({runtime.backend})")
+
+
+@app.command(help="Export a checkpoint to ONNX (fp32, fp16, int8), verified against PyTorch.")
+def export(checkpoint: Path = typer.Argument(..., help="model.ckpt"),
+           precision: str = typer.Option("fp32", help="fp32, fp16 or int8."),
+           layout: str = typer.Option("single", help="single graph, or split into teacher and student graphs."),
+           out: Path = typer.Option(Path("export"), help="Output folder."),
+           name: Optional[str] = typer.Option(None, help="File name stem (default: the run folder's name)."),
+           data: Optional[Path] = typer.Option(None, help="Dataset for parity/accuracy checks (default: the training data)."),
+           category: Optional[str] = typer.Option(None, help="Category of --data."),
+           calib_images: int = typer.Option(64, "--calib-images", min=1, help="Normal images for INT8 calibration."),
+           calibration: str = typer.Option("percentile", help="INT8 calibration: minmax, percentile or entropy."),
+           max_drop: float = typer.Option(1.0, "--max-drop", help="Refuse fp16/int8 if a metric drops more points than this."),
+           force: bool = typer.Option(False, help="Keep a reduced-precision export that fails the accuracy gate.")):
+    from edgekd.export.exporter import export_checkpoint
+    from edgekd.progress import make_progress
+    with make_progress() as progress:
+        result = export_checkpoint(checkpoint, precision, layout, out, name, data, category, calib_images, max_drop,
+                                   force, calibration_method=calibration, progress=progress)
+    _echo(f"wrote {', '.join(str(p) for p in result.files)}")
+    _echo(f"verified: {result.parity.summary()} -> within {precision} tolerance")
+    if result.deltas:
+        drops = ", ".join(f"{k} {v:+.2f}" for k, v in result.deltas.items())
+        state = "ACCEPTED with --force despite" if result.refused else "within"
+        _echo(f"verified: accuracy drop versus FP32 in points: {drops} ({state} --max-drop {max_drop})")
+    _echo(f"next: edgekd eval {result.artifact} --data {result.data}\n      edgekd build-engine {result.artifact}")
+
+
+@app.command("build-engine", help="Build a TensorRT engine (raw plan + JSON sidecar) from a checkpoint or ONNX.")
+def build_engine(source: Path = typer.Argument(..., help="model.ckpt (exported first) or an .onnx from 'edgekd export'."),
+                 precision: str = typer.Option("fp16", help="fp32, fp16 or int8 (for a checkpoint; an .onnx keeps its own)."),
+                 batch: str = typer.Option("1,4,8", help="Optimisation profile batch sizes MIN,OPT,MAX."),
+                 out: Path = typer.Option(Path("engines"), help="Output folder."),
+                 workspace_gb: float = typer.Option(2.0, "--workspace-gb", min=0.0625, help="Builder workspace limit."),
+                 timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file, reused between builds (default <out>/timing.cache)."),
+                 dla_core: Optional[int] = typer.Option(None, min=0, help="Build for this DLA core (Jetson) with GPU fallback."),
+                 tensorrt: Optional[str] = typer.Option(None, help="Force tensorrt or tensorrt_rtx.")):
+    from edgekd.engine.builder import build_engine as build
+    from edgekd.progress import make_progress
+    with make_progress() as progress:
+        result = build(source, out, precision, batch, workspace_gb, timing_cache, dla_core, tensorrt, progress=progress)
+    shapes = lambda tensors: ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in tensors)
+    _echo(f"built {result.engine} with {result.tensorrt} in {result.seconds:.1f}s"
+          + (f" (and {', '.join(map(str, result.extra_engines))})" if result.extra_engines else ""))
+    _echo(f"verified: inputs {shapes(result.inputs)}; outputs {shapes(result.outputs)}; "
+          f"profile batch {result.profile['batch']}")
+    _echo(f"sidecar: {result.sidecar}")
+    _echo(f"next: edgekd predict {result.engine} IMAGE.png   (needs an NVIDIA GPU)\n"
+          f"      trtexec --loadEngine={result.engine}   (TensorRT's own tool loads the plan as is)")
 
 
 @app.command(help="List model families and teacher backbones.")

@@ -6,17 +6,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
 from edgekd.data.images import write_bytes_atomic, write_image_atomic
 from edgekd.data.layouts import Dataset, load_dataset
 from edgekd.data.loading import load_images_and_masks
+from edgekd.runtime.base import Runtime
 from edgekd.metrics import aupro, f1_max, image_auroc, pixel_auroc
 from edgekd.viz import montage
 
-Infer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 images -> (maps, scores)
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 
 
@@ -53,13 +51,15 @@ class Evaluation:
     maps: np.ndarray
 
 
-def evaluate(infer: Infer, data: str | Path, category: str | None, input_size: tuple[int, int], out: Path,
-             thresholds: dict | None, name: str, progress=None) -> Evaluation:
+def evaluate(runtime: Runtime, data: str | Path, category: str | None, out: Path, name: str, progress=None,
+             batch_size: int = 16) -> Evaluation:
+    """Any artifact (checkpoint, ONNX, engine) through its runtime: the same metrics for all of them."""
     dataset = load_dataset(data, category)
-    images, masks = load_images_and_masks(dataset.test, input_size, progress, f"load {dataset.category}")
-    maps, scores = infer(images)
+    images, masks = load_images_and_masks(dataset.test, runtime.input_size, progress, f"load {dataset.category}")
+    prediction = runtime.infer(images, batch_size, progress, "evaluate")
+    maps, scores = prediction.maps, prediction.scores
     labels = np.array([s.label for s in dataset.test])
-    thresholds = thresholds or {}
+    thresholds = runtime.thresholds
     metrics = compute_metrics(labels, scores, masks, maps, thresholds.get("image"))
     row = {"name": name, "category": dataset.category, "layout": dataset.layout, **metrics}
 

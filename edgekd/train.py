@@ -22,8 +22,8 @@ from edgekd.data.layouts import load_dataset
 from edgekd.data.loading import load_images
 from edgekd.device import resolve_device
 from edgekd.errors import EdgekdError
-from edgekd.inference import run_model
 from edgekd.progress import make_progress
+from edgekd.runtime.torch_backend import TorchRuntime
 
 
 @dataclass
@@ -139,11 +139,13 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
 
         # Calibrate on held-out normal images (the training images would give optimistic, too-low thresholds).
         calib = val_images if len(val_images) else fit_images
-        maps, scores = run_model(model, calib, settings["batch_size"], device, progress, "calibrate")
+        calibrated = TorchRuntime(model, device=device).infer(calib, settings["batch_size"], progress, "calibrate")
+        maps, scores = calibrated.maps, calibrated.scores
     thresholds = thresholds_from_normal(scores, maps, config["threshold"]["k_sigma"])
     seconds = time.time() - started
     save_checkpoint(final_path, model, config, score_stats=score_statistics(scores), thresholds=thresholds,
                     training={"epochs": settings["epochs"], "final_loss": epoch_loss, "seconds": seconds,
                               "device": str(device), "dataset": str(dataset.root), "category": dataset.category,
+                              "data": str(Path(data).resolve()), "category_arg": category,
                               "layout": dataset.layout, "n_fit": len(fit_images), "n_calibration": len(calib)})
     return TrainResult(final_path, settings["epochs"], epoch_loss, seconds, thresholds, str(device))

@@ -39,6 +39,11 @@ def test_synth_train_eval_predict_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     predictions = json.loads((tmp_path / "preds" / "predictions.json").read_text())["predictions"]
     assert len(predictions) == 2 and (tmp_path / "preds" / "crack_000_overlay.png").is_file()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n not really")
+    result = edgekd("predict", run / "model.ckpt", images[0], broken, "--out", tmp_path / "preds2")
+    assert result.returncode == 2 and f"image {broken} cannot be decoded" in result.stderr
+    assert not (tmp_path / "preds2").exists()  # nothing half-written
     result = edgekd("eval", run / "model.ckpt", "--data", data, "--save-threshold")
     assert result.returncode == 0 and "stored F1-optimal thresholds" in result.stdout
 

@@ -1,5 +1,7 @@
 """Short real training runs on synthetic data: the detector must clearly learn."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,10 +9,12 @@ from edgekd.checkpoint import load_checkpoint, read_checkpoint
 from edgekd.config import load_config
 from edgekd.errors import EdgekdError
 from edgekd.evaluate import evaluate
-from edgekd.inference import run_model
+from edgekd.runtime.torch_backend import TorchRuntime
 from edgekd.train import train
 
 pytestmark = pytest.mark.slow
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 FAST_RD = ["input_size=128", "train.batch_size=8", "train.seed=0"]
 
@@ -18,15 +22,15 @@ FAST_RD = ["input_size=128", "train.batch_size=8", "train.seed=0"]
 @pytest.fixture(scope="module")
 def washer_run(synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config("configs/rd_lite0.yaml", FAST_RD + ["train.epochs=10"])
+    cfg = load_config(CONFIGS / "rd_lite0.yaml", FAST_RD + ["train.epochs=10"])
     return train(cfg, synth_root, "washer", out), out
 
 
 def test_rd_learns_on_held_out_test_images(washer_run, synth_root, tmp_path):
     result, out = washer_run
-    model, payload = load_checkpoint(result.checkpoint)
-    evaluation = evaluate(lambda im: run_model(model, im), synth_root, "washer", model.input_size, tmp_path,
-                          payload["thresholds"], "washer")
+    runtime = TorchRuntime.from_checkpoint(result.checkpoint)
+    payload = runtime.payload
+    evaluation = evaluate(runtime, synth_root, "washer", tmp_path, "washer")
     row = evaluation.row
     assert row["image_auroc"] > 0.85 and row["pixel_auroc"] > 0.9, row
     assert (tmp_path / "montage_washer.png").is_file()
@@ -38,19 +42,19 @@ def test_rd_learns_on_held_out_test_images(washer_run, synth_root, tmp_path):
 
 
 def test_resume_continues_from_last_epoch(synth_root, tmp_path):
-    cfg = load_config("configs/rd_lite0.yaml", FAST_RD + ["train.epochs=1"])
+    cfg = load_config(CONFIGS / "rd_lite0.yaml", FAST_RD + ["train.epochs=1"])
     train(cfg, synth_root, "wood", tmp_path)
     assert read_checkpoint(tmp_path / "last.ckpt")["epoch"] == 1
     cfg["train"]["epochs"] = 2
     train(cfg, synth_root, "wood", tmp_path, resume=True)
     assert read_checkpoint(tmp_path / "last.ckpt")["epoch"] == 2
-    other = load_config("configs/stfpm_lite0.yaml", FAST_RD + ["train.epochs=3"])
+    other = load_config(CONFIGS / "stfpm_lite0.yaml", FAST_RD + ["train.epochs=3"])
     with pytest.raises(EdgekdError, match="cannot resume.*model"):
         train(other, synth_root, "wood", tmp_path, resume=True)
 
 
 def test_stfpm_trains_and_loss_falls(synth_root, tmp_path):
-    cfg = load_config("configs/stfpm_lite0.yaml", FAST_RD + ["train.epochs=3", "train.lr=0.005"])
+    cfg = load_config(CONFIGS / "stfpm_lite0.yaml", FAST_RD + ["train.epochs=3", "train.lr=0.005"])
     first = train({**cfg, "train": {**cfg["train"], "epochs": 1}}, synth_root, "wood", tmp_path / "a")
     longer = train(cfg, synth_root, "wood", tmp_path / "b")
     assert longer.final_loss < first.final_loss

@@ -25,7 +25,15 @@ class AnomalyModel(nn.Module):
 
     # -- the two halves; subclasses implement student_features ---------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean) / self.std
+        """FP32 normalisation, then the networks' own precision (FP16 when exported as FP16)."""
+        return ((images - self.mean) / self.std).to(self.teacher.segments[0].parameters().__next__().dtype)
+
+    def networks_to(self, dtype: torch.dtype) -> "AnomalyModel":
+        """Teacher and student in `dtype`; normalisation and scoring stay FP32 (they accumulate)."""
+        for name, child in self.named_children():
+            if name != "scorer":
+                child.to(dtype)
+        return self
 
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -42,10 +50,13 @@ class AnomalyModel(nn.Module):
     def loss(self, teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor]) -> torch.Tensor:
         return distillation_loss(teacher_feats, student_feats, None, self.scorer.config.eps)
 
+    def score_features(self, images: torch.Tensor, teacher_feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student half plus scoring: what a split deployment runs after the teacher."""
+        return self.scorer(teacher_feats, self.student_features(images, teacher_feats), self.scale_weights())
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly map (B,1,H,W), image score (B,))."""
-        teacher_feats = self.teacher_features(images)
-        return self.scorer(teacher_feats, self.student_features(images, teacher_feats), self.scale_weights())
+        return self.score_features(images, self.teacher_features(images))
 
     def student_parameters(self):
         return [p for name, p in self.named_parameters() if not name.startswith("teacher.")]

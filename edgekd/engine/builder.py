@@ -1,0 +1,173 @@
+"""`edgekd build-engine`: ONNX (or a checkpoint, exported first) -> a raw TensorRT plan + JSON sidecar.
+
+The plan file holds nothing but the serialized engine, so trtexec, Triton and DeepStream load it as is;
+what edgekd needs to know about it lives in the sidecar.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekd.artifacts import read_sidecar, write_sidecar
+from edgekd.backbones.weights import sha256_of
+from edgekd.data.images import write_bytes_atomic
+from edgekd.engine.gpu import gpu_description
+from edgekd.engine.trt import TensorRT, load_tensorrt
+from edgekd.errors import EdgekdError
+
+
+@dataclass
+class EngineResult:
+    engine: Path
+    sidecar: Path
+    inputs: list[dict]
+    outputs: list[dict]
+    profile: dict
+    seconds: float
+    tensorrt: str
+    extra_engines: list[Path] = field(default_factory=list)
+
+
+def parse_batch(spec: str) -> tuple[int, int, int]:
+    try:
+        values = [int(v) for v in spec.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise EdgekdError(f"--batch '{spec}' is not MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX (e.g. 1,4,8)")
+    return values[0], values[1], values[2]
+
+
+def _collecting_logger(trt: TensorRT):
+    class Collector(trt.module.ILogger):
+        def __init__(self):
+            super().__init__()
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity <= trt.module.ILogger.Severity.ERROR:
+                self.errors.append(msg)
+    return Collector()
+
+
+def _parse(trt: TensorRT, builder, onnx_path: Path, logger, strongly_typed: bool):
+    flags = 0
+    if strongly_typed:
+        flags |= 1 << int(trt.module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.module.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        error = parser.get_error(0)
+        node = getattr(error, "node_name", lambda: "?")()
+        op = getattr(error, "node_operator", lambda: "?")()
+        desc = error.desc().splitlines()[0]
+        raise EdgekdError(f"{trt.label} cannot parse {onnx_path}: node '{node}' (op {op}): {desc}")
+    return network, parser
+
+
+def _tensor_info(tensor) -> dict:
+    return {"name": tensor.name, "shape": list(tensor.shape), "dtype": str(tensor.dtype).split(".")[-1]}
+
+
+def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int, int, int], workspace_gb: float,
+                    timing_cache: Path | None, dla_core: int | None, flavour: str | None = None) -> EngineResult:
+    info = read_sidecar(onnx_path)
+    precision = info.get("precision", "fp32")
+    trt = load_tensorrt(flavour)
+    logger = _collecting_logger(trt)
+    builder = trt.module.Builder(logger)
+    # Strongly typed where the ONNX carries the precision (FP16 weights, INT8 Q/DQ), or where it is the only mode.
+    strongly_typed = not trt.weakly_typed or precision != "fp32"
+    if trt.weakly_typed and precision == "fp16":
+        strongly_typed = False  # TensorRT 10.x: the FP16 ONNX plus the FP16 builder flag, as JetPack users expect
+    network, _parser = _parse(trt, builder, onnx_path, logger, strongly_typed)
+    config = builder.create_builder_config()
+    if trt.weakly_typed and not strongly_typed:
+        if precision == "fp16":
+            config.set_flag(trt.module.BuilderFlag.FP16)
+        if precision == "int8" and hasattr(trt.module.BuilderFlag, "INT8"):
+            config.set_flag(trt.module.BuilderFlag.INT8)
+    config.set_memory_pool_limit(trt.module.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+
+    profile = builder.create_optimization_profile()
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    shapes = {}
+    for tensor in inputs:
+        dims = list(tensor.shape)
+        if dims[0] != -1:
+            raise EdgekdError(f"{onnx_path} input '{tensor.name}' has a fixed batch {dims[0]}: re-export it with "
+                              "'edgekd export' (dynamic batch)")
+        shapes[tensor.name] = [[b] + dims[1:] for b in batch]
+        profile.set_shape(tensor.name, *shapes[tensor.name])
+    config.add_optimization_profile(profile)
+
+    if dla_core is not None:
+        if builder.num_DLA_cores == 0:
+            raise EdgekdError(f"--dla-core {dla_core} asked for, but this platform has no DLA cores "
+                              "(Jetson AGX Orin and Orin NX have two): drop --dla-core")
+        config.default_device_type = trt.module.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.module.BuilderFlag.GPU_FALLBACK)
+
+    cache = None
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=True)
+
+    started = time.time()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.time() - started
+    if plan is None:
+        detail = logger.errors[-1] if logger.errors else "no message"
+        raise EdgekdError(f"{trt.label} could not build an engine from {onnx_path}: {detail}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine_path = out_dir / f"{name}.engine"
+    write_bytes_atomic(engine_path, bytes(plan))
+    if cache is not None:
+        write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+    outputs = [_tensor_info(network.get_output(i)) for i in range(network.num_outputs)]
+    sidecar = {**info, "kind": "engine", "onnx": {"path": str(onnx_path), "sha256": sha256_of(onnx_path)},
+               "tensorrt": {"flavour": trt.flavour, "version": trt.version, "strongly_typed": strongly_typed},
+               "built_on_gpu": gpu_description(), "dla_core": dla_core,
+               "profile": {"batch": {"min": batch[0], "opt": batch[1], "max": batch[2]}, "shapes": shapes},
+               "network": {"inputs": [_tensor_info(t) for t in inputs], "outputs": outputs},
+               "build_seconds": round(seconds, 2), "workspace_gb": workspace_gb}
+    sidecar_path = write_sidecar(engine_path, sidecar)
+    return EngineResult(engine_path, sidecar_path, sidecar["network"]["inputs"], outputs, sidecar["profile"], seconds,
+                        trt.label)
+
+
+def build_engine(source: str | Path, out_dir: str | Path = "engines", precision: str = "fp16",
+                 batch: str = "1,4,8", workspace_gb: float = 2.0, timing_cache: str | Path | None = None,
+                 dla_core: int | None = None, flavour: str | None = None, export_dir: str | Path = "export",
+                 progress=None) -> EngineResult:
+    """A checkpoint is exported to ONNX at `precision` first (with its parity and accuracy checks); an ONNX
+    file is built at the precision it was exported with."""
+    source, out_dir = Path(source), Path(out_dir)
+    sizes = parse_batch(batch)
+    if source.suffix == ".ckpt":
+        from edgekd.export.exporter import export_checkpoint
+        source = export_checkpoint(source, precision, out_dir=export_dir, progress=progress).artifact
+    elif source.suffix != ".onnx":
+        raise EdgekdError(f"build-engine takes a .ckpt or an .onnx file, not {source}")
+    if not source.is_file():
+        raise EdgekdError(f"ONNX file {source} does not exist: create it with 'edgekd export'")
+    info = read_sidecar(source)
+    cache = Path(timing_cache) if timing_cache else out_dir / "timing.cache"
+    if info.get("layout") != "split":
+        return build_from_onnx(source, out_dir, source.stem, sizes, workspace_gb, cache, dla_core, flavour)
+    # Split layout: one engine per graph; the teacher is the part that goes to a DLA core when asked.
+    results = {role: build_from_onnx(source.parent / graph, out_dir, Path(graph).stem, sizes, workspace_gb, cache,
+                                     dla_core if role == "teacher" else None, flavour)
+               for role, graph in info["graphs"].items()}
+    engines = {role: r.engine.name for role, r in results.items()}
+    for result in results.values():
+        write_sidecar(result.engine, {**read_sidecar(result.engine), "graphs": engines})
+    student = results["student"]
+    student.extra_engines = [results["teacher"].engine]
+    return student

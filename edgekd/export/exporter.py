@@ -1,0 +1,186 @@
+"""`edgekd export`: checkpoint -> ONNX (FP32, FP16 or INT8; single graph or teacher/student split), verified
+against PyTorch on real images and, for reduced precision, gated on test-split accuracy before it is kept."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.artifacts import describe_checkpoint, write_sidecar
+from edgekd.calibration import score_statistics, thresholds_from_normal
+from edgekd.checkpoint import load_checkpoint
+from edgekd.data.images import to_model_input
+from edgekd.data.layouts import Dataset, load_dataset
+from edgekd.data.loading import load_images, load_images_and_masks
+from edgekd.errors import EdgekdError
+from edgekd.evaluate import compute_metrics
+from edgekd.export.onnx_export import OPSET, export_fp32, set_mask_threshold, set_metadata
+from edgekd.export.parity import ParityReport, compare
+from edgekd.export.quantize import quantize_int8
+from edgekd.runtime.onnx_backend import OnnxRuntime
+from edgekd.runtime.torch_backend import TorchRuntime
+from edgekd.train import split_normals
+
+PRECISIONS = ("fp32", "fp16", "int8")
+LAYOUTS = ("single", "split")
+GATED_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+@dataclass
+class ExportResult:
+    artifact: Path  # the file to hand to eval/predict/build-engine (the detector, or the student of a split)
+    files: list[Path]
+    parity: ParityReport
+    deltas: dict = field(default_factory=dict)  # metric -> points lost versus FP32 (positive = worse)
+    refused: bool = False
+    data: Path | None = None  # the dataset folder the checks ran on
+
+
+def default_name(checkpoint: Path) -> str:
+    """runs/wood/model.ckpt -> 'wood'; anything else -> the file's stem."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.name if checkpoint.stem == "model" and checkpoint.parent.name else checkpoint.stem
+
+
+def dataset_for(payload: dict, data: str | Path | None, category: str | None) -> Dataset:
+    """--data when given, else the data the checkpoint was trained on, if it is still on this machine."""
+    if data is not None:
+        return load_dataset(data, category)
+    training = payload.get("training", {})
+    if training.get("data") and Path(training["data"]).is_dir():
+        return load_dataset(training["data"], training.get("category_arg"))
+    if training.get("dataset") and Path(training["dataset"]).is_dir():  # the category folder itself
+        return load_dataset(training["dataset"])
+    raise EdgekdError("checking the export needs real images and the checkpoint's training data is not here: "
+                      "pass --data (and --category)")
+
+
+def _pick_parity_images(dataset: Dataset, limit: int) -> list:
+    """Up to `limit` test images, normal and defective alike, spread across the split."""
+    test = dataset.test
+    step = max(1, len(test) // limit)
+    return test[::step][:limit]
+
+
+def _calibration_images(dataset: Dataset, count: int, size: tuple[int, int]) -> np.ndarray:
+    order = np.random.default_rng(0).permutation(len(dataset.train))[:count]
+    return to_model_input(load_images([dataset.train[i] for i in sorted(order)], size))
+
+
+def _quantize_graphs(graphs: dict[str, Path], calibration: np.ndarray, folder: Path, stem: str, method: str) -> dict[str, Path]:
+    if "detector" in graphs:
+        return {"detector": quantize_int8(graphs["detector"], folder / f"{stem}.onnx", {"images": calibration}, method)}
+    # The student graph is calibrated on what it really receives: the FP32 teacher's features.
+    import onnxruntime as ort
+    teacher = ort.InferenceSession(str(graphs["teacher"]), providers=["CPUExecutionProvider"])
+    names = [o.name for o in teacher.get_outputs()]
+    runs = [teacher.run(names, {"images": calibration[i:i + 8]}) for i in range(0, len(calibration), 8)]
+    feats = {name: np.concatenate(parts) for name, parts in zip(names, zip(*runs))}
+    student_inputs = {i.name for i in ort.InferenceSession(str(graphs["student"]), providers=["CPUExecutionProvider"]).get_inputs()}
+    student_feeds = {k: v for k, v in {"images": calibration, **feats}.items() if k in student_inputs}
+    return {"teacher": quantize_int8(graphs["teacher"], folder / f"{stem}.teacher.onnx", {"images": calibration}, method),
+            "student": quantize_int8(graphs["student"], folder / f"{stem}.student.onnx", student_feeds, method)}
+
+
+def _recalibrate(runtime, dataset: Dataset, payload: dict) -> dict:
+    settings = payload["config"]["train"]
+    _, held_out = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
+    chosen = [dataset.train[i] for i in (held_out if len(held_out) else range(len(dataset.train)))]
+    prediction = runtime.infer(load_images(chosen, runtime.input_size))
+    k_sigma = payload["config"]["threshold"]["k_sigma"]
+    return thresholds_from_normal(prediction.scores, prediction.maps, k_sigma), score_statistics(prediction.scores)
+
+
+def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: str = "single",
+                      out_dir: str | Path = "export", name: str | None = None, data: str | Path | None = None,
+                      category: str | None = None, calib_images: int = 64, max_drop: float = 1.0, force: bool = False,
+                      parity_images: int = 16, calibration_method: str = "percentile", progress=None) -> ExportResult:
+    if precision not in PRECISIONS:
+        raise EdgekdError(f"precision '{precision}' is unknown: use one of {', '.join(PRECISIONS)}")
+    if layout not in LAYOUTS:
+        raise EdgekdError(f"layout '{layout}' is unknown: use one of {', '.join(LAYOUTS)}")
+    checkpoint = Path(checkpoint)
+    model, payload = load_checkpoint(checkpoint)
+    dataset = dataset_for(payload, data, category)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name or default_name(checkpoint)}.{precision}"
+    pixel_threshold = (payload.get("thresholds") or {}).get("pixel")
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        if precision == "int8":
+            (staging / "fp32").mkdir()
+            fp32 = export_fp32(model, pixel_threshold, staging / "fp32", stem, layout)
+            calibration = _calibration_images(dataset, calib_images, model.input_size)
+            graphs = _quantize_graphs(fp32, calibration, staging, stem, calibration_method)
+            shutil.rmtree(staging / "fp32")
+        else:
+            exported = copy.deepcopy(model).networks_to(torch.float16) if precision == "fp16" else model
+            graphs = export_fp32(exported, pixel_threshold, staging, stem, layout)
+
+        info = {**describe_checkpoint(payload, checkpoint), "kind": "onnx", "precision": precision, "layout": layout,
+                "opset": OPSET, "outputs": ["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else [])}
+        if layout == "split":
+            info["graphs"] = {role: path.name for role, path in graphs.items()}
+        for role, path in graphs.items():
+            write_sidecar(path, {**info, "role": role})
+        artifact = graphs.get("detector", graphs.get("student"))
+
+        reference = TorchRuntime(model, device="cpu")
+        candidate = OnnxRuntime(artifact)
+        parity_samples = _pick_parity_images(dataset, parity_images)
+        parity = compare(reference, candidate, load_images(parity_samples, model.input_size), precision)
+        info["parity"] = parity.to_dict()
+        if not parity.passed:
+            raise EdgekdError(f"{precision} export of {checkpoint} failed parity against PyTorch ({parity.summary()}; "
+                              f"limits {parity.limits}): nothing was written")
+
+        if precision != "fp32":
+            # Reduced precision shifts the score scale a little (INT8 more): thresholds from FP32 would be
+            # wrong, so calibrate again on the held-out normal images that training calibrated on.
+            thresholds, stats = _recalibrate(candidate, dataset, payload)
+            info["thresholds_fp32"], info["thresholds"] = info["thresholds"], thresholds
+            info["score_stats_fp32"], info["score_stats"] = info["score_stats"], stats
+            candidate.thresholds = thresholds
+            if "mask" in info["outputs"]:
+                set_mask_threshold(graphs.get("detector", graphs.get("student")), thresholds["pixel"])
+
+        deltas, refused = {}, False
+        if precision != "fp32":
+            images, masks = load_images_and_masks(dataset.test, model.input_size, progress, "accuracy check")
+            labels = np.array([s.label for s in dataset.test])
+            ref_pred, got_pred = reference.infer(images), candidate.infer(images)
+            ref_metrics = compute_metrics(labels, ref_pred.scores, masks, ref_pred.maps)
+            got_metrics = compute_metrics(labels, got_pred.scores, masks, got_pred.maps)
+            deltas = {k: round(100 * (ref_metrics[k] - got_metrics[k]), 3) for k in GATED_METRICS}
+            info["accuracy"] = {"fp32": {k: ref_metrics[k] for k in GATED_METRICS},
+                                precision: {k: got_metrics[k] for k in GATED_METRICS},
+                                "drop_points": deltas, "max_drop": max_drop, "test_images": int(len(labels))}
+            refused = any(d > max_drop for d in deltas.values() if np.isfinite(d))
+            if refused and not force:
+                worst = max(deltas, key=lambda k: deltas[k])
+                raise EdgekdError(f"{precision} export refused: {worst} drops {deltas[worst]:.2f} points versus FP32 "
+                                  f"(limit --max-drop {max_drop}; all drops {deltas}): pass --force to keep it anyway")
+        info["forced"] = bool(refused and force)
+
+        final = []
+        for role, path in graphs.items():
+            meta = {"edgekd_version": info["edgekd_version"], "model": info["model"], "precision": precision,
+                    "layout": layout, "role": role, "input_size": info["input_size"], "color": "RGB",
+                    "normalization": info["input"]["normalization"], "thresholds": info["thresholds"],
+                    "source_sha256": info["source_checkpoint"]["sha256"]}
+            set_metadata(path, meta)
+            write_sidecar(path, {**info, "role": role})
+        for path in sorted(staging.iterdir()):
+            target = out_dir / path.name
+            path.replace(target)
+            final.append(target)
+        return ExportResult(out_dir / artifact.name, final, parity, deltas, refused, dataset.root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

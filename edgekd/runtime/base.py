@@ -1,0 +1,56 @@
+"""One interface for every backend: load an artifact, run a batch of frames, get maps, scores and masks."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekd.data.images import to_model_input
+
+
+@dataclass
+class Prediction:
+    maps: np.ndarray  # (N,H,W) float32 anomaly maps at the model's input size
+    scores: np.ndarray  # (N,) float32 image scores
+    masks: np.ndarray | None  # (N,H,W) uint8, 1 = defect, when a pixel threshold is known
+
+
+class Runtime(ABC):
+    """Life cycle: open (constructor) -> infer(...) any number of times -> close()."""
+
+    backend = "base"
+
+    def __init__(self, info: dict):
+        self.info = info  # sidecar-shaped description: input_size, thresholds, score_stats, model, ...
+        self.input_size = tuple(info["input_size"])
+        self.thresholds = info.get("thresholds") or {}
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N,3,H,W) float32 RGB in [0, 1] -> (maps (N,1,H,W), scores (N,)) as numpy."""
+
+    def infer(self, images: np.ndarray, batch_size: int = 16, progress=None, label: str = "infer") -> Prediction:
+        """(N,H,W,3) uint8 RGB frames at the input size -> Prediction, in batches."""
+        maps, scores = [], []
+        task = progress.add_task(label, total=len(images)) if progress else None
+        for start in range(0, len(images), batch_size):
+            amap, score = self.run(to_model_input(images[start:start + batch_size]))
+            maps.append(np.asarray(amap, dtype=np.float32)[:, 0])
+            scores.append(np.asarray(score, dtype=np.float32).reshape(-1))
+            if progress:
+                progress.advance(task, len(maps[-1]))
+        maps_all = np.concatenate(maps) if maps else np.zeros((0, *self.input_size), np.float32)
+        pixel = self.thresholds.get("pixel")
+        masks = (maps_all > pixel).astype(np.uint8) if pixel is not None else None
+        return Prediction(maps_all, np.concatenate(scores) if scores else np.zeros(0, np.float32), masks)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

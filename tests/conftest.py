@@ -18,3 +18,35 @@ def synth_root(tmp_path_factory):
 def lite0_teacher():
     from edgekd.backbones import build_teacher
     return build_teacher("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def wood_checkpoint(synth_root, tmp_path_factory):
+    """A short RD run at 128 px that export and engine tests share."""
+    from pathlib import Path
+
+    from edgekd.config import load_config
+    from edgekd.train import train
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(configs / "rd_lite0.yaml", ["input_size=128", "train.batch_size=8", "train.epochs=4"])
+    return train(cfg, synth_root, "wood", tmp_path_factory.mktemp("run") / "wood").checkpoint
+
+
+@pytest.fixture(scope="session")
+def exports(wood_checkpoint, tmp_path_factory):
+    from edgekd.export.exporter import export_checkpoint
+    out = tmp_path_factory.mktemp("export")
+    # force: this 4-epoch model is too rough for the INT8 gate; the gate has a test of its own
+    return out, {p: export_checkpoint(wood_checkpoint, p, out_dir=out, calib_images=16, calibration_method="minmax",
+                                      force=True) for p in ("fp32", "fp16", "int8")}
+
+
+@pytest.fixture(scope="session")
+def onnx_exports(exports):
+    return {precision: result.artifact for precision, result in exports[1].items()}
+
+
+@pytest.fixture(scope="session")
+def split_export(wood_checkpoint, tmp_path_factory):
+    from edgekd.export.exporter import export_checkpoint
+    return export_checkpoint(wood_checkpoint, "fp32", layout="split", out_dir=tmp_path_factory.mktemp("split")).artifact

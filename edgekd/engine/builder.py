@@ -114,7 +114,7 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
         config.set_flag(trt.module.BuilderFlag.GPU_FALLBACK)
 
     cache = None
-    if timing_cache is not None:
+    if timing_cache is not None and trt.flavour == "tensorrt":  # TensorRT-RTX keeps no timing cache
         cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
         config.set_timing_cache(cache, ignore_mismatch=True)
 
@@ -136,7 +136,8 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
                "built_on_gpu": gpu_description(), "dla_core": dla_core,
                "profile": {"batch": {"min": batch[0], "opt": batch[1], "max": batch[2]}, "shapes": shapes},
                "network": {"inputs": [_tensor_info(t) for t in inputs], "outputs": outputs},
-               "build_seconds": round(seconds, 2), "workspace_gb": workspace_gb}
+               "build_seconds": round(seconds, 2), "workspace_gb": workspace_gb,
+               "timing_cache": str(timing_cache) if cache is not None else None}
     sidecar_path = write_sidecar(engine_path, sidecar)
     return EngineResult(engine_path, sidecar_path, sidecar["network"]["inputs"], outputs, sidecar["profile"], seconds,
                         trt.label)

@@ -22,7 +22,8 @@ def backend_for(path: str | Path, backend: str | None = None) -> str:
     return BACKEND_BY_SUFFIX[suffix]
 
 
-def open_runtime(path: str | Path, backend: str | None = None, device: str = "auto") -> Runtime:
+def open_runtime(path: str | Path, backend: str | None = None, device: str = "auto", cuda_graph: bool = False) -> Runtime:
+    """cuda_graph: replay each batch size's TensorRT work as a captured CUDA graph (TensorRT backend only)."""
     kind = backend_for(path, backend)
     if kind == "torch":
         from edgekd.runtime.torch_backend import TorchRuntime
@@ -31,7 +32,7 @@ def open_runtime(path: str | Path, backend: str | None = None, device: str = "au
         from edgekd.runtime.onnx_backend import OnnxRuntime
         return OnnxRuntime(path, device)
     from edgekd.runtime.tensorrt_backend import TensorRTRuntime
-    return TensorRTRuntime(path, device)
+    return TensorRTRuntime(path, device, cuda_graph)
 
 
 __all__ = ["Prediction", "Runtime", "backend_for", "open_runtime"]

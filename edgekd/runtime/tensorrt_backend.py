@@ -112,12 +112,28 @@ class _CudaPython:
     def synchronize(self):
         self._check(self.rt.cudaStreamSynchronize(self.stream)[0], "cudaStreamSynchronize")
 
+    def capture(self, enqueue) -> object | None:
+        """Record what `enqueue` puts on the stream as a CUDA graph; None when capture is not possible."""
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+        if int(self.rt.cudaStreamBeginCapture(self.stream, mode)[0]) != 0:
+            return None
+        enqueue()
+        err, graph = self.rt.cudaStreamEndCapture(self.stream)
+        if int(err) != 0:
+            return None
+        err, executable = self.rt.cudaGraphInstantiate(graph, 0)
+        return executable if int(err) == 0 else None
 
-def _cuda():
-    try:
-        return _CudaPyCuda()
-    except ImportError:
-        pass
+    def launch(self, executable) -> None:
+        self._check(self.rt.cudaGraphLaunch(executable, self.stream)[0], "cudaGraphLaunch")
+
+
+def _cuda(prefer_graphs: bool = False):
+    if not prefer_graphs:  # CUDA graphs go through cuda-python's graph API
+        try:
+            return _CudaPyCuda()
+        except ImportError:
+            pass
     try:
         return _CudaPython()
     except ImportError:
@@ -127,7 +143,7 @@ def _cuda():
 class _Engine:
     """One deserialised engine with buffers sized for the profile's largest batch."""
 
-    def __init__(self, trt, runtime, cuda, path: Path, max_batch: int):
+    def __init__(self, trt, runtime, cuda, path: Path, max_batch: int, cuda_graph: bool = False):
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise EdgekdError(f"TensorRT could not deserialise {path}: rebuild it with 'edgekd build-engine'")
@@ -136,6 +152,8 @@ class _Engine:
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.host, self.device = {}, {}
+        self.cuda_graph = cuda_graph and hasattr(cuda, "capture")
+        self.graphs: dict[int, object] = {}  # batch size -> instantiated CUDA graph
         for name in self.names:
             shape = list(self.engine.get_tensor_shape(name))
             shape[0] = max_batch
@@ -148,12 +166,25 @@ class _Engine:
         for name in self.inputs:
             np.copyto(self.host[name][:batch], feeds[name])
             self.context.set_input_shape(name, (batch, *self.host[name].shape[1:]))
-            self.cuda.to_device(self.device[name], self.host[name])
-        if not self.context.execute_async_v3(self.cuda.handle):
-            raise EdgekdError("TensorRT execution failed (see the TensorRT log above)")
         outputs = [n for n in self.names if n not in self.inputs]
-        for name in outputs:
-            self.cuda.to_host(self.host[name], self.device[name])
+
+        def enqueue():
+            for name in self.inputs:
+                self.cuda.to_device(self.device[name], self.host[name])
+            if not self.context.execute_async_v3(self.cuda.handle):
+                raise EdgekdError("TensorRT execution failed (see the TensorRT log above)")
+            for name in outputs:
+                self.cuda.to_host(self.host[name], self.device[name])
+
+        if self.cuda_graph and batch in self.graphs:
+            self.cuda.launch(self.graphs[batch])
+        else:
+            enqueue()  # the first run of a shape also lets TensorRT finish its lazy set-up before a capture
+            if self.cuda_graph:
+                self.cuda.synchronize()
+                captured = self.cuda.capture(enqueue)
+                if captured is not None:
+                    self.graphs[batch] = captured
         self.cuda.synchronize()
         return {name: self.host[name][:batch].copy() for name in outputs}
 
@@ -161,7 +192,7 @@ class _Engine:
 class TensorRTRuntime(Runtime):
     backend = "tensorrt"
 
-    def __init__(self, path: str | Path, device: str = "auto"):
+    def __init__(self, path: str | Path, device: str = "auto", cuda_graph: bool = False):
         path = Path(path)
         if not path.is_file():
             raise EdgekdError(f"engine {path} does not exist: build it with 'edgekd build-engine'")
@@ -169,14 +200,14 @@ class TensorRTRuntime(Runtime):
         super().__init__(info)
         check_engine_compatible(path, info)
         trt = load_tensorrt(info["tensorrt"]["flavour"]).module
-        self.cuda = _cuda()
+        self.cuda = _cuda(prefer_graphs=cuda_graph)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.max_batch = int(info["profile"]["batch"]["max"])
         graphs = info.get("graphs")
-        self.teacher = _Engine(trt, self.runtime, self.cuda, path.parent / graphs["teacher"], self.max_batch) if graphs else None
-        student_path = path.parent / graphs["student"] if graphs else path
-        self.student = _Engine(trt, self.runtime, self.cuda, student_path, self.max_batch)
+        engine = lambda p: _Engine(trt, self.runtime, self.cuda, p, self.max_batch, cuda_graph)
+        self.teacher = engine(path.parent / graphs["teacher"]) if graphs else None
+        self.student = engine(path.parent / graphs["student"] if graphs else path)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         maps, scores = [], []

@@ -142,7 +142,7 @@ def export(checkpoint: Path = typer.Argument(..., help="model.ckpt"),
            data: Optional[Path] = typer.Option(None, help="Dataset for parity/accuracy checks (default: the training data)."),
            category: Optional[str] = typer.Option(None, help="Category of --data."),
            calib_images: int = typer.Option(64, "--calib-images", min=1, help="Normal images for INT8 calibration."),
-           calibration: str = typer.Option("percentile", help="INT8 calibration: minmax, percentile or entropy."),
+           calibration: str = typer.Option("minmax", help="INT8 calibration: minmax, percentile or entropy."),
            max_drop: float = typer.Option(1.0, "--max-drop", help="Refuse fp16/int8 if a metric drops more points than this."),
            force: bool = typer.Option(False, help="Keep a reduced-precision export that fails the accuracy gate.")):
     from edgekd.export.exporter import export_checkpoint

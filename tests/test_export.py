@@ -62,6 +62,10 @@ def test_int8_export_is_explicit_qdq_with_float_scoring(exports):
     assert set(int8.deltas) == {"image_auroc", "pixel_auroc", "aupro"}
     assert read_sidecar(int8.artifact)["accuracy"]["drop_points"] == int8.deltas
     assert dequantized  # weights and activations go through Q/DQ pairs
+    finest = [n for n in model.graph.node if "/teacher/segments.0/" in n.name and n.op_type == "Conv"]
+    quantized_convs = [n for n in model.graph.node if n.op_type == "Conv" and any(i in dequantized for i in n.input)]
+    assert finest and not any(i in dequantized for n in finest for i in n.input)  # the finest scale stays float
+    assert len(quantized_convs) > 10  # the rest of the teacher and the student are INT8
 
 
 def test_int8_accuracy_gate_refuses_and_force_keeps(wood_checkpoint, tmp_path):

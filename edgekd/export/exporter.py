@@ -97,10 +97,38 @@ def _recalibrate(runtime, dataset: Dataset, payload: dict) -> dict:
     return thresholds_from_normal(prediction.scores, prediction.maps, k_sigma), score_statistics(prediction.scores)
 
 
+def _accuracy_drop(reference, candidate, dataset: Dataset, precision: str, progress) -> dict:
+    """Metrics of both on the test split and the points each gated metric lost (positive = worse)."""
+    images, masks = load_images_and_masks(dataset.test, reference.input_size, progress, "accuracy check")
+    labels = np.array([s.label for s in dataset.test])
+    ref_pred, got_pred = reference.infer(images), candidate.infer(images)
+    ref = compute_metrics(labels, ref_pred.scores, masks, ref_pred.maps)
+    got = compute_metrics(labels, got_pred.scores, masks, got_pred.maps)
+    return {"fp32": {k: ref[k] for k in GATED_METRICS}, precision: {k: got[k] for k in GATED_METRICS},
+            "drop_points": {k: round(100 * (ref[k] - got[k]), 3) for k in GATED_METRICS},
+            "test_images": int(len(labels))}
+
+
+def _publish(graphs: dict[str, Path], info: dict, staging: Path, out_dir: Path) -> list[Path]:
+    """Stamp metadata and sidecars, then move every file out of staging: all of an export appears, or none."""
+    for role, path in graphs.items():
+        set_metadata(path, {"edgekd_version": info["edgekd_version"], "model": info["model"],
+                            "precision": info["precision"], "layout": info["layout"], "role": role,
+                            "input_size": info["input_size"], "color": "RGB",
+                            "normalization": info["input"]["normalization"], "thresholds": info["thresholds"],
+                            "source_sha256": info["source_checkpoint"]["sha256"]})
+        write_sidecar(path, {**info, "role": role})
+    final = []
+    for path in sorted(staging.iterdir()):
+        path.replace(out_dir / path.name)
+        final.append(out_dir / path.name)
+    return final
+
+
 def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: str = "single",
                       out_dir: str | Path = "export", name: str | None = None, data: str | Path | None = None,
                       category: str | None = None, calib_images: int = 64, max_drop: float = 1.0, force: bool = False,
-                      parity_images: int = 16, calibration_method: str = "percentile", progress=None) -> ExportResult:
+                      parity_images: int = 16, calibration_method: str = "minmax", progress=None) -> ExportResult:
     if precision not in PRECISIONS:
         raise EdgekdError(f"precision '{precision}' is unknown: use one of {', '.join(PRECISIONS)}")
     if layout not in LAYOUTS:
@@ -141,6 +169,7 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
             raise EdgekdError(f"{precision} export of {checkpoint} failed parity against PyTorch ({parity.summary()}; "
                               f"limits {parity.limits}): nothing was written")
 
+        deltas, refused = {}, False
         if precision != "fp32":
             # Reduced precision shifts the score scale a little (INT8 more): thresholds from FP32 would be
             # wrong, so calibrate again on the held-out normal images that training calibrated on.
@@ -149,38 +178,16 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
             info["score_stats_fp32"], info["score_stats"] = info["score_stats"], stats
             candidate.thresholds = thresholds
             if "mask" in info["outputs"]:
-                set_mask_threshold(graphs.get("detector", graphs.get("student")), thresholds["pixel"])
-
-        deltas, refused = {}, False
-        if precision != "fp32":
-            images, masks = load_images_and_masks(dataset.test, model.input_size, progress, "accuracy check")
-            labels = np.array([s.label for s in dataset.test])
-            ref_pred, got_pred = reference.infer(images), candidate.infer(images)
-            ref_metrics = compute_metrics(labels, ref_pred.scores, masks, ref_pred.maps)
-            got_metrics = compute_metrics(labels, got_pred.scores, masks, got_pred.maps)
-            deltas = {k: round(100 * (ref_metrics[k] - got_metrics[k]), 3) for k in GATED_METRICS}
-            info["accuracy"] = {"fp32": {k: ref_metrics[k] for k in GATED_METRICS},
-                                precision: {k: got_metrics[k] for k in GATED_METRICS},
-                                "drop_points": deltas, "max_drop": max_drop, "test_images": int(len(labels))}
+                set_mask_threshold(artifact, thresholds["pixel"])
+            info["accuracy"] = {**_accuracy_drop(reference, candidate, dataset, precision, progress), "max_drop": max_drop}
+            deltas = info["accuracy"]["drop_points"]
             refused = any(d > max_drop for d in deltas.values() if np.isfinite(d))
             if refused and not force:
                 worst = max(deltas, key=lambda k: deltas[k])
                 raise EdgekdError(f"{precision} export refused: {worst} drops {deltas[worst]:.2f} points versus FP32 "
                                   f"(limit --max-drop {max_drop}; all drops {deltas}): pass --force to keep it anyway")
         info["forced"] = bool(refused and force)
-
-        final = []
-        for role, path in graphs.items():
-            meta = {"edgekd_version": info["edgekd_version"], "model": info["model"], "precision": precision,
-                    "layout": layout, "role": role, "input_size": info["input_size"], "color": "RGB",
-                    "normalization": info["input"]["normalization"], "thresholds": info["thresholds"],
-                    "source_sha256": info["source_checkpoint"]["sha256"]}
-            set_metadata(path, meta)
-            write_sidecar(path, {**info, "role": role})
-        for path in sorted(staging.iterdir()):
-            target = out_dir / path.name
-            path.replace(target)
-            final.append(target)
+        final = _publish(graphs, info, staging, out_dir)
         return ExportResult(out_dir / artifact.name, final, parity, deltas, refused, dataset.root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,6 +1,6 @@
 """INT8 by explicit Q/DQ (what strongly typed TensorRT builders need): onnxruntime's static quantiser,
 symmetric per-channel weights and symmetric activations, calibrated on normal training images. The input
-normalisation, the scoring and the mask are excluded, so they stay FP32."""
+normalisation, the scoring, the mask and the finest-scale features are excluded, so they stay float."""
 
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ from edgekd.export.onnx_export import float32_nodes
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray], method: str = "percentile",
+def finest_scale_nodes(graph: onnx.GraphProto) -> list[str]:
+    """The first segment of each feature extractor (stem to the stride-4 tap) stays in float.
+
+    The stride-4 features decide the pixel-level map; quantizing them per tensor wipes out the small
+    teacher/student differences on fine structure. Measured on the synthetic tile category (RD + Lite0):
+    AUPRO drop 15.6 points with them in INT8, 0.0 with them in float (metal 0.0, granite <= 0.6)."""
+    return [n.name for n in graph.node if "/segments.0/" in n.name]
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray], method: str = "minmax",
                   batch_size: int = 8) -> Path:
     """calibration: graph input name -> (N, ...) float32 arrays from normal images (e.g. {'images': ...})."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -44,7 +53,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-            keep_float = float32_nodes(onnx.load(str(prepared)).graph)
+            graph = onnx.load(str(prepared)).graph
+            keep_float = float32_nodes(graph) + finest_scale_nodes(graph)
             quantize_static(str(prepared), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_float,
                             calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,

@@ -44,6 +44,18 @@ def test_synth_train_eval_predict_end_to_end(tmp_path):
     result = edgekd("predict", run / "model.ckpt", images[0], broken, "--out", tmp_path / "preds2")
     assert result.returncode == 2 and f"image {broken} cannot be decoded" in result.stderr
     assert not (tmp_path / "preds2").exists()  # nothing half-written
+    result = edgekd("export", run / "model.ckpt", "--precision", "fp16", "--out", tmp_path / "export")
+    assert result.returncode == 0, result.stderr
+    assert "verified: parity" in result.stdout and "next: edgekd eval" in result.stdout
+    onnx_path = tmp_path / "export" / "run.fp16.onnx"
+    result = edgekd("eval", onnx_path, "--data", data, "--category", "tile", "--out", tmp_path / "onnx_eval")
+    assert result.returncode == 0 and "| tile |" in result.stdout, result.stderr
+    result = edgekd("predict", onnx_path, images[1], "--out", tmp_path / "onnx_preds")
+    assert result.returncode == 0 and "(onnxruntime)" in result.stdout, result.stderr
+    pytest.importorskip("tensorrt_rtx")
+    result = edgekd("build-engine", onnx_path, "--batch", "1,2,4", "--out", tmp_path / "engines")
+    assert result.returncode == 0, result.stderr
+    assert "verified: inputs images" in result.stdout and (tmp_path / "engines" / "run.fp16.engine").is_file()
     result = edgekd("eval", run / "model.ckpt", "--data", data, "--save-threshold")
     assert result.returncode == 0 and "stored F1-optimal thresholds" in result.stdout
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.data.synth import parse_categories
-from edgekd.data.images import write_bytes_atomic
+from edgekd.atomic import write_bytes_atomic
 from edgekd.errors import EdgekdError
 from edgekd.export.exporter import export_checkpoint
 from edgekd.machine import machine_info

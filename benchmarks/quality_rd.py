@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 
 from edgekd.config import load_config
-from edgekd.data.images import write_bytes_atomic
+from edgekd.atomic import write_bytes_atomic
 from edgekd.data.synth import parse_categories, synthesize
 from edgekd.evaluate import evaluate, markdown_table, mean_row
 from edgekd.runtime.torch_backend import TorchRuntime

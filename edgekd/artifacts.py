@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgekd import __version__
 from edgekd.backbones.weights import sha256_of
-from edgekd.data.images import write_bytes_atomic
+from edgekd.atomic import write_bytes_atomic
 from edgekd.errors import EdgekdError
 
 SIDECAR_FORMAT = "edgekd-artifact"

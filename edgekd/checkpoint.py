@@ -10,7 +10,7 @@ import torch
 
 from edgekd import __version__
 from edgekd.backbones import build_teacher
-from edgekd.data.images import write_bytes_atomic
+from edgekd.atomic import write_bytes_atomic
 from edgekd.errors import EdgekdError
 from edgekd.models import AnomalyModel, model_class
 from edgekd.scoring import ScoringConfig
@@ -41,10 +41,14 @@ def save_checkpoint(path: str | Path, model: AnomalyModel, config: dict, **extra
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
+    _write_payload(path, payload)
+    return Path(path)
+
+
+def _write_payload(path: str | Path, payload: dict) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_bytes_atomic(path, buffer.getvalue())
-    return Path(path)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -82,6 +86,4 @@ def update_checkpoint(path: str | Path, **fields) -> None:
     """Rewrite selected top-level fields (e.g. thresholds) of a checkpoint, atomically."""
     payload = read_checkpoint(path)
     payload.update(fields)
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    _write_payload(path, payload)

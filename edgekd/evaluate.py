@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 
-from edgekd.data.images import write_bytes_atomic, write_image_atomic
+from edgekd.atomic import write_bytes_atomic
+from edgekd.data.images import write_image_atomic
 from edgekd.data.layouts import Dataset, load_dataset
 from edgekd.data.loading import load_images_and_masks
 from edgekd.runtime.base import Runtime

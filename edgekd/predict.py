@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgekd.data.images import read_rgb, resize_rgb, write_bytes_atomic, write_image_atomic
+from edgekd.atomic import write_bytes_atomic
+from edgekd.data.images import read_rgb, resize_rgb, write_image_atomic
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime
 from edgekd.viz import overlay

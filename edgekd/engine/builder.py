@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgekd.artifacts import read_sidecar, write_sidecar
 from edgekd.backbones.weights import sha256_of
-from edgekd.data.images import write_bytes_atomic
+from edgekd.atomic import write_bytes_atomic
 from edgekd.engine.gpu import gpu_description
 from edgekd.engine.trt import TensorRT, load_tensorrt
 from edgekd.errors import EdgekdError

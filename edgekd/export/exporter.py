@@ -20,7 +20,7 @@ from edgekd.data.layouts import Dataset, load_dataset
 from edgekd.data.loading import load_images, load_images_and_masks
 from edgekd.errors import EdgekdError
 from edgekd.evaluate import compute_metrics
-from edgekd.export.onnx_export import OPSET, export_fp32, set_mask_threshold, set_metadata
+from edgekd.export.onnx_export import OPSET, export_graphs, set_mask_threshold, set_metadata
 from edgekd.export.parity import ParityReport, compare
 from edgekd.export.quantize import quantize_int8
 from edgekd.runtime.onnx_backend import OnnxRuntime
@@ -144,13 +144,13 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
     try:
         if precision == "int8":
             (staging / "fp32").mkdir()
-            fp32 = export_fp32(model, pixel_threshold, staging / "fp32", stem, layout)
+            fp32 = export_graphs(model, pixel_threshold, staging / "fp32", stem, layout)
             calibration = _calibration_images(dataset, calib_images, model.input_size)
             graphs = _quantize_graphs(fp32, calibration, staging, stem, calibration_method)
             shutil.rmtree(staging / "fp32")
         else:
             exported = copy.deepcopy(model).networks_to(torch.float16) if precision == "fp16" else model
-            graphs = export_fp32(exported, pixel_threshold, staging, stem, layout)
+            graphs = export_graphs(exported, pixel_threshold, staging, stem, layout)
 
         info = {**describe_checkpoint(payload, checkpoint), "kind": "onnx", "precision": precision, "layout": layout,
                 "opset": OPSET, "outputs": ["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else [])}

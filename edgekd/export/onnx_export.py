@@ -1,4 +1,4 @@
-"""Writing a detector as ONNX: FP32 graph(s) with metadata; FP16 and INT8 variants are derived from it."""
+"""Writing a detector as ONNX graph(s) (FP32, or FP16 networks with FP32 scoring) and stamping metadata."""
 
 from __future__ import annotations
 
@@ -64,8 +64,9 @@ def set_metadata(path: Path, fields: dict) -> None:
     onnx.save(model, str(path))
 
 
-def export_fp32(model: AnomalyModel, pixel_threshold: float | None, folder: Path, stem: str, layout: str) -> dict[str, Path]:
-    """Write the FP32 graph(s) into `folder`; returns {'detector': path} or {'teacher': ..., 'student': ...}."""
+def export_graphs(model: AnomalyModel, pixel_threshold: float | None, folder: Path, stem: str, layout: str) -> dict[str, Path]:
+    """Write the graph(s) of `model` in its current precision into `folder`; returns {'detector': path} or
+    {'teacher': ..., 'student': ...}."""
     model = model.cpu().eval()
     h, w = model.input_size
     dummy = torch.rand(1, 3, h, w)

@@ -26,7 +26,7 @@ class AnomalyModel(nn.Module):
     # -- the two halves; subclasses implement student_features ---------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """FP32 normalisation, then the networks' own precision (FP16 when exported as FP16)."""
-        return ((images - self.mean) / self.std).to(self.teacher.segments[0].parameters().__next__().dtype)
+        return ((images - self.mean) / self.std).to(next(self.teacher.parameters()).dtype)
 
     def networks_to(self, dtype: torch.dtype) -> "AnomalyModel":
         """Teacher and student in `dtype`; normalisation and scoring stay FP32 (they accumulate)."""

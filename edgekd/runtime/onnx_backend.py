@@ -51,11 +51,11 @@ class OnnxRuntime(Runtime):
         else:
             self.teacher, self.student = None, _session(path, providers)
         self.student_inputs = [i.name for i in self.student.get_inputs()]
+        self.teacher_outputs = [o.name for o in self.teacher.get_outputs()] if self.teacher else []
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"images": batch}
         if self.teacher is not None:
-            names = [o.name for o in self.teacher.get_outputs()]
-            feeds.update(zip(names, self.teacher.run(names, {"images": batch})))
+            feeds.update(zip(self.teacher_outputs, self.teacher.run(self.teacher_outputs, {"images": batch})))
         amap, score = self.student.run(["anomaly_map", "score"], {k: feeds[k] for k in self.student_inputs})
         return amap, score

@@ -90,3 +90,12 @@ def test_stale_engine_is_caught_from_the_sidecar(built_engine):
     shutil.move(str(built_engine.with_suffix(".json")), str(built_engine.with_suffix(".bak")))
     with pytest.raises(EdgekdError, match="has no sidecar"):
         open_runtime(built_engine)
+
+
+def test_engine_for_another_gpu_is_caught_before_loading(built_engine, monkeypatch):
+    import edgekd.runtime.tensorrt_backend as backend
+    info = read_sidecar(built_engine)
+    info["built_on_gpu"] = {"name": "NVIDIA H100", "compute_capability": "9.0"}
+    monkeypatch.setattr(backend, "gpu_description", lambda index=0: {"name": "Orin", "compute_capability": "8.7"})
+    with pytest.raises(EdgekdError, match=r"built for NVIDIA H100 \(sm 9.0\) but this GPU is Orin \(sm 8.7\)"):
+        backend.check_engine_compatible(built_engine, info)  # a check only: no TensorRT runtime is created

@@ -116,3 +116,11 @@ def test_export_bad_input(wood_checkpoint, tmp_path):
         open_runtime(onnx_copy)
     with pytest.raises(EdgekdError, match="cannot tell the backend"):
         open_runtime(tmp_path / "model.tflite")
+
+
+def test_failed_parity_is_loud_and_writes_nothing(wood_checkpoint, tmp_path, monkeypatch):
+    from edgekd.export import parity
+    monkeypatch.setitem(parity.TOLERANCES, "fp32", (0.0, 1.01))  # no export can meet this
+    with pytest.raises(EdgekdError, match=r"failed parity against PyTorch \(parity on \d+ images: max \|map diff\|"):
+        export_checkpoint(wood_checkpoint, "fp32", out_dir=tmp_path)
+    assert not list(tmp_path.iterdir())

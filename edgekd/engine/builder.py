@@ -80,17 +80,13 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
     trt = load_tensorrt(flavour)
     logger = _collecting_logger(trt)
     builder = trt.module.Builder(logger)
-    # Strongly typed where the ONNX carries the precision (FP16 weights, INT8 Q/DQ), or where it is the only mode.
-    strongly_typed = not trt.weakly_typed or precision != "fp32"
-    if trt.weakly_typed and precision == "fp16":
-        strongly_typed = False  # TensorRT 10.x: the FP16 ONNX plus the FP16 builder flag, as JetPack users expect
+    # Strongly typed where it is the only mode (TensorRT 11, TensorRT-RTX) or for INT8 Q/DQ graphs; TensorRT 10.x
+    # builds FP32 and FP16 ONNX weakly typed, FP16 with the builder flag, as JetPack users expect.
+    strongly_typed = not trt.weakly_typed or precision == "int8"
     network, _parser = _parse(trt, builder, onnx_path, logger, strongly_typed)
     config = builder.create_builder_config()
-    if trt.weakly_typed and not strongly_typed:
-        if precision == "fp16":
-            config.set_flag(trt.module.BuilderFlag.FP16)
-        if precision == "int8" and hasattr(trt.module.BuilderFlag, "INT8"):
-            config.set_flag(trt.module.BuilderFlag.INT8)
+    if not strongly_typed and precision == "fp16":
+        config.set_flag(trt.module.BuilderFlag.FP16)
     config.set_memory_pool_limit(trt.module.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
 
     profile = builder.create_optimization_profile()

@@ -144,12 +144,14 @@ def export(checkpoint: Path = typer.Argument(..., help="model.ckpt"),
            calib_images: int = typer.Option(64, "--calib-images", min=1, help="Normal images for INT8 calibration."),
            calibration: str = typer.Option("minmax", help="INT8 calibration: minmax, percentile or entropy."),
            max_drop: float = typer.Option(1.0, "--max-drop", help="Refuse fp16/int8 if a metric drops more points than this."),
-           force: bool = typer.Option(False, help="Keep a reduced-precision export that fails the accuracy gate.")):
+           force: bool = typer.Option(False, help="Keep a reduced-precision export that fails the accuracy gate."),
+           fused_op: str = typer.Option("function", "--fused-op", help="Scoring as one edgekd::MultiScaleFeatureDiff node "
+                                        "with an ONNX function body ('function'), or as stock ONNX ops ('off').")):
     from edgekd.export.exporter import export_checkpoint
     from edgekd.progress import make_progress
     with make_progress() as progress:
         result = export_checkpoint(checkpoint, precision, layout, out, name, data, category, calib_images, max_drop,
-                                   force, calibration_method=calibration, progress=progress)
+                                   force, calibration_method=calibration, fused_op=fused_op, progress=progress)
     _echo(f"wrote {', '.join(str(p) for p in result.files)}")
     _echo(f"verified: {result.parity.summary()} -> within {precision} tolerance")
     if result.deltas:
@@ -167,11 +169,15 @@ def build_engine(source: Path = typer.Argument(..., help="model.ckpt (exported f
                  workspace_gb: float = typer.Option(2.0, "--workspace-gb", min=0.0625, help="Builder workspace limit."),
                  timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file, reused between builds (default <out>/timing.cache)."),
                  dla_core: Optional[int] = typer.Option(None, min=0, help="Build for this DLA core (Jetson) with GPU fallback."),
-                 tensorrt: Optional[str] = typer.Option(None, help="Force tensorrt or tensorrt_rtx.")):
+                 tensorrt: Optional[str] = typer.Option(None, help="Force tensorrt or tensorrt_rtx."),
+                 plugin: Optional[bool] = typer.Option(None, "--plugin/--no-plugin", help="Build the fused scoring op as "
+                                                       "the edgekd CUDA plugin (default on full TensorRT) or from its "
+                                                       "ONNX function body (default on TensorRT-RTX).")):
     from edgekd.engine.builder import build_engine as build
     from edgekd.progress import make_progress
     with make_progress() as progress:
-        result = build(source, out, precision, batch, workspace_gb, timing_cache, dla_core, tensorrt, progress=progress)
+        result = build(source, out, precision, batch, workspace_gb, timing_cache, dla_core, tensorrt, progress=progress,
+                       plugin=plugin)
     shapes = lambda tensors: ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in tensors)
     _echo(f"built {result.engine} with {result.tensorrt} in {result.seconds:.1f}s"
           + (f" (and {', '.join(map(str, result.extra_engines))})" if result.extra_engines else ""))

@@ -67,8 +67,18 @@ def distillation_loss(teacher: list[torch.Tensor], student: list[torch.Tensor],
     return (per_scale * weights).sum() if weights is not None else per_scale.sum()
 
 
+def blur_radius(sigma: float) -> int:
+    """Taps each side of the Gaussian: 4 sigma, like scipy.ndimage.gaussian_filter; 0 when the blur is off."""
+    return max(1, int(math.ceil(4.0 * sigma))) if sigma > 0 else 0
+
+
+def blur_reflects(height: int, width: int, radius: int) -> bool:
+    """Reflect padding needs the map larger than the radius; smaller maps replicate their edge."""
+    return min(height, width) > radius
+
+
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(4.0 * sigma)))  # 4 sigma, like scipy.ndimage.gaussian_filter
+    radius = blur_radius(sigma)
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     return kernel / kernel.sum()
@@ -77,7 +87,7 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 def gaussian_blur(amap: torch.Tensor, kernel1d: torch.Tensor) -> torch.Tensor:
     """Separable blur of (B,1,H,W) with reflect padding (replicate when the map is smaller than the kernel)."""
     radius = kernel1d.numel() // 2
-    mode = "reflect" if min(amap.shape[-2:]) > radius else "replicate"
+    mode = "reflect" if blur_reflects(amap.shape[-2], amap.shape[-1], radius) else "replicate"
     k = kernel1d.to(amap)
     out = F.conv2d(F.pad(amap, (radius, radius, 0, 0), mode=mode), k.view(1, 1, 1, -1))
     return F.conv2d(F.pad(out, (0, 0, radius, radius), mode=mode), k.view(1, 1, -1, 1))

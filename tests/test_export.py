@@ -3,6 +3,7 @@
 import json
 import numpy as np
 import onnx
+import onnx.inliner
 import pytest
 
 from edgekd.artifacts import read_sidecar
@@ -32,7 +33,8 @@ def test_fp32_export_matches_pytorch(exports, wood_checkpoint):
 
 
 def _float_type_of_reductions(model: onnx.ModelProto) -> set:
-    inferred = onnx.shape_inference.infer_shapes(model)
+    # the scoring lives in the edgekd::MultiScaleFeatureDiff function body: look at it as the runtimes do, inlined
+    inferred = onnx.shape_inference.infer_shapes(onnx.inliner.inline_local_functions(model))
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     return {types.get(n.input[0]) for n in inferred.graph.node if n.op_type == "ReduceSum"}
 
@@ -54,7 +56,8 @@ def test_int8_export_is_explicit_qdq_with_float_scoring(exports):
     model = onnx.load(str(int8.artifact))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
-    scorer_inputs = {i for n in model.graph.node if "/scorer/" in n.name for i in n.input}
+    scorer_inputs = {i for n in model.graph.node if n.op_type == "MultiScaleFeatureDiff" for i in n.input}
+    assert len(scorer_inputs) == 6  # the fused scoring op survives quantisation, fed by three scales of features
     dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     producers = {o: n for n in model.graph.node for o in n.output}
     assert not any(producers.get(i) is not None and producers[i].op_type == "QuantizeLinear" for i in scorer_inputs)

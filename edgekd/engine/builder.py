@@ -54,13 +54,41 @@ def _collecting_logger(trt: TensorRT):
     return Collector()
 
 
-def _parse(trt: TensorRT, builder, onnx_path: Path, logger, strongly_typed: bool):
+def plugin_by_default(trt: TensorRT) -> bool:
+    """Full TensorRT imports the fused op as our plugin. TensorRT-RTX 1.7 aborts the process in its ONNX parser
+    as soon as a Python-defined IPluginV3 is created (NVIDIA's own Python plugin sample does the same), so there
+    the op is built from its ONNX function body."""
+    return trt.flavour == "tensorrt"
+
+
+def _onnx_for_parser(trt: TensorRT, onnx_path: Path, plugin: bool, parser) -> bytes:
+    """The ONNX bytes to parse. With the plugin: register it, and make the parser prefer it over the node's
+    function body (ENABLE_PLUGIN_OVERRIDE where the parser has it; a `plugin_namespace` attribute on the
+    node does the same for parsers without the flag)."""
+    if not plugin:
+        return onnx_path.read_bytes()
+    import onnx
+    from edgekd.fused.onnx_function import fused_nodes
+    from edgekd.fused.trt_plugin import NAMESPACE, register_plugin
+    model = onnx.load(str(onnx_path))
+    nodes = fused_nodes(model)
+    if not nodes:
+        return onnx_path.read_bytes()
+    register_plugin(trt.module)
+    if hasattr(trt.module.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
+        parser.set_flag(trt.module.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
+    for node in nodes:
+        node.attribute.append(onnx.helper.make_attribute("plugin_namespace", NAMESPACE))
+    return model.SerializeToString()
+
+
+def _parse(trt: TensorRT, builder, onnx_path: Path, logger, strongly_typed: bool, plugin: bool = False):
     flags = 0
     if strongly_typed:
         flags |= 1 << int(trt.module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.module.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
+    if not parser.parse(_onnx_for_parser(trt, onnx_path, plugin, parser)):
         error = parser.get_error(0)
         node = getattr(error, "node_name", lambda: "?")()
         op = getattr(error, "node_operator", lambda: "?")()
@@ -69,12 +97,24 @@ def _parse(trt: TensorRT, builder, onnx_path: Path, logger, strongly_typed: bool
     return network, parser
 
 
+def _fused_op_form(network, info: dict, trt: TensorRT) -> str:
+    """How the engine computes the scoring: 'plugin' (one MultiScaleFeatureDiff plugin layer, whose creator must be
+    registered before the plan is deserialised), 'function body' (stock layers from the ONNX function) or 'stock ops'."""
+    kinds = {network.get_layer(i).type for i in range(network.num_layers)}
+    plugin_kinds = {getattr(trt.module.LayerType, name) for name in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN")
+                    if hasattr(trt.module.LayerType, name)}
+    if kinds & plugin_kinds:
+        return "plugin"
+    return "function body" if info.get("fused_op", "function") == "function" else "stock ops"
+
+
 def _tensor_info(tensor) -> dict:
     return {"name": tensor.name, "shape": list(tensor.shape), "dtype": str(tensor.dtype).split(".")[-1]}
 
 
 def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int, int, int], workspace_gb: float,
-                    timing_cache: Path | None, dla_core: int | None, flavour: str | None = None) -> EngineResult:
+                    timing_cache: Path | None, dla_core: int | None, flavour: str | None = None,
+                    plugin: bool | None = None) -> EngineResult:
     info = read_sidecar(onnx_path)
     precision = info.get("precision", "fp32")
     trt = load_tensorrt(flavour)
@@ -83,7 +123,9 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
     # Strongly typed where it is the only mode (TensorRT 11, TensorRT-RTX) or for INT8 Q/DQ graphs; TensorRT 10.x
     # builds FP32 and FP16 ONNX weakly typed, FP16 with the builder flag, as JetPack users expect.
     strongly_typed = not trt.weakly_typed or precision == "int8"
-    network, _parser = _parse(trt, builder, onnx_path, logger, strongly_typed)
+    plugin = plugin_by_default(trt) if plugin is None else plugin
+    network, _parser = _parse(trt, builder, onnx_path, logger, strongly_typed, plugin)
+    fused_op = _fused_op_form(network, info, trt)
     config = builder.create_builder_config()
     if not strongly_typed and precision == "fp16":
         config.set_flag(trt.module.BuilderFlag.FP16)
@@ -132,7 +174,7 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
                "built_on_gpu": gpu_description(), "dla_core": dla_core,
                "profile": {"batch": {"min": batch[0], "opt": batch[1], "max": batch[2]}, "shapes": shapes},
                "network": {"inputs": [_tensor_info(t) for t in inputs], "outputs": outputs},
-               "build_seconds": round(seconds, 2), "workspace_gb": workspace_gb,
+               "build_seconds": round(seconds, 2), "workspace_gb": workspace_gb, "fused_op": fused_op,
                "timing_cache": str(timing_cache) if cache is not None else None}
     sidecar_path = write_sidecar(engine_path, sidecar)
     return EngineResult(engine_path, sidecar_path, sidecar["network"]["inputs"], outputs, sidecar["profile"], seconds,
@@ -142,7 +184,7 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
 def build_engine(source: str | Path, out_dir: str | Path = "engines", precision: str = "fp16",
                  batch: str = "1,4,8", workspace_gb: float = 2.0, timing_cache: str | Path | None = None,
                  dla_core: int | None = None, flavour: str | None = None, export_dir: str | Path = "export",
-                 progress=None) -> EngineResult:
+                 progress=None, plugin: bool | None = None) -> EngineResult:
     """A checkpoint is exported to ONNX at `precision` first (with its parity and accuracy checks); an ONNX
     file is built at the precision it was exported with."""
     source, out_dir = Path(source), Path(out_dir)
@@ -157,10 +199,10 @@ def build_engine(source: str | Path, out_dir: str | Path = "engines", precision:
     info = read_sidecar(source)
     cache = Path(timing_cache) if timing_cache else out_dir / "timing.cache"
     if info.get("layout") != "split":
-        return build_from_onnx(source, out_dir, source.stem, sizes, workspace_gb, cache, dla_core, flavour)
+        return build_from_onnx(source, out_dir, source.stem, sizes, workspace_gb, cache, dla_core, flavour, plugin)
     # Split layout: one engine per graph; the teacher is the part that goes to a DLA core when asked.
     results = {role: build_from_onnx(source.parent / graph, out_dir, Path(graph).stem, sizes, workspace_gb, cache,
-                                     dla_core if role == "teacher" else None, flavour)
+                                     dla_core if role == "teacher" else None, flavour, plugin)
                for role, graph in info["graphs"].items()}
     engines = {role: r.engine.name for role, r in results.items()}
     for result in results.values():

@@ -20,7 +20,7 @@ from edgekd.data.layouts import Dataset, load_dataset
 from edgekd.data.loading import load_images, load_images_and_masks
 from edgekd.errors import EdgekdError
 from edgekd.evaluate import compute_metrics
-from edgekd.export.onnx_export import OPSET, export_graphs, set_mask_threshold, set_metadata
+from edgekd.export.onnx_export import FUSED_OP_FORMS, OPSET, export_graphs, set_mask_threshold, set_metadata
 from edgekd.export.parity import ParityReport, compare
 from edgekd.export.quantize import quantize_int8
 from edgekd.runtime.onnx_backend import OnnxRuntime
@@ -128,11 +128,14 @@ def _publish(graphs: dict[str, Path], info: dict, staging: Path, out_dir: Path) 
 def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: str = "single",
                       out_dir: str | Path = "export", name: str | None = None, data: str | Path | None = None,
                       category: str | None = None, calib_images: int = 64, max_drop: float = 1.0, force: bool = False,
-                      parity_images: int = 16, calibration_method: str = "minmax", progress=None) -> ExportResult:
+                      parity_images: int = 16, calibration_method: str = "minmax", fused_op: str = "function",
+                      progress=None) -> ExportResult:
     if precision not in PRECISIONS:
         raise EdgekdError(f"precision '{precision}' is unknown: use one of {', '.join(PRECISIONS)}")
     if layout not in LAYOUTS:
         raise EdgekdError(f"layout '{layout}' is unknown: use one of {', '.join(LAYOUTS)}")
+    if fused_op not in FUSED_OP_FORMS:
+        raise EdgekdError(f"--fused-op '{fused_op}' is unknown: use one of {', '.join(FUSED_OP_FORMS)}")
     checkpoint = Path(checkpoint)
     model, payload = load_checkpoint(checkpoint)
     dataset = dataset_for(payload, data, category)
@@ -144,16 +147,16 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
     try:
         if precision == "int8":
             (staging / "fp32").mkdir()
-            fp32 = export_graphs(model, pixel_threshold, staging / "fp32", stem, layout)
+            fp32 = export_graphs(model, pixel_threshold, staging / "fp32", stem, layout, fused_op)
             calibration = _calibration_images(dataset, calib_images, model.input_size)
             graphs = _quantize_graphs(fp32, calibration, staging, stem, calibration_method)
             shutil.rmtree(staging / "fp32")
         else:
             exported = copy.deepcopy(model).networks_to(torch.float16) if precision == "fp16" else model
-            graphs = export_graphs(exported, pixel_threshold, staging, stem, layout)
+            graphs = export_graphs(exported, pixel_threshold, staging, stem, layout, fused_op)
 
         info = {**describe_checkpoint(payload, checkpoint), "kind": "onnx", "precision": precision, "layout": layout,
-                "opset": OPSET, "outputs": ["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else [])}
+                "opset": OPSET, "fused_op": fused_op, "outputs": ["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else [])}
         if layout == "split":
             info["graphs"] = {role: path.name for role, path in graphs.items()}
         for role, path in graphs.items():

@@ -5,23 +5,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgekd.fused.onnx_function import fused_feature_diff
+from edgekd.fused.spec import FusedOpSpec
 from edgekd.models import AnomalyModel
 from edgekd.scoring import threshold_mask
+
+
+def score_and_mask(model: AnomalyModel, images: torch.Tensor, teacher_feats: list[torch.Tensor],
+                   pixel_threshold: float | None, fused: bool):
+    """The student half, the scoring and the mask: as one edgekd::MultiScaleFeatureDiff node when `fused`,
+    else as the reference module's stock ops."""
+    if fused:
+        spec = FusedOpSpec.from_scorer(model.scorer, model.scale_weights(), pixel_threshold)
+        return fused_feature_diff(spec, teacher_feats, model.student_features(images, teacher_feats))
+    amap, score = model.score_features(images, teacher_feats)
+    if pixel_threshold is None:
+        return amap, score
+    return amap, score, threshold_mask(amap, pixel_threshold)
 
 
 class DetectorGraph(nn.Module):
     """images (B,3,H,W) RGB in [0,1] -> anomaly_map (B,1,H,W), score (B,)[, mask (B,1,H,W) uint8]."""
 
-    def __init__(self, model: AnomalyModel, pixel_threshold: float | None):
+    def __init__(self, model: AnomalyModel, pixel_threshold: float | None, fused: bool = True):
         super().__init__()
         self.model = model
         self.pixel_threshold = pixel_threshold
+        self.fused = fused
 
     def forward(self, images: torch.Tensor):
-        amap, score = self.model(images)
-        if self.pixel_threshold is None:
-            return amap, score
-        return amap, score, threshold_mask(amap, self.pixel_threshold)
+        return score_and_mask(self.model, images, self.model.teacher_features(images), self.pixel_threshold, self.fused)
 
 
 class TeacherGraph(nn.Module):
@@ -38,13 +51,11 @@ class TeacherGraph(nn.Module):
 class StudentGraph(nn.Module):
     """images, t0..tk -> anomaly_map, score[, mask]: the student and the scoring."""
 
-    def __init__(self, model: AnomalyModel, pixel_threshold: float | None):
+    def __init__(self, model: AnomalyModel, pixel_threshold: float | None, fused: bool = True):
         super().__init__()
         self.model = model
         self.pixel_threshold = pixel_threshold
+        self.fused = fused
 
     def forward(self, images: torch.Tensor, *teacher_feats: torch.Tensor):
-        amap, score = self.model.score_features(images, list(teacher_feats))
-        if self.pixel_threshold is None:
-            return amap, score
-        return amap, score, threshold_mask(amap, self.pixel_threshold)
+        return score_and_mask(self.model, images, list(teacher_feats), self.pixel_threshold, self.fused)

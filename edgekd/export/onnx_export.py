@@ -13,9 +13,12 @@ import torch
 
 from edgekd.artifacts import INPUT_NAME, OUTPUT_NAMES
 from edgekd.export.graphs import DetectorGraph, StudentGraph, TeacherGraph
+from edgekd.fused.onnx_function import attach_function, fused_nodes, set_threshold
+from edgekd.fused.spec import DOMAIN, OP_VERSION
 from edgekd.models import AnomalyModel
 
 OPSET = 17
+FUSED_OP_FORMS = ("function", "off")  # the scoring as one edgekd node with a function body, or as stock ops
 
 
 def _torch_export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
@@ -24,22 +27,31 @@ def _torch_export(module: torch.nn.Module, args: tuple, path: Path, inputs: list
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but exact and fast here
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=OPSET, input_names=inputs,
-                          output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
+                          output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True,
+                          custom_opsets={DOMAIN: OP_VERSION})
+    model = onnx.load(str(path))
+    if fused_nodes(model):
+        onnx.save(attach_function(model), str(path))
 
 
 def float32_nodes(graph: onnx.GraphProto) -> list[str]:
     """Nodes that stay FP32 under FP16/INT8: everything outside the teacher and student networks, i.e. the
     input normalisation, the feature-difference scoring and the mask. Exported node names carry the module
-    path (/model/<submodule>/...), which is how the networks are told apart."""
+    path (/<submodule>/.../<op>); top-level ops, the fused scoring node and the scorer module are not networks."""
     def in_network(name: str) -> bool:
         parts = name.split("/")
-        return len(parts) >= 4 and parts[1] == "model" and parts[2] != "scorer"
+        return len(parts) >= 3 and parts[1] not in ("scorer", "model")  or (len(parts) >= 4 and parts[1] == "model"
+                                                                            and parts[2] != "scorer")
     return [n.name for n in graph.node if not in_network(n.name)]
 
 
 def set_mask_threshold(path: Path, threshold: float) -> None:
-    """Rewrite the constant that the graph's `mask` output compares the anomaly map with."""
+    """Rewrite the constant that the graph's `mask` output compares the anomaly map with (the fused node's
+    `threshold` attribute, or the Greater constant of an unfused graph)."""
     model = onnx.load(str(path))
+    if set_threshold(model, threshold):
+        onnx.save(model, str(path))
+        return
     producers = {out: node for node in model.graph.node for out in node.output}
     greater = [n for n in model.graph.node if n.op_type == "Greater" and n.input[0] == "anomaly_map"]
     if not greater:
@@ -64,21 +76,23 @@ def set_metadata(path: Path, fields: dict) -> None:
     onnx.save(model, str(path))
 
 
-def export_graphs(model: AnomalyModel, pixel_threshold: float | None, folder: Path, stem: str, layout: str) -> dict[str, Path]:
+def export_graphs(model: AnomalyModel, pixel_threshold: float | None, folder: Path, stem: str, layout: str,
+                  fused_op: str = "function") -> dict[str, Path]:
     """Write the graph(s) of `model` in its current precision into `folder`; returns {'detector': path} or
     {'teacher': ..., 'student': ...}."""
+    fused = fused_op == "function"
     model = model.cpu().eval()
     h, w = model.input_size
     dummy = torch.rand(1, 3, h, w)
     outputs = list(OUTPUT_NAMES if pixel_threshold is not None else OUTPUT_NAMES[:2])
     if layout == "single":
         path = folder / f"{stem}.onnx"
-        _torch_export(DetectorGraph(model, pixel_threshold), (dummy,), path, [INPUT_NAME], outputs)
+        _torch_export(DetectorGraph(model, pixel_threshold, fused), (dummy,), path, [INPUT_NAME], outputs)
         return {"detector": path}
     with torch.no_grad():
         feats = model.teacher_features(dummy)
     names = [f"teacher_{i}" for i in range(len(feats))]
     teacher, student = folder / f"{stem}.teacher.onnx", folder / f"{stem}.student.onnx"
     _torch_export(TeacherGraph(model), (dummy,), teacher, [INPUT_NAME], names)
-    _torch_export(StudentGraph(model, pixel_threshold), (dummy, *feats), student, [INPUT_NAME, *names], outputs)
+    _torch_export(StudentGraph(model, pixel_threshold, fused), (dummy, *feats), student, [INPUT_NAME, *names], outputs)
     return {"teacher": teacher, "student": student}

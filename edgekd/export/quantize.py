@@ -52,7 +52,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            # no ORT graph optimisation here: it would inline the fused scoring op (edgekd::MultiScaleFeatureDiff)
+            quant_pre_process(str(fp32_path), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
             graph = onnx.load(str(prepared)).graph
             keep_float = float32_nodes(graph) + finest_scale_nodes(graph)
             quantize_static(str(prepared), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,

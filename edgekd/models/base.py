@@ -22,6 +22,7 @@ class AnomalyModel(nn.Module):
         self.register_buffer("mean", torch.tensor(teacher.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(teacher.std).view(1, 3, 1, 1), persistent=False)
         self.scorer = FeatureDiff(scoring, self.input_size)
+        self.use_fused_kernels = False  # the torch runtime turns the CUDA kernels on for GPU inference
 
     # -- the two halves; subclasses implement student_features ---------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,12 @@ class AnomalyModel(nn.Module):
 
     def score_features(self, images: torch.Tensor, teacher_feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The student half plus scoring: what a split deployment runs after the teacher."""
-        return self.scorer(teacher_feats, self.student_features(images, teacher_feats), self.scale_weights())
+        student_feats = self.student_features(images, teacher_feats)
+        if self.use_fused_kernels and teacher_feats[0].is_cuda and not torch.is_grad_enabled():
+            from edgekd.fused.spec import FusedOpSpec
+            from edgekd.fused.torch_cuda import fused_scoring
+            return fused_scoring(FusedOpSpec.from_scorer(self.scorer, self.scale_weights()), teacher_feats, student_feats)
+        return self.scorer(teacher_feats, student_feats, self.scale_weights())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly map (B,1,H,W), image score (B,))."""

@@ -200,6 +200,9 @@ class TensorRTRuntime(Runtime):
         super().__init__(info)
         check_engine_compatible(path, info)
         trt = load_tensorrt(info["tensorrt"]["flavour"]).module
+        if info.get("fused_op") == "plugin":  # the plan names our plugin; its creator must exist first
+            from edgekd.fused.trt_plugin import register_plugin
+            register_plugin(trt)
         self.cuda = _cuda(prefer_graphs=cuda_graph)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)

@@ -48,8 +48,9 @@ def compile_cubin(arch: str, source: Path | None = None) -> bytes:
     try:
         err, program = nvrtc.nvrtcCreateProgram(source.read_bytes(), source.name.encode(), 0, [], [])
     except Exception as exc:  # NVRTC library missing: cuda-python raises when it first loads it
-        raise EdgekdError(f"NVRTC is not available ({exc}): pip install 'edgekd[cuda]'") from exc
-    options = [f"--gpu-architecture={arch}".encode(), b"-O3", b"--std=c++14"]
+        raise EdgekdError(f"NVRTC is not available ({exc}): install the CUDA toolkit, or pip install nvidia-cuda-nvrtc "
+                          "of cuda-python's CUDA major version") from exc
+    options = [f"--gpu-architecture={arch}".encode(), b"--std=c++14"]
     (err,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
         _, size = nvrtc.nvrtcGetProgramLogSize(program)

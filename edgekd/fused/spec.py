@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,8 +39,14 @@ class FusedOpSpec:
             raise EdgekdError(f"{OP_NAME}: combine '{self.combine}' / score '{self.score}' unknown")
         if self.combine == "weighted" and not self.weights:
             raise EdgekdError(f"{OP_NAME}: combine='weighted' needs per-scale weights")
+        # Reals as the FP32 values ONNX attributes and plugin fields store, so every form reads the same numbers.
+        f32 = lambda v: float(np.float32(v))
         object.__setattr__(self, "output_size", (int(self.output_size[0]), int(self.output_size[1])))
-        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        object.__setattr__(self, "weights", tuple(f32(w) for w in self.weights))
+        object.__setattr__(self, "sigma", f32(self.sigma))
+        object.__setattr__(self, "eps", f32(self.eps))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", f32(self.threshold))
 
     @classmethod
     def from_scorer(cls, scorer: FeatureDiff, weights: torch.Tensor | None = None,

@@ -32,16 +32,19 @@ def spec_from_fields(fields) -> FusedOpSpec:
     return FusedOpSpec.from_attributes(values)
 
 
-def fields_of(trt, spec: FusedOpSpec):
+def fields_of(trt, spec: FusedOpSpec, keep: list):
+    """The spec as plugin fields. PluginField only points at its data: the arrays go into `keep`, which the caller
+    holds for as long as TensorRT may read the fields."""
     kinds = trt.PluginFieldType
     fields = []
     for name, value in spec.attributes().items():
         kind = _FIELD_TYPES[name]
         if kind == "CHAR":
-            data = np.frombuffer(value.encode(), dtype=np.int8)
+            data = np.frombuffer(value.encode() + b"\0", dtype=np.int8)
         else:
             data = np.asarray(value if isinstance(value, list) else [value],
                               dtype=np.int32 if kind == "INT32" else np.float32)
+        keep.append(data)
         fields.append(trt.PluginField(name, data, getattr(kinds, kind)))
     return trt.PluginFieldCollection(fields)
 
@@ -111,7 +114,8 @@ def plugin_classes(trt):
                                                    int(outputs[2]) if self.num_outputs == 3 else 0, int(stream))
 
         def get_fields_to_serialize(self):
-            return fields_of(trt, self.spec)
+            self._field_data = []
+            return fields_of(trt, self.spec, self._field_data)
 
         def attach_to_context(self, context):
             return self.clone()

@@ -1,0 +1,236 @@
+"""edgekd::MultiScaleFeatureDiff: the ONNX function body against the reference scoring module in every mode, the
+CUDA source compiling for the CI architectures, the launch arithmetic, and TensorRT's parser choosing between
+the function body and the plugin."""
+
+import io
+import shutil
+import subprocess
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgekd.fused.cuda_kernels import LaunchPlan, compile_cubin, kernel_source_path
+from edgekd.fused.onnx_function import attach_function, fused_feature_diff, fused_nodes, node_spec, set_threshold
+from edgekd.fused.spec import FusedOpSpec
+
+ort = pytest.importorskip("onnxruntime")
+
+# (spec, per-scale (C, h, w), feature dtype): every combine and score mode, blur on/off, odd sizes, FP16 and FP32
+CASES = [
+    (FusedOpSpec((64, 64), threshold=0.4), [(24, 16, 16), (40, 8, 8), (112, 4, 4)], torch.float32),
+    (FusedOpSpec((50, 37), combine="mul", sigma=1.5, score="topk", topk=17), [(7, 13, 9), (5, 7, 5)], torch.float16),
+    (FusedOpSpec((33, 33), combine="max", sigma=0.0, threshold=0.9), [(3, 33, 33), (9, 5, 3)], torch.float32),
+    (FusedOpSpec((40, 24), combine="weighted", weights=(0.25, 1.5, 0.5), sigma=2.0, score="topk", topk=5000),
+     [(6, 10, 6), (4, 20, 12), (8, 5, 3)], torch.float16),
+    (FusedOpSpec((6, 6), sigma=4.0, score="max"), [(5, 3, 3)], torch.float32),  # map smaller than the radius
+]
+
+
+class _OpOnly(torch.nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, *features):
+        half = len(features) // 2
+        return fused_feature_diff(self.spec, list(features[:half]), list(features[half:]))
+
+
+def _export(spec: FusedOpSpec, features: list[torch.Tensor]) -> onnx.ModelProto:
+    half = len(features) // 2
+    names = [f"t{i}" for i in range(half)] + [f"s{i}" for i in range(half)]
+    outputs = ["anomaly_map", "score", "mask"][:spec.num_outputs]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_OpOnly(spec), tuple(features), buffer, dynamo=False, opset_version=17, input_names=names,
+                          output_names=outputs, dynamic_axes={**{n: {0: "batch", 1: f"c{n}", 2: f"h{n}", 3: f"w{n}"} for n in names},
+                                                             **{n: {0: "batch"} for n in outputs}},
+                          custom_opsets={"edgekd": 1})
+    return attach_function(onnx.load_from_string(buffer.getvalue()))
+
+
+def _features(shapes, dtype, batch=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    teacher = [torch.randn(batch, *s, generator=generator).to(dtype) for s in shapes]
+    # students close to the teacher, as trained ones are, plus a few pixels far off
+    student = [(t.float() + 0.3 * torch.randn(t.shape, generator=generator)) for t in teacher]
+    for s in student:
+        h, w = s.shape[-2:]
+        s[:, :, : max(1, h // 3), : max(1, w // 3)] = torch.randn(s[:, :, : max(1, h // 3), : max(1, w // 3)].shape,
+                                                                  generator=generator)
+    return teacher + [s.to(dtype) for s in student]
+
+
+def _run(model: onnx.ModelProto, features: list[torch.Tensor]) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, {n: f.numpy() for n, f in zip(names, features)})
+
+
+@pytest.mark.parametrize("spec,shapes,dtype", CASES)
+def test_function_body_matches_reference(spec, shapes, dtype):
+    features = _features(shapes, dtype)
+    model = _export(spec, features)
+    onnx.checker.check_model(model)
+    assert [(n.domain, n.op_type) for n in model.graph.node] == [("edgekd", "MultiScaleFeatureDiff")]
+    assert node_spec(fused_nodes(model)[0]) == spec  # the attributes carry the whole meaning
+    got = _run(model, features)
+    expected = spec.reference()(*features)
+    assert len(got) == spec.num_outputs
+    assert got[0].shape == (3, 1, *spec.output_size) and got[0].dtype == np.float32
+    span = float(expected[0].max() - expected[0].min()) or 1.0
+    assert np.abs(got[0] - expected[0].numpy()).max() <= 1e-5 * span + 1e-6
+    assert np.allclose(got[1], expected[1].numpy(), rtol=1e-5, atol=1e-6)
+    if spec.threshold is not None:
+        assert got[2].dtype == np.uint8 and np.array_equal(got[2], expected[2].numpy())
+        assert 0 < got[2].sum() < got[2].size  # the threshold splits the map: the comparison is really tested
+
+
+def test_function_runs_any_batch_and_feature_size():
+    spec = FusedOpSpec((32, 32), threshold=0.5)
+    model = _export(spec, _features([(4, 8, 8)], torch.float32, batch=1))
+    other = _features([(6, 11, 5)], torch.float32, batch=5, seed=3)  # other batch, channels and size than traced
+    got = _run(model, other)
+    expected = spec.reference()(*other)
+    assert got[0].shape == (5, 1, 32, 32) and np.allclose(got[0], expected[0].numpy(), atol=1e-5)
+
+
+def test_threshold_attribute_drives_the_mask():
+    spec = FusedOpSpec((32, 32), threshold=0.5)
+    features = _features([(4, 8, 8)], torch.float32)
+    model = _export(spec, features)
+    body = model.functions[0]
+    assert any(a.ref_attr_name == "threshold" for n in body.node for a in n.attribute)
+    amap = _run(model, features)[0]
+    cut = float(np.median(amap))
+    assert set_threshold(model, cut)
+    assert np.array_equal(_run(model, features)[2], (amap > cut).astype(np.uint8))
+
+
+def test_spec_errors_and_reference_shapes():
+    from edgekd.errors import EdgekdError
+    with pytest.raises(EdgekdError, match="weighted"):
+        FusedOpSpec((8, 8), combine="weighted")
+    with pytest.raises(EdgekdError, match="1 to 8 scales"):
+        FusedOpSpec((8, 8)).check_scales(9)
+    with pytest.raises(EdgekdError, match="attributes"):
+        FusedOpSpec.from_attributes({"combine": "add"})
+
+
+# -- the CUDA source ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["sm_87", "sm_89", "sm_90"])
+def test_kernels_compile_with_nvcc(arch, tmp_path):
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if shutil.os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    if nvcc is None:
+        pytest.skip("nvcc is not installed on this machine")
+    cubin = tmp_path / f"feature_diff.{arch}.cubin"
+    result = subprocess.run([nvcc, f"-arch={arch}", "-cubin", "-O3", "-Werror", "all-warnings", "-o", str(cubin),
+                             str(kernel_source_path())], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert cubin.stat().st_size > 10_000
+    symbols = cubin.read_bytes()
+    for kernel in ("edgekd_cosine_distance_f16", "edgekd_combine_blur_rows", "edgekd_blur_cols_score", "edgekd_topk_mean"):
+        assert kernel.encode() in symbols
+
+
+def test_kernels_compile_with_nvrtc():
+    pytest.importorskip("cuda.bindings.nvrtc")
+    cubin = compile_cubin("sm_87")
+    assert cubin[:4] == b"\x7fELF" and b"edgekd_cosine_distance_f32" in cubin
+
+
+def test_launch_plan_lays_out_a_workspace_without_overlaps():
+    spec = FusedOpSpec((256, 256), sigma=4.0)
+    plan = LaunchPlan(spec, 8, ((24, 64, 64), (40, 32, 32), (112, 16, 16)))
+    spans = [(plan.offsets["distance"][i], 8 * h * w * 4) for i, (_, h, w) in enumerate(plan.scales)]
+    spans += [(plan.offsets["rows"], 8 * 256 * 256 * 4), (plan.offsets["score_bits"], 8 * 4)]
+    for (a, size_a), (b, _) in zip(spans, spans[1:]):
+        assert a % 256 == 0 and a + size_a <= b
+    assert spans[-1][0] + spans[-1][1] <= plan.workspace_bytes
+    assert plan.radius == 16 and plan.reflect == 1 and plan.topk == 100
+    # Lite0 RD at 256 px, FP16, batch 8: T and S read once = 2 * 8 * (24*64*64 + 40*32*32 + 112*16*16) * 2 bytes
+    assert plan.bytes_moved(2) == 2 * 8 * (98304 + 40960 + 28672) * 2 + 8 * 256 * 256 * 4 + 32
+    with pytest.raises(Exception, match="too large"):
+        LaunchPlan(FusedOpSpec((512, 512), sigma=200.0), 1, ((4, 8, 8),))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("spec,shapes,dtype", CASES)
+def test_cuda_kernels_match_reference(spec, shapes, dtype):
+    from edgekd.fused.torch_cuda import fused_scoring
+    features = [f.cuda() for f in _features(shapes, dtype)]
+    half = len(features) // 2
+    got = fused_scoring(spec, features[:half], features[half:])
+    expected = spec.reference()(*[f.cpu().float() for f in features])
+    assert torch.allclose(got[0].cpu(), expected[0], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(got[1].cpu(), expected[1], atol=1e-5, rtol=1e-4)
+
+
+# -- TensorRT: which form the parser imports ---------------------------------------------------------------------
+def _rtx():
+    return pytest.importorskip("tensorrt_rtx")
+
+
+def _parse(trt, model: onnx.ModelProto, override: bool):
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if override:
+        parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
+    ok = parser.parse(model.SerializeToString())
+    return ok, builder, network
+
+
+def test_parser_imports_function_body_without_override_and_engine_builds():
+    trt = _rtx()
+    spec = FusedOpSpec((32, 32), threshold=0.5)
+    shapes = [(4, 8, 8), (6, 4, 4)]
+    model = _export(spec, _features(shapes, torch.float32))
+    ok, builder, network = _parse(trt, model, override=False)
+    assert ok
+    kinds = {network.get_layer(i).type for i in range(network.num_layers)}
+    assert trt.LayerType.PLUGIN_V3 not in kinds and trt.LayerType.REDUCE in kinds  # the body's stock layers
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        dims = list(shapes[i % len(shapes)])
+        profile.set_shape(tensor.name, [1] + dims, [2] + dims, [4] + dims)
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is not None
+
+
+def test_parser_hands_the_node_to_a_registered_plugin_with_override():
+    """With the creator registered and ENABLE_PLUGIN_OVERRIDE set, the parser asks our creator for the local
+    function's node, with the node's attributes as plugin fields. The probe creator declines after recording
+    them: TensorRT-RTX 1.7 aborts the process once a Python-defined plugin object is handed back."""
+    trt = _rtx()
+    from edgekd.fused.trt_plugin import fields_of, plugin_classes, spec_from_fields
+    _, creator_class = plugin_classes(trt)
+    received = []
+
+    class Probe(creator_class):
+        def create_plugin(self, name, fields, phase):
+            received.append(spec_from_fields(fields))
+            return None
+
+    spec = FusedOpSpec((40, 24), combine="weighted", weights=(0.25, 0.75), sigma=1.5, score="topk", topk=9,
+                       threshold=0.3)
+    model = _export(spec, _features([(4, 8, 8), (6, 4, 4)], torch.float32))
+    registry = trt.get_plugin_registry()
+    probe = Probe()
+    registry.register_creator(probe, "")
+    try:
+        ok, _, _ = _parse(trt, model, override=False)
+        assert ok and not received  # without the flag the function body wins, even with the plugin registered
+        ok, _, _ = _parse(trt, model, override=True)
+        assert not ok and received == [spec]
+    finally:
+        registry.deregister_creator(probe)
+    keep = []
+    assert spec_from_fields(fields_of(trt, spec, keep)) == spec  # what the plugin serialises into a plan reads back

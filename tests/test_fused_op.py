@@ -158,16 +158,53 @@ def test_launch_plan_lays_out_a_workspace_without_overlaps():
         LaunchPlan(FusedOpSpec((512, 512), sigma=200.0), 1, ((4, 8, 8),))
 
 
+@pytest.fixture(scope="module")
+def host_kernels():
+    from edgekd.fused.host_emulation import HostEmulatedKernels
+    return HostEmulatedKernels()
+
+
+def _compare_kernels(got, expected, threshold: float | None):
+    assert not any(np.isnan(g).any() for g in got[:2])  # outputs start poisoned with NaN: every value was written
+    span = float(expected[0].max() - expected[0].min()) or 1.0
+    assert np.abs(got[0] - expected[0].numpy()).max() <= 1e-5 * span + 1e-6
+    assert np.allclose(got[1], expected[1].numpy(), rtol=1e-5, atol=1e-6)
+    if threshold is not None:  # a pixel within rounding of the threshold may flip; anything else must agree
+        near = np.abs(expected[0].numpy() - threshold) < 1e-5
+        assert np.array_equal(got[2][~near], expected[2].numpy()[~near]) and got[2].max() <= 1
+
+
+@pytest.mark.parametrize("spec,shapes,dtype", CASES)
+def test_cuda_source_matches_reference_in_host_emulation(spec, shapes, dtype, host_kernels):
+    """The CUDA kernels and their launch sequence, run on the CPU (engines/kernels/host_emulation.cpp)."""
+    from edgekd.fused.host_emulation import emulated_feature_diff
+    features = _features(shapes, dtype)
+    half = len(features) // 2
+    got = emulated_feature_diff(spec, [f.numpy() for f in features[:half]], [f.numpy() for f in features[half:]],
+                                host_kernels)
+    _compare_kernels(got, spec.reference()(*features), spec.threshold)
+
+
+def test_host_emulated_topk_with_ties(host_kernels):
+    """Identical features give a flat map: the radix select must still average exactly k values."""
+    from edgekd.fused.host_emulation import emulated_feature_diff
+    spec = FusedOpSpec((20, 20), sigma=0.0, score="topk", topk=37)
+    teacher = [np.ones((2, 3, 5, 5), np.float32), np.full((2, 2, 4, 4), 2.0, np.float32)]
+    student = [t.copy() for t in teacher]
+    student[0][1, :, 0, 0] = [1.0, -1.0, 0.5]  # one differing pixel in the second image
+    got = emulated_feature_diff(spec, teacher, student, host_kernels)
+    expected = spec.reference()(*[torch.from_numpy(a) for a in teacher + student])
+    assert np.allclose(got[1], expected[1].numpy(), atol=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("spec,shapes,dtype", CASES)
 def test_cuda_kernels_match_reference(spec, shapes, dtype):
     from edgekd.fused.torch_cuda import fused_scoring
     features = [f.cuda() for f in _features(shapes, dtype)]
     half = len(features) // 2
-    got = fused_scoring(spec, features[:half], features[half:])
-    expected = spec.reference()(*[f.cpu().float() for f in features])
-    assert torch.allclose(got[0].cpu(), expected[0], atol=1e-5, rtol=1e-4)
-    assert torch.allclose(got[1].cpu(), expected[1], atol=1e-5, rtol=1e-4)
+    got = [g.cpu().numpy() for g in fused_scoring(spec, features[:half], features[half:])]
+    _compare_kernels(got, spec.reference()(*[f.cpu() for f in features]), spec.threshold)
 
 
 # -- TensorRT: which form the parser imports ---------------------------------------------------------------------

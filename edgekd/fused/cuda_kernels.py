@@ -156,36 +156,19 @@ def _check(result):
     return values[0] if len(values) == 1 else values
 
 
-class FeatureDiffKernels:
-    """The compiled module on one device, in the context that is current (the primary context otherwise)."""
+def kernel_params(args: list) -> tuple[np.ndarray, list]:
+    """cuLaunchKernel's `void **kernelParams`: one address per argument (ints are device pointers). The second
+    value holds the argument objects, which must outlive the launch call."""
+    keep = [a if isinstance(a, (ctypes._SimpleCData, ctypes.Structure)) else ctypes.c_uint64(a) for a in args]
+    return np.array([ctypes.addressof(a) for a in keep], dtype=np.uint64), keep
 
-    _cache: dict[int, "FeatureDiffKernels"] = {}
-    _lock = threading.Lock()
 
-    def __init__(self, device: int = 0):
-        from cuda.bindings import driver
-        self.driver = driver
-        _check(driver.cuInit(0))
-        handle = _check(driver.cuDeviceGet(device))
-        if int(_check(driver.cuCtxGetCurrent())) == 0:
-            _check(driver.cuCtxSetCurrent(_check(driver.cuDevicePrimaryCtxRetain(handle))))
-        major = _check(driver.cuDeviceGetAttribute(driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, handle))
-        minor = _check(driver.cuDeviceGetAttribute(driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, handle))
-        self.arch = f"sm_{major}{minor}"
-        self.module = _check(driver.cuModuleLoadData(compile_cubin(self.arch)))
-        self.functions = {name: _check(driver.cuModuleGetFunction(self.module, name.encode())) for name in KERNELS}
-
-    @classmethod
-    def for_device(cls, device: int = 0) -> "FeatureDiffKernels":
-        with cls._lock:
-            if device not in cls._cache:
-                cls._cache[device] = cls(device)
-            return cls._cache[device]
+class KernelSequence:
+    """The op as a sequence of kernel launches; subclasses say how one kernel is launched (CUDA driver, or the
+    host emulation in edgekd/fused/host_emulation.py that checks the same source and sequence without a GPU)."""
 
     def _launch(self, name: str, grid, block, shared: int, stream: int, args: list) -> None:
-        keep = [a if isinstance(a, (ctypes._SimpleCData, ctypes.Structure)) else ctypes.c_uint64(a) for a in args]
-        params = np.array([ctypes.addressof(a) for a in keep], dtype=np.uint64)
-        _check(self.driver.cuLaunchKernel(self.functions[name], *grid, *block, shared, stream, params.ctypes.data, 0))
+        raise NotImplementedError
 
     def launch(self, plan: LaunchPlan, teacher: list[int], student: list[int], half: list[bool], workspace: int,
                amap: int, scores: int, mask: int, stream: int) -> None:
@@ -217,3 +200,34 @@ class FeatureDiffKernels:
         else:
             self._launch("edgekd_topk_mean", (plan.batch, 1, 1), (TOPK_THREADS, 1, 1), 0, stream,
                          [amap, scores, c_int(plan.out_h * plan.out_w), c_int(plan.topk)])
+
+
+class FeatureDiffKernels(KernelSequence):
+    """The compiled module on one device, in the context that is current (the primary context otherwise)."""
+
+    _cache: dict[int, "FeatureDiffKernels"] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, device: int = 0):
+        from cuda.bindings import driver
+        self.driver = driver
+        _check(driver.cuInit(0))
+        handle = _check(driver.cuDeviceGet(device))
+        if int(_check(driver.cuCtxGetCurrent())) == 0:
+            _check(driver.cuCtxSetCurrent(_check(driver.cuDevicePrimaryCtxRetain(handle))))
+        major = _check(driver.cuDeviceGetAttribute(driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, handle))
+        minor = _check(driver.cuDeviceGetAttribute(driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, handle))
+        self.arch = f"sm_{major}{minor}"
+        self.module = _check(driver.cuModuleLoadData(compile_cubin(self.arch)))
+        self.functions = {name: _check(driver.cuModuleGetFunction(self.module, name.encode())) for name in KERNELS}
+
+    @classmethod
+    def for_device(cls, device: int = 0) -> "FeatureDiffKernels":
+        with cls._lock:
+            if device not in cls._cache:
+                cls._cache[device] = cls(device)
+            return cls._cache[device]
+
+    def _launch(self, name: str, grid, block, shared: int, stream: int, args: list) -> None:
+        params, _keep = kernel_params(args)
+        _check(self.driver.cuLaunchKernel(self.functions[name], *grid, *block, shared, stream, params.ctypes.data, 0))

@@ -13,7 +13,9 @@
 //
 // Launch order (see edgekd/fused/cuda_kernels.py and engines/plugin/): cosine_distance once per scale,
 // combine_blur_rows, blur_cols_score (+ mask), then topk_mean for score mode top-k.
-// No CUDA headers are needed, so NVRTC compiles it without an include path.
+// No CUDA headers are needed, so NVRTC compiles it without an include path. engines/kernels/host_emulation.cpp
+// compiles this same file for the CPU (blocks in turn, one host thread per CUDA thread) so CI checks the kernels'
+// logic without a GPU; EDGEKD_HOST_EMULATION marks the two places where the host build differs.
 
 #define EDGEKD_MAX_SCALES 8
 
@@ -29,10 +31,20 @@ struct ScaleMaps {  // stage-1 outputs, read by stage 2; passed by value
 };
 
 __device__ __forceinline__ float half_bits_to_float(unsigned short bits) {
+#ifdef EDGEKD_HOST_EMULATION
+    return edgekd_host_half_to_float(bits);
+#else
     float value;
     asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
     return value;
+#endif
 }
+
+#ifdef EDGEKD_HOST_EMULATION
+#define DYNAMIC_SHARED(type, name) type* name = (type*)edgekd_host_dynamic_shared()
+#else
+#define DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
 
 __device__ __forceinline__ float load_as_float(const float* p) { return __ldg(p); }
 __device__ __forceinline__ float load_as_float(const unsigned short* p) { return half_bits_to_float(__ldg(p)); }
@@ -148,7 +160,7 @@ __device__ void gaussian_taps(float* taps, int radius, float sigma) {
 
 extern "C" __global__ void __launch_bounds__(ROW_TILE)
 edgekd_combine_blur_rows(ScaleMaps scales, float* rows, int out_h, int out_w, int radius, float sigma, int reflect) {
-    extern __shared__ float shared[];
+    DYNAMIC_SHARED(float, shared);
     float* taps = shared;                   // 2 * radius + 1
     float* line = shared + 2 * radius + 1;  // ROW_TILE + 2 * radius
     gaussian_taps(taps, radius, sigma);
@@ -182,7 +194,7 @@ __device__ __forceinline__ float ordered_float(int i) { return __int_as_float(i 
 extern "C" __global__ void __launch_bounds__(COL_TILE * COL_ROWS)
 edgekd_blur_cols_score(const float* rows, float* amap, unsigned char* mask, int* score_bits, int out_h, int out_w,
                        int radius, float sigma, int reflect, float threshold) {
-    extern __shared__ float shared[];
+    DYNAMIC_SHARED(float, shared);
     float* taps = shared;
     float* tile = shared + 2 * radius + 1;  // (COL_TILE + 2 radius) rows x COL_TILE columns
     gaussian_taps(taps, radius, sigma);

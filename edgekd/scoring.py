@@ -53,8 +53,9 @@ class ScoringConfig:
 
 
 def cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """1 - cos over channels, (B,C,h,w) x2 -> (B,1,h,w), reductions in FP32 whatever the input precision."""
-    t, s = teacher.float(), student.float()
+    """1 - cos over channels, (B,C,h,w) x2 -> (B,1,h,w), reductions in FP32 whatever the input precision (FP64
+    inputs stay FP64: the kernel checks use this module as their float64 reference)."""
+    t, s = (teacher, student) if teacher.dtype == torch.float64 else (teacher.float(), student.float())
     dot = (t * s).sum(dim=1, keepdim=True)
     norms = torch.sqrt((t * t).sum(dim=1, keepdim=True)) * torch.sqrt((s * s).sum(dim=1, keepdim=True))
     return 1.0 - dot / torch.clamp(norms, min=eps)

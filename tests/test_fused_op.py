@@ -271,3 +271,25 @@ def test_parser_hands_the_node_to_a_registered_plugin_with_override():
         registry.deregister_creator(probe)
     keep = []
     assert spec_from_fields(fields_of(trt, spec, keep)) == spec  # what the plugin serialises into a plan reads back
+
+
+def test_gpu_verification_check_rejects_nan_and_drift():
+    """benchmarks/verify_fused_kernels.py must fail a kernel that leaves a NaN or drifts from the float64 reference."""
+    import importlib.util
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "verify_fused_kernels.py"
+    module_spec = importlib.util.spec_from_file_location("verify_fused_kernels", script)
+    verify = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(verify)
+    spec = FusedOpSpec((24, 20), threshold=0.8)
+    features = verify.random_features([(5, 7, 5), (3, 4, 4)], 2, torch.float32, seed=0)
+    reference = spec.reference()(*features)
+    exact = [r.numpy() for r in reference]
+    assert verify.check(spec, exact, features)["passed"]
+    poisoned = exact[0].copy()
+    poisoned[1, 0, 3, 4] = np.nan
+    assert not verify.check(spec, [poisoned, exact[1], exact[2]], features)["passed"]
+    assert not verify.check(spec, [exact[0] * 1.001, exact[1], exact[2]], features)["passed"]
+    flipped = exact[2].copy()
+    flipped[exact[0] > 0.8 + 0.1] = 0
+    assert not verify.check(spec, [exact[0], exact[1], flipped], features)["passed"]

@@ -173,6 +173,12 @@ class KernelSequence:
     def launch(self, plan: LaunchPlan, teacher: list[int], student: list[int], half: list[bool], workspace: int,
                amap: int, scores: int, mask: int, stream: int) -> None:
         """Device pointers in, outputs written; nothing synchronises (everything is queued on `stream`)."""
+        self.launch_stage1(plan, teacher, student, half, workspace, stream)
+        self.launch_stage2(plan, workspace, amap, scores, mask, stream)
+
+    def launch_stage1(self, plan: LaunchPlan, teacher: list[int], student: list[int], half: list[bool],
+                      workspace: int, stream: int) -> None:
+        """Per scale, T and S read once into an FP32 distance map in the workspace."""
         c_int, c_float = ctypes.c_int, ctypes.c_float
         for i, (channels, h, w) in enumerate(plan.scales):
             pixels = plan.batch * h * w
@@ -180,6 +186,10 @@ class KernelSequence:
             self._launch(name, ((pixels + COS_BLOCK[0] - 1) // COS_BLOCK[0], 1, 1), (*COS_BLOCK, 1), 0, stream,
                          [teacher[i], student[i], workspace + plan.offsets["distance"][i], c_int(channels),
                           c_int(h * w), ctypes.c_longlong(pixels), c_float(plan.spec.eps)])
+
+    def launch_stage2(self, plan: LaunchPlan, workspace: int, amap: int, scores: int, mask: int, stream: int) -> None:
+        """Distance maps -> upsample, combine, blur -> anomaly map, score, mask."""
+        c_int, c_float = ctypes.c_int, ctypes.c_float
         rows = workspace + plan.offsets["rows"]
         blur = [c_int(plan.radius), c_float(plan.spec.sigma), c_int(plan.reflect)]
         self._launch("edgekd_combine_blur_rows", ((plan.out_w + ROW_TILE - 1) // ROW_TILE, plan.out_h, plan.batch),

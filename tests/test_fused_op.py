@@ -285,11 +285,11 @@ def test_gpu_verification_check_rejects_nan_and_drift():
     features = verify.random_features([(5, 7, 5), (3, 4, 4)], 2, torch.float32, seed=0)
     reference = spec.reference()(*features)
     exact = [r.numpy() for r in reference]
-    assert verify.check(spec, exact, features)["passed"]
+    assert verify.check(spec, exact, features)["passed"] and (exact[0] > 0.81).any()
     poisoned = exact[0].copy()
     poisoned[1, 0, 3, 4] = np.nan
     assert not verify.check(spec, [poisoned, exact[1], exact[2]], features)["passed"]
     assert not verify.check(spec, [exact[0] * 1.001, exact[1], exact[2]], features)["passed"]
     flipped = exact[2].copy()
-    flipped[exact[0] > 0.8 + 0.1] = 0
+    flipped[exact[0] > 0.8 + 0.01] = 0  # pixels clearly above the threshold reported as normal
     assert not verify.check(spec, [exact[0], exact[1], flipped], features)["passed"]

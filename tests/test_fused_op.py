@@ -2,10 +2,8 @@
 CUDA source compiling for the CI architectures, the launch arithmetic, and TensorRT's parser choosing between
 the function body and the plugin."""
 
-import io
 import shutil
 import subprocess
-import warnings
 
 import numpy as np
 import onnx
@@ -13,7 +11,7 @@ import pytest
 import torch
 
 from edgekd.fused.cuda_kernels import LaunchPlan, compile_cubin, kernel_source_path
-from edgekd.fused.onnx_function import attach_function, fused_feature_diff, fused_nodes, node_spec, set_threshold
+from edgekd.fused.onnx_function import fused_nodes, node_spec, op_model, set_threshold
 from edgekd.fused.spec import FusedOpSpec
 
 ort = pytest.importorskip("onnxruntime")
@@ -29,28 +27,8 @@ CASES = [
 ]
 
 
-class _OpOnly(torch.nn.Module):
-    def __init__(self, spec):
-        super().__init__()
-        self.spec = spec
-
-    def forward(self, *features):
-        half = len(features) // 2
-        return fused_feature_diff(self.spec, list(features[:half]), list(features[half:]))
-
-
 def _export(spec: FusedOpSpec, features: list[torch.Tensor]) -> onnx.ModelProto:
-    half = len(features) // 2
-    names = [f"t{i}" for i in range(half)] + [f"s{i}" for i in range(half)]
-    outputs = ["anomaly_map", "score", "mask"][:spec.num_outputs]
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_OpOnly(spec), tuple(features), buffer, dynamo=False, opset_version=17, input_names=names,
-                          output_names=outputs, dynamic_axes={**{n: {0: "batch", 1: f"c{n}", 2: f"h{n}", 3: f"w{n}"} for n in names},
-                                                             **{n: {0: "batch"} for n in outputs}},
-                          custom_opsets={"edgekd": 1})
-    return attach_function(onnx.load_from_string(buffer.getvalue()))
+    return op_model(spec, features)
 
 
 def _features(shapes, dtype, batch=3, seed=0):

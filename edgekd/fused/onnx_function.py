@@ -48,6 +48,35 @@ def fused_feature_diff(spec: FusedOpSpec, teacher: list[torch.Tensor], student: 
     return _FusedFeatureDiff.apply(spec, *teacher, *student)
 
 
+class _OpOnly(torch.nn.Module):
+    def __init__(self, spec: FusedOpSpec, fused: bool):
+        super().__init__()
+        self.spec, self.fused = spec, fused
+        self.reference = spec.reference()
+
+    def forward(self, *features):
+        if not self.fused:
+            return self.reference(*features)
+        half = len(features) // 2
+        return fused_feature_diff(self.spec, list(features[:half]), list(features[half:]))
+
+
+def op_model(spec: FusedOpSpec, features: list[torch.Tensor], fused: bool = True) -> onnx.ModelProto:
+    """A model holding just the op (inputs teacher_i, student_i; any batch and feature size): the fused node with
+    its function body, or (fused=False) the same computation as stock ops. For tests and benchmarks."""
+    names = _input_names(len(features) // 2)
+    outputs = list(OUTPUTS[:spec.num_outputs])
+    dynamic = {n: {0: "batch", 1: f"channels_{n}", 2: f"height_{n}", 3: f"width_{n}"} for n in names}
+    dynamic.update({n: {0: "batch"} for n in outputs})
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_OpOnly(spec, fused).eval(), tuple(features), buffer, dynamo=False, opset_version=BODY_OPSET,
+                          input_names=names, output_names=outputs, dynamic_axes=dynamic,
+                          custom_opsets={DOMAIN: OP_VERSION} if fused else None)
+    return attach_function(onnx.load_from_string(buffer.getvalue()))
+
+
 def _input_names(count: int) -> list[str]:
     return [f"teacher_{i}" for i in range(count)] + [f"student_{i}" for i in range(count)]
 

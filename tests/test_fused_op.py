@@ -220,10 +220,12 @@ def test_parser_imports_function_body_without_override_and_engine_builds():
     assert builder.build_serialized_network(network, config) is not None
 
 
-def test_parser_hands_the_node_to_a_registered_plugin_with_override():
-    """With the creator registered and ENABLE_PLUGIN_OVERRIDE set, the parser asks our creator for the local
-    function's node, with the node's attributes as plugin fields. The probe creator declines after recording
-    them: TensorRT-RTX 1.7 aborts the process once a Python-defined plugin object is handed back."""
+def test_parser_hands_the_node_to_a_registered_plugin():
+    """With our creator registered, the parser asks it for the local function's node, with the node's attributes
+    as plugin fields: because the node carries `plugin_namespace`, or (a node without it) because of the parser
+    flag ENABLE_PLUGIN_OVERRIDE; otherwise the function body wins even with the plugin registered. The probe
+    creator declines after recording the fields: TensorRT-RTX 1.7 aborts the process once a Python-defined plugin
+    object is handed back (NVIDIA's own Python plugin sample too), so the full build is left to TensorRT 10/11."""
     trt = _rtx()
     from edgekd.fused.trt_plugin import fields_of, plugin_classes, spec_from_fields
     _, creator_class = plugin_classes(trt)
@@ -237,16 +239,26 @@ def test_parser_hands_the_node_to_a_registered_plugin_with_override():
     spec = FusedOpSpec((40, 24), combine="weighted", weights=(0.25, 0.75), sigma=1.5, score="topk", topk=9,
                        threshold=0.3)
     model = _export(spec, _features([(4, 8, 8), (6, 4, 4)], torch.float32))
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    node = fused_nodes(bare)[0]
+    kept = [a for a in node.attribute if a.name != "plugin_namespace"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
     registry = trt.get_plugin_registry()
     probe = Probe()
     registry.register_creator(probe, "")
     try:
         ok, _, _ = _parse(trt, model, override=False)
-        assert ok and not received  # without the flag the function body wins, even with the plugin registered
-        ok, _, _ = _parse(trt, model, override=True)
-        assert not ok and received == [spec]
+        assert not ok and received == [spec]  # the node's plugin_namespace picks the registered plugin
+        ok, _, _ = _parse(trt, bare, override=False)
+        assert ok and len(received) == 1  # no attribute, no flag: the function body
+        ok, _, _ = _parse(trt, bare, override=True)
+        assert not ok and received == [spec, spec]  # the flag picks the plugin
     finally:
         registry.deregister_creator(probe)
+    ok, _, network = _parse(trt, model, override=True)  # nothing registered: the body, whatever asks for a plugin
+    assert ok and network.num_layers > 10
     keep = []
     assert spec_from_fields(fields_of(trt, spec, keep)) == spec  # what the plugin serialises into a plan reads back
 

@@ -62,9 +62,9 @@ def plugin_by_default(trt: TensorRT) -> bool:
 
 
 def _onnx_for_parser(trt: TensorRT, onnx_path: Path, plugin: bool, parser) -> bytes:
-    """The ONNX bytes to parse. With the plugin: register it, and make the parser prefer it over the node's
-    function body (ENABLE_PLUGIN_OVERRIDE where the parser has it; a `plugin_namespace` attribute on the
-    node does the same for parsers without the flag)."""
+    """The ONNX bytes to parse. With the plugin: register it; the node's `plugin_namespace` attribute makes the
+    parser prefer it over the function body, and ENABLE_PLUGIN_OVERRIDE does the same for parsers that ignore the
+    attribute (and for files exported before edgekd wrote it)."""
     if not plugin:
         return onnx_path.read_bytes()
     import onnx
@@ -78,7 +78,8 @@ def _onnx_for_parser(trt: TensorRT, onnx_path: Path, plugin: bool, parser) -> by
     if hasattr(trt.module.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
         parser.set_flag(trt.module.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
     for node in nodes:
-        node.attribute.append(onnx.helper.make_attribute("plugin_namespace", NAMESPACE))
+        if not any(a.name == "plugin_namespace" for a in node.attribute):
+            node.attribute.append(onnx.helper.make_attribute("plugin_namespace", NAMESPACE))
     return model.SerializeToString()
 
 

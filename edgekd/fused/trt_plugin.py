@@ -2,7 +2,8 @@
 
 Registered from Python (`register_plugin`), for TensorRT 10.x/11.x and TensorRT-RTX, which share the IPluginV3
 Python interfaces. The ONNX parser imports the edgekd node as this plugin instead of its function body when the
-creator is registered and the parser flag ENABLE_PLUGIN_OVERRIDE is set (edgekd/engine/builder.py).
+creator is registered (the node's `plugin_namespace` attribute asks for it; edgekd/engine/builder.py also sets
+ENABLE_PLUGIN_OVERRIDE for parsers that predate that attribute).
 A plan that contains the plugin needs it registered again before deserialisation (the TensorRT runtime does).
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekd.fused.onnx_function import PLUGIN_NAMESPACE as NAMESPACE
 from edgekd.fused.spec import OP_NAME, OP_VERSION, FusedOpSpec
 
-NAMESPACE = ""
 _FIELD_TYPES = {"output_size": "INT32", "combine": "CHAR", "weights": "FLOAT32", "sigma": "FLOAT32", "score": "CHAR",
                 "topk": "INT32", "eps": "FLOAT32", "threshold": "FLOAT32"}
 _registered: dict[int, object] = {}  # id(trt module) -> creator, kept alive as long as the process
@@ -27,7 +28,7 @@ def spec_from_fields(fields) -> FusedOpSpec:
             values[field.name] = bytes(data.astype(np.uint8).tobytes()).rstrip(b"\0").decode()
         elif field.name in ("output_size", "weights"):
             values[field.name] = data.reshape(-1).tolist()
-        elif data.size:
+        elif data.size and field.name != "plugin_namespace":
             values[field.name] = data.reshape(-1)[0].item()
     return FusedOpSpec.from_attributes(values)
 

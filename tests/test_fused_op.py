@@ -283,3 +283,48 @@ def test_gpu_verification_check_rejects_nan_and_drift():
     flipped = exact[2].copy()
     flipped[exact[0] > 0.8 + 0.01] = 0  # pixels clearly above the threshold reported as normal
     assert not verify.check(spec, [exact[0], exact[1], flipped], features)["passed"]
+
+
+def test_python_plugin_negotiates_types_formats_and_workspace():
+    """The build-time answers of the Python IPluginV3, asked directly with TensorRT's own descriptor objects."""
+    trt = _rtx()
+    from edgekd.fused.trt_plugin import fields_of, plugin_classes, spec_from_fields
+    _, creator_class = plugin_classes(trt)
+    spec = FusedOpSpec((256, 256), threshold=0.6)
+    keep = []
+    plugin = creator_class().create_plugin("p", fields_of(trt, spec, keep), trt.TensorRTPhase.BUILD)
+    assert plugin.spec == spec and plugin.num_outputs == 3
+    assert plugin.get_output_data_types([trt.DataType.HALF] * 6) == [trt.DataType.FLOAT, trt.DataType.FLOAT,
+                                                                     trt.DataType.UINT8]
+
+    def desc(dtype, dims=None):
+        d = trt.DynamicPluginTensorDesc()
+        d.desc.type, d.desc.format = dtype, trt.TensorFormat.LINEAR
+        if dims:
+            d.max = trt.Dims(dims)
+        return d
+
+    shapes = [(8, 24, 64, 64), (8, 40, 32, 32), (8, 112, 16, 16)]
+    half_inputs = [desc(trt.DataType.HALF, s) for s in shapes] * 2
+    outputs = [desc(trt.DataType.FLOAT), desc(trt.DataType.FLOAT), desc(trt.DataType.UINT8)]
+    io = half_inputs + outputs
+    assert all(plugin.supports_format_combination(pos, io, 6) for pos in range(9))
+    mixed = half_inputs[:3] + [desc(trt.DataType.FLOAT, s) for s in shapes] + outputs
+    assert not plugin.supports_format_combination(3, mixed, 6)  # S must match its T
+    assert not plugin.supports_format_combination(8, half_inputs + outputs[:2] + [desc(trt.DataType.FLOAT)], 6)
+    assert not plugin.supports_format_combination(0, [desc(trt.DataType.INT8, shapes[0])] + io[1:], 6)
+    assert plugin.get_workspace_size(half_inputs, outputs) == LaunchPlan(spec, 8, tuple(s[1:] for s in shapes)).workspace_bytes
+    clone = plugin.clone()
+    assert spec_from_fields(clone.get_fields_to_serialize()) == spec
+
+
+@pytest.mark.slow
+def test_torch_runtime_keeps_the_reference_on_cpu(wood_checkpoint):
+    from edgekd.runtime.torch_backend import TorchRuntime
+    runtime = TorchRuntime.from_checkpoint(wood_checkpoint, device="cpu")
+    assert runtime.model.use_fused_kernels is False and runtime.info["fused_kernels"] is False
+    batch = np.random.default_rng(0).random((2, 3, 128, 128), dtype=np.float32)
+    expected = runtime.run(batch)
+    runtime.model.use_fused_kernels = True  # asked for, but CPU tensors still take the reference path
+    got = runtime.run(batch)
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])

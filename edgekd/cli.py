@@ -52,6 +52,22 @@ def data_info(root: Path = typer.Argument(..., help="Dataset root."),
           f"{len(dataset.test)} test images ({', '.join(f'{k} {v}' for k, v in sorted(defects.items()))})")
 
 
+@data_app.command("video", help="Make a production-line video from a dataset's test images, defects at chosen frames.")
+def data_video(root: Path = typer.Argument(..., help="Dataset root."),
+               out: Path = typer.Argument(..., help="Video file to write (.mp4); the frame list goes next to it as .json."),
+               category: Optional[str] = typer.Option(None, help="Category sub-folder (MVTec layouts)."),
+               frames: int = typer.Option(200, min=1, help="Number of frames."),
+               defect_every: int = typer.Option(10, "--defect-every", min=0, help="A defective part every N frames (0: none)."),
+               fps: float = typer.Option(25.0, min=1.0, help="Frame rate written into the file."),
+               size: Optional[int] = typer.Option(None, min=16, help="Frame side in pixels (default: the images' size)."),
+               seed: int = typer.Option(0, help="Order of the images.")):
+    from edgekd.data.layouts import load_dataset
+    from edgekd.data.video import write_line_video
+    defects = list(range(defect_every - 1, frames, defect_every)) if defect_every else []
+    info = write_line_video(load_dataset(root, category), out, frames, defects, fps, size, seed)
+    _echo(f"wrote {out}: {frames} frames at {fps:g} fps, defects at {len(defects)} frames; frame list {Path(out).with_suffix('.json')}")
+
+
 @app.command(help="Train a detector on normal images and write runs/<name>/model.ckpt.")
 def train(config: Optional[Path] = typer.Option(None, help="YAML config (see configs/); default: RD with the Lite0 teacher."),
           data: Path = typer.Option(..., help="Dataset root (MVTec AD/LOCO or folder layout)."),
@@ -131,6 +147,34 @@ def predict(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
         verdict = "ANOMALOUS" if r["anomalous"] else "normal"
         _echo(f"{r['image']}: score {r['score']:.4f} {verdict} ({r['defect_pixels']} defect pixels) -> {r['overlay']}")
     _echo(f"wrote masks, overlays and predictions.json to {out} ({runtime.backend})")
+
+
+@app.command(help="Stream frames through a model: live defect masks, events, video; camera, file, stream or folder.")
+def run(model: Path = typer.Option(..., "--model", help=ARTIFACT_HELP),
+        camera: Optional[int] = typer.Option(None, help="Camera index (V4L2), e.g. 0."),
+        source: Optional[str] = typer.Option(None, help="Video file, image folder, rtsp://..., http://..., csi://N "
+                                             "(Jetson CSI camera) or gst:<GStreamer pipeline>."),
+        backend: Optional[str] = BACKEND, device: str = DEVICE,
+        show: bool = typer.Option(False, help="Show the annotated stream in a window (q or Esc quits)."),
+        save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write the annotated stream (.mp4 or .avi)."),
+        save_masks: Optional[Path] = typer.Option(None, "--save-masks", help="Folder for a mask PNG of every defect frame."),
+        jsonl: Optional[Path] = typer.Option(None, help="One JSON event per frame: index, time, score, verdict, regions."),
+        threshold: Optional[float] = typer.Option(None, help="Override the image and pixel threshold of the model."),
+        min_area: int = typer.Option(0, "--min-area", min=0, help="Ignore defect regions smaller than this (frame pixels)."),
+        hysteresis: str = typer.Option("1,1", help="ON,OFF: defect frames in a row to raise the verdict, good frames to clear it."),
+        batch: int = typer.Option(8, min=1, help="Largest micro-batch when frames back up."),
+        width: Optional[int] = typer.Option(None, help="Capture width (cameras, CSI)."),
+        height: Optional[int] = typer.Option(None, help="Capture height (cameras, CSI)."),
+        fps: Optional[float] = typer.Option(None, help="Capture frame rate (cameras, CSI)."),
+        max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
+        stats_every: float = typer.Option(5.0, "--stats-every", min=0.0, help="Seconds between stats lines (0: none)."),
+        reconnect_timeout: float = typer.Option(0.0, "--reconnect-timeout", min=0.0,
+                                                help="Give up on a lost camera/stream after this many seconds (0: never).")):
+    from edgekd.stream.cli_run import run_stream
+    run_stream(model=model, camera=camera, source=source, backend=backend, device=device, show=show,
+               save_video=save_video, save_masks=save_masks, jsonl=jsonl, threshold=threshold, min_area=min_area,
+               hysteresis=hysteresis, batch=batch, width=width, height=height, fps=fps, max_frames=max_frames,
+               stats_every=stats_every, reconnect_timeout=reconnect_timeout, echo=_echo)
 
 
 @app.command(help="Export a checkpoint to ONNX (fp32, fp16, int8), verified against PyTorch.")

@@ -12,7 +12,7 @@ from edgekd.atomic import write_bytes_atomic
 from edgekd.data.images import read_rgb, resize_rgb, write_image_atomic
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime
-from edgekd.viz import overlay
+from edgekd.viz import colour_range, overlay
 
 
 def output_stems(paths: list[Path]) -> list[str]:
@@ -29,10 +29,7 @@ def predict_images(runtime: Runtime, paths: list[Path], out: Path, batch_size: i
     if not thresholds or thresholds.get("image") is None or thresholds.get("pixel") is None:
         raise EdgekdError("this artifact has no thresholds: pass --threshold or re-export from a calibrated checkpoint")
     image_threshold, pixel_threshold = thresholds["image"], thresholds["pixel"]
-    score_stats = runtime.info.get("score_stats")
-    # Colour scale shared by every overlay: normal images sit in the blue half, the threshold is the middle.
-    vmin = score_stats["min"] * 0.5 if score_stats else 0.0
-    vmax = vmin + 2 * (pixel_threshold - vmin)
+    vmin, vmax = colour_range(runtime.info.get("score_stats"), pixel_threshold)
     stems = output_stems(paths)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]

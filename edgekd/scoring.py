@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,8 +114,10 @@ def image_score(amap: torch.Tensor, mode: str = "max", topk: int = 100) -> torch
     return flat.topk(min(topk, flat.shape[1]), dim=1).values.mean(dim=1)
 
 
-def threshold_mask(amap: torch.Tensor, threshold: float) -> torch.Tensor:
-    return (amap > threshold).to(torch.uint8)
+def threshold_mask(amap, threshold: float):
+    """1 where the map is strictly above the pixel threshold; torch tensors (graphs) and NumPy arrays (runtimes)."""
+    above = amap > threshold
+    return above.astype(np.uint8) if isinstance(above, np.ndarray) else above.to(torch.uint8)
 
 
 class FeatureDiff(nn.Module):

@@ -6,6 +6,13 @@ import cv2
 import numpy as np
 
 
+def colour_range(score_stats: dict | None, pixel_threshold: float) -> tuple[float, float]:
+    """Colour scale shared by every overlay of a model: normal images sit in the blue half, the pixel threshold is
+    the middle of the scale."""
+    vmin = score_stats["min"] * 0.5 if score_stats else 0.0
+    return vmin, vmin + 2 * (pixel_threshold - vmin)
+
+
 def heatmap(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """HxW float -> HxWx3 uint8 RGB with the JET colour map scaled to [vmin, vmax]."""
     scaled = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0, 1)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekd.data.images import to_model_input
+from edgekd.scoring import threshold_mask
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Runtime(ABC):
                 progress.advance(task, len(maps[-1]))
         maps_all = np.concatenate(maps) if maps else np.zeros((0, *self.input_size), np.float32)
         pixel = self.thresholds.get("pixel")
-        masks = (maps_all > pixel).astype(np.uint8) if pixel is not None else None
+        masks = threshold_mask(maps_all, pixel) if pixel is not None else None
         return Prediction(maps_all, np.concatenate(scores) if scores else np.zeros(0, np.float32), masks)
 
     def close(self) -> None:

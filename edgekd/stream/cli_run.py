@@ -1,0 +1,71 @@
+"""`edgekd run` wiring: the source, the model, the sinks, signals, and the summary at the end."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+from edgekd.errors import EdgekdError
+from edgekd.stream.detect import Thresholds, parse_hysteresis
+from edgekd.stream.runner import RunOptions, Runner
+from edgekd.stream.sinks import JsonlSink, MaskSink, VideoSink, WindowSink
+from edgekd.stream.sources import CaptureSettings, open_source
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_stream(model: Path, camera: int | None, source: str | None, backend: str | None, device: str, show: bool,
+               save_video: Path | None, save_masks: Path | None, jsonl: Path | None, threshold: float | None,
+               min_area: int, hysteresis: str, batch: int, width: int | None, height: int | None, fps: float | None,
+               max_frames: int | None, stats_every: float, reconnect_timeout: float, echo=print) -> dict:
+    from edgekd.runtime import open_runtime
+    if (camera is None) == (source is None):
+        raise EdgekdError("say where frames come from: exactly one of --camera N or --source (file, folder, URL, csi://N)")
+    on_off = parse_hysteresis(hysteresis)
+    if show:
+        WindowSink.check_display()
+    settings = CaptureSettings(width, height, fps)
+    runtime = open_runtime(model, backend, device)
+    thresholds = Thresholds.resolve(runtime.thresholds, threshold)
+    stream = open_source(camera if camera is not None else source, settings)
+    runner_ref: list[Runner] = []
+    sinks = []
+    try:
+        if jsonl:
+            sinks.append(JsonlSink(jsonl))
+        if save_masks:
+            sinks.append(MaskSink(save_masks))
+        if save_video:
+            sinks.append(VideoSink(save_video, stream.fps or fps or 25.0))
+        if show:
+            sinks.append(WindowSink(lambda: runner_ref[0].stop()))
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        stream.close()
+        raise
+    options = RunOptions(thresholds, min_area, on_off, batch, max_frames, stats_every, reconnect_timeout)
+    runner = Runner(stream, runtime, sinks, options, log=_log)
+    runner_ref.append(runner)
+
+    def on_signal(number, _frame):
+        if runner.stopping:  # a second Ctrl-C: stop waiting for in-flight frames
+            raise KeyboardInterrupt
+        _log(f"info: {signal.Signals(number).name}: finishing the frames in flight and closing the outputs")
+        runner.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _log(f"info: {stream.description} -> {model} ({runtime.backend}), thresholds image {thresholds.image:.4g} "
+         f"pixel {thresholds.pixel:.4g}; Ctrl-C stops")
+    try:
+        summary = runner.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        runtime.close()
+    echo(json.dumps({"source": stream.description, "model": str(model), "backend": runtime.backend, **summary}))
+    return summary

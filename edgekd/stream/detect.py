@@ -1,0 +1,96 @@
+"""From one frame's anomaly map and score to what the line cares about: defect regions (boxes with area, small
+specks dropped), a per-frame verdict, and a verdict smoothed over frames so it does not flicker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edgekd.errors import EdgekdError
+from edgekd.scoring import threshold_mask
+
+
+@dataclass(frozen=True)
+class Region:
+    x: int
+    y: int
+    w: int
+    h: int
+    area: int  # defect pixels, in frame pixels
+
+    def to_dict(self) -> dict:
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    image: float
+    pixel: float
+
+    @classmethod
+    def resolve(cls, artifact_thresholds: dict | None, override: float | None) -> "Thresholds":
+        """--threshold overrides both (as in `edgekd predict`); otherwise the artifact's own."""
+        if override is not None:
+            return cls(float(override), float(override))
+        known = artifact_thresholds or {}
+        if known.get("image") is None or known.get("pixel") is None:
+            raise EdgekdError("this model has no thresholds: pass --threshold, or export it from a checkpoint "
+                              "calibrated by 'edgekd train' / 'edgekd eval --save-threshold'")
+        return cls(float(known["image"]), float(known["pixel"]))
+
+
+def defect_regions(amap: np.ndarray, pixel_threshold: float, frame_shape: tuple[int, int],
+                   min_area: int) -> tuple[list[Region], np.ndarray]:
+    """Connected regions of the thresholded map (model resolution), as boxes in frame pixels; regions smaller than
+    `min_area` frame pixels are dropped from the list and from the returned mask."""
+    mask = threshold_mask(amap, pixel_threshold)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    sy, sx = frame_shape[0] / amap.shape[0], frame_shape[1] / amap.shape[1]
+    regions, kept = [], np.zeros_like(mask)
+    for label in range(1, count):
+        x, y, w, h, pixels = (int(v) for v in stats[label])
+        area = int(round(pixels * sx * sy))
+        if area < min_area:
+            continue
+        kept[labels == label] = 1
+        regions.append(Region(int(x * sx), int(y * sy), max(1, int(round(w * sx))), max(1, int(round(h * sy))), area))
+    regions.sort(key=lambda r: -r.area)
+    return regions, kept
+
+
+def frame_is_defective(score: float, regions: list[Region], thresholds: Thresholds, min_area: int) -> bool:
+    """Score above the image threshold, and (when a minimum area is set) at least one region that large."""
+    return score > thresholds.image and (min_area <= 0 or bool(regions))
+
+
+class Hysteresis:
+    """The verdict turns DEFECT after `on` defective frames in a row and back to OK after `off` good ones."""
+
+    def __init__(self, on: int = 1, off: int = 1):
+        if on < 1 or off < 1:
+            raise EdgekdError("--hysteresis takes ON,OFF frame counts of at least 1 (e.g. 2,3)")
+        self.on, self.off = on, off
+        self.state, self.streak = False, 0
+
+    def update(self, defective: bool) -> bool:
+        if defective == self.state:
+            self.streak = 0
+        else:
+            self.streak += 1
+            if self.streak >= (self.on if defective else self.off):
+                self.state, self.streak = defective, 0
+        return self.state
+
+
+def parse_hysteresis(text: str) -> tuple[int, int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise EdgekdError(f"--hysteresis '{text}' is not ON,OFF frame counts >= 1 (e.g. 2,3, or 1 for none)")
+    return values[0], values[1]

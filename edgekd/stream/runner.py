@@ -1,0 +1,282 @@
+"""`edgekd run`: frames in, defect masks out. Capture, preprocess, inference, postprocess and the sinks each run in
+their own thread, joined by bounded queues:
+
+    capture -> [newest frames] -> preprocess -> [batchable] -> infer -> [results] -> postprocess -> [out] -> sinks
+
+Live sources keep only the newest frames (real time beats completeness; drops are counted); files and folders
+deliver every frame. Inference takes whatever frames have queued up, up to --batch, as one batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edgekd.data.images import resize_rgb, to_model_input
+from edgekd.errors import EdgekdError
+from edgekd.runtime.base import Runtime
+from edgekd.stream.detect import Hysteresis, Thresholds, defect_regions, frame_is_defective
+from edgekd.stream.sinks import Result, Sink, annotate
+from edgekd.stream.sources import CORRUPT, END, LOST, OK, Source
+from edgekd.stream.stats import RunStats
+from edgekd.viz import colour_range
+
+DONE = object()  # end of stream, passed down the stages
+
+
+@dataclass
+class RunOptions:
+    thresholds: Thresholds
+    min_area: int = 0
+    hysteresis: tuple[int, int] = (1, 1)
+    max_batch: int = 8
+    max_frames: int | None = None
+    stats_every: float = 5.0  # seconds between stats lines; 0 = none
+    reconnect_timeout: float = 0.0  # give up on a lost live source after this long; 0 = never
+    live_queue: int = 2  # frames a live source may hold before the oldest is dropped
+
+
+@dataclass
+class _Frame:
+    index: int
+    timestamp: float
+    position: float | None
+    image: np.ndarray
+    captured: float  # perf_counter at capture
+    tensor: np.ndarray | None = None
+    amap: np.ndarray | None = None
+    score: float = 0.0
+
+
+class _NewestQueue:
+    """A bounded queue whose put() never blocks: when full, the oldest frame makes room and is counted as dropped."""
+
+    def __init__(self, size: int, on_drop):
+        self.queue, self.on_drop = queue.Queue(maxsize=size), on_drop
+
+    def put(self, item, timeout=None) -> None:
+        while True:
+            try:
+                self.queue.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    dropped = self.queue.get_nowait()
+                    if dropped is DONE:  # never drop the end marker
+                        self.queue.put_nowait(dropped)
+                        return
+                    self.on_drop()
+                except queue.Empty:
+                    pass
+
+    def get(self, timeout=None):
+        return self.queue.get(timeout=timeout)
+
+    def get_nowait(self):
+        return self.queue.get_nowait()
+
+
+class Runner:
+    def __init__(self, source: Source, runtime: Runtime, sinks: list[Sink], options: RunOptions, log=print):
+        self.source, self.runtime, self.sinks, self.options, self.log = source, runtime, sinks, options, log
+        self.stats = RunStats()
+        self._stopping = threading.Event()  # drain what is queued, then finish
+        self._aborted = threading.Event()  # a stage failed: finish now
+        self.failure: BaseException | None = None
+        capture_out = _NewestQueue(options.live_queue, lambda: self.stats.count("dropped")) if source.live \
+            else queue.Queue(maxsize=4)
+        self.queues = [capture_out, queue.Queue(maxsize=2 * options.max_batch), queue.Queue(maxsize=8),
+                       queue.Queue(maxsize=8)]
+        self.vmin, self.vmax = colour_range(runtime.info.get("score_stats"), options.thresholds.pixel)
+        self.hysteresis = Hysteresis(*options.hysteresis)
+        self.active_sinks = list(sinks)
+
+    # -- control ----------------------------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Stop capturing; frames already in flight are finished and the sinks closed cleanly."""
+        self._stopping.set()
+
+    def _put(self, box, item) -> bool:
+        while not self._aborted.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, box):
+        while not self._aborted.is_set():
+            try:
+                return box.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return DONE
+
+    def _thread(self, name: str, body) -> threading.Thread:
+        def guarded():
+            try:
+                body()
+            except BaseException as exc:  # one failed stage ends the run; the error is raised from run()
+                if self.failure is None:
+                    self.failure = exc
+                self._aborted.set()
+        thread = threading.Thread(target=guarded, name=f"edgekd-{name}", daemon=True)
+        thread.start()
+        return thread
+
+    # -- stages -----------------------------------------------------------------------------------------------
+    def _capture(self) -> None:
+        out, index, limit = self.queues[0], 0, self.options.max_frames
+        while not self._stopping.is_set() and not self._aborted.is_set() and (limit is None or index < limit):
+            started = time.perf_counter()
+            read = self.source.read()
+            if read.status == OK:
+                self.stats.stage("capture", time.perf_counter() - started)
+                self.stats.count("captured")
+                frame = _Frame(index, time.time(), read.timestamp, read.image, time.perf_counter())
+                index += 1
+                if not self._put(out, frame):
+                    return
+            elif read.status == CORRUPT:
+                self.stats.count("corrupt")
+            elif read.status == END:
+                break
+            elif read.status == LOST and not self._reconnect():
+                break
+        self._put(out, DONE)
+
+    def _reconnect(self) -> bool:
+        """Back off 0.5 s, 1 s, 2 s ... 10 s between attempts; False when stopped or past --reconnect-timeout."""
+        self.log(f"warning: {self.source.description} lost: reconnecting")
+        lost_at, delay = time.monotonic(), 0.5
+        while not self._stopping.is_set() and not self._aborted.is_set():
+            timeout = self.options.reconnect_timeout
+            if timeout and time.monotonic() - lost_at > timeout:
+                raise EdgekdError(f"{self.source.description} lost and not back after {timeout:g} s "
+                                  "(--reconnect-timeout): check the camera or stream")
+            if self._stopping.wait(delay):
+                return False
+            if self.source.reopen():
+                self.stats.count("reconnects")
+                self.log(f"info: {self.source.description} back after {time.monotonic() - lost_at:.1f} s")
+                return True
+            delay = min(2 * delay, 10.0)
+        return False
+
+    def _preprocess(self) -> None:
+        inbox, out = self.queues[0], self.queues[1]
+        size = self.runtime.input_size
+        while (frame := self._get(inbox)) is not DONE:
+            started = time.perf_counter()
+            rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
+            frame.tensor = to_model_input(resize_rgb(rgb, size)[None])
+            self.stats.stage("preprocess", time.perf_counter() - started)
+            if not self._put(out, frame):
+                return
+        self._put(out, DONE)
+
+    def _infer(self) -> None:
+        inbox, out = self.queues[1], self.queues[2]
+        finished = False
+        while not finished:
+            first = self._get(inbox)
+            if first is DONE:
+                break
+            frames = [first]
+            while len(frames) < self.options.max_batch:  # micro-batch: whatever has queued up already
+                try:
+                    item = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is DONE:
+                    finished = True
+                    break
+                frames.append(item)
+            started = time.perf_counter()
+            maps, scores = self.runtime.run(np.concatenate([f.tensor for f in frames]))
+            self.stats.batch(len(frames), time.perf_counter() - started)
+            for frame, amap, score in zip(frames, np.asarray(maps, np.float32), np.asarray(scores, np.float32).reshape(-1)):
+                frame.amap, frame.score, frame.tensor = amap[0], float(score), None
+                if not self._put(out, frame):
+                    return
+        self._put(out, DONE)
+
+    def _postprocess(self) -> None:
+        inbox, out = self.queues[2], self.queues[3]
+        options = self.options
+        while (frame := self._get(inbox)) is not DONE:
+            started = time.perf_counter()
+            regions, mask = defect_regions(frame.amap, options.thresholds.pixel, frame.image.shape[:2], options.min_area)
+            defective = frame_is_defective(frame.score, regions, options.thresholds, options.min_area)
+            result = Result(frame.index, frame.timestamp, frame.position, frame.image, frame.amap, mask, frame.score,
+                            defective, self.hysteresis.update(defective), regions if defective else [])
+            result.latency_ms = 1e3 * (time.perf_counter() - frame.captured)
+            self.stats.stage("postprocess", time.perf_counter() - started)
+            if not self._put(out, (result, frame.captured)):
+                return
+        self._put(out, DONE)
+
+    def _sinks(self) -> None:
+        inbox = self.queues[3]
+        while (item := self._get(inbox)) is not DONE:
+            result, captured = item
+            started = time.perf_counter()
+            result.fps = self.stats.fps()
+            picture = annotate(result, self.vmin, self.vmax) if any(s.wants_overlay for s in self.active_sinks) else None
+            for sink in list(self.active_sinks):
+                try:
+                    sink.write(result, picture)
+                except OSError as exc:  # disk full, folder removed, ...: that sink stops, detection goes on
+                    self._drop_sink(sink, exc)
+            self.stats.stage("sinks", time.perf_counter() - started)
+            self.stats.done(time.perf_counter() - captured, result.verdict)
+
+    def _drop_sink(self, sink: Sink, exc: BaseException) -> None:
+        self.active_sinks.remove(sink)
+        self.log(f"error: {sink.name} stopped ({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}); "
+                 "detection and the other outputs go on")
+        try:
+            sink.close()
+        except OSError:
+            pass
+
+    # -- the run --------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Blocks until the source ends, stop() is called or a stage fails; returns the final stats."""
+        threads = [self._thread(name, body) for name, body in (("capture", self._capture), ("preprocess", self._preprocess),
+                                                               ("infer", self._infer), ("postprocess", self._postprocess),
+                                                               ("sinks", self._sinks))]
+        next_line = time.monotonic() + self.options.stats_every
+        try:
+            while any(t.is_alive() for t in threads):
+                threads[-1].join(timeout=0.2)  # short waits: signals reach the main thread
+                if self.options.stats_every and time.monotonic() >= next_line:
+                    self.log(self.stats.line())
+                    next_line += self.options.stats_every
+        finally:
+            self._stopping.set()
+            for thread in threads:
+                thread.join(timeout=5.0)
+            for sink in list(self.active_sinks):
+                try:
+                    sink.close()
+                except OSError as exc:
+                    self.log(f"error: closing {sink.name} failed: {exc}")
+            self.source.close()
+            if self.options.stats_every:
+                self.log(self.stats.line())
+        if self.failure is not None:
+            if isinstance(self.failure, EdgekdError):
+                raise self.failure
+            raise EdgekdError(f"the run stopped: {type(self.failure).__name__}: {self.failure}") from self.failure
+        return self.stats.snapshot()

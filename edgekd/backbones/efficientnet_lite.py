@@ -61,7 +61,9 @@ class SameConv2d(nn.Conv2d):
         if self.stride[0] == 1:
             return super().forward(x)
         pads = []
-        for size in (x.shape[-1], x.shape[-2]):
+        # Python ints, not traced shape arithmetic: exported graphs have a fixed input size, and constant pads
+        # let onnxruntime and TensorRT fold the Pad into the convolution.
+        for size in (int(x.shape[-1]), int(x.shape[-2])):
             total = max((math.ceil(size / self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - size, 0)
             pads += [total // 2, total - total // 2]
         return F.conv2d(F.pad(x, pads), self.weight, None, self.stride, 0, 1, self.groups)

@@ -12,6 +12,7 @@ import onnx.numpy_helper
 import torch
 
 from edgekd.artifacts import INPUT_NAME, OUTPUT_NAMES
+from edgekd.export.graph_passes import fold_pads_into_convs
 from edgekd.export.graphs import DetectorGraph, StudentGraph, TeacherGraph
 from edgekd.fused.onnx_function import attach_function, fused_nodes, set_threshold
 from edgekd.fused.spec import DOMAIN, OP_VERSION
@@ -30,8 +31,10 @@ def _torch_export(module: torch.nn.Module, args: tuple, path: Path, inputs: list
                           output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True,
                           custom_opsets={DOMAIN: OP_VERSION})
     model = onnx.load(str(path))
+    fold_pads_into_convs(model)  # leaves unused constant chains behind; runtimes drop them when loading
     if fused_nodes(model):
-        onnx.save(attach_function(model), str(path))
+        attach_function(model)
+    onnx.save(model, str(path))
 
 
 def float32_nodes(graph: onnx.GraphProto) -> list[str]:

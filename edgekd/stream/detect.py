@@ -46,6 +46,8 @@ def defect_regions(amap: np.ndarray, pixel_threshold: float, frame_shape: tuple[
     """Connected regions of the thresholded map (model resolution), as boxes in frame pixels; regions smaller than
     `min_area` frame pixels are dropped from the list and from the returned mask."""
     mask = threshold_mask(amap, pixel_threshold)
+    if not mask.any():  # most frames on a good line: nothing to label
+        return [], mask
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     sy, sx = frame_shape[0] / amap.shape[0], frame_shape[1] / amap.shape[1]
     regions, kept = [], np.zeros_like(mask)

@@ -171,6 +171,7 @@ def csi_pipeline(sensor: int, settings: CaptureSettings) -> str:
 
 def quiet_opencv() -> None:
     """OpenCV warns on stderr for every failed open; edgekd says what failed itself, in one line."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own messages (AV_LOG_QUIET); read when first used
     logging = getattr(getattr(cv2, "utils", None), "logging", None)
     if logging is not None:
         logging.setLogLevel(logging.LOG_LEVEL_ERROR)

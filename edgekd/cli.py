@@ -64,7 +64,7 @@ def data_video(root: Path = typer.Argument(..., help="Dataset root."),
     from edgekd.data.layouts import load_dataset
     from edgekd.data.video import write_line_video
     defects = list(range(defect_every - 1, frames, defect_every)) if defect_every else []
-    info = write_line_video(load_dataset(root, category), out, frames, defects, fps, size, seed)
+    write_line_video(load_dataset(root, category), out, frames, defects, fps, size, seed)
     _echo(f"wrote {out}: {frames} frames at {fps:g} fps, defects at {len(defects)} frames; frame list {Path(out).with_suffix('.json')}")
 
 

@@ -251,8 +251,17 @@ class Runner:
             pass
 
     # -- the run --------------------------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Run the largest and the smallest batch once before the first frame: backends size their memory pools for
+        the largest batch now, instead of growing them (and stalling a frame) the first time frames pile up."""
+        h, w = self.runtime.input_size
+        for size in (self.options.max_batch, 1):
+            self.runtime.run(np.zeros((size, 3, h, w), np.float32))
+
     def run(self) -> dict:
         """Blocks until the source ends, stop() is called or a stage fails; returns the final stats."""
+        self.warm_up()
+        self.stats = RunStats()  # the clock starts with the first frame, not with the warm-up
         threads = [self._thread(name, body) for name, body in (("capture", self._capture), ("preprocess", self._preprocess),
                                                                ("infer", self._infer), ("postprocess", self._postprocess),
                                                                ("sinks", self._sinks))]

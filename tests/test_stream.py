@@ -187,3 +187,16 @@ def test_missing_cameras_and_bad_sources_fail_in_one_line(onnx_exports, tmp_path
     assert code == 2 and "exactly one of --camera N or --source" in lines[-1]
     code, lines = _cli("--source", str(tmp_path), "--model", model, "--show")
     assert code == 2 and "--show needs a display" in lines[-1]
+
+
+@pytest.mark.slow
+def test_checkpoint_runs_through_the_torch_backend(wood_checkpoint, line_video, tmp_path):
+    description, _ = line_video
+    events_path = tmp_path / "events.jsonl"
+    summary = _run(wood_checkpoint, description["video"], tmp_path, jsonl=events_path, max_frames=12)
+    assert summary["processed"] == 12 and len(_events(events_path)) == 12
+
+
+def test_stream_that_is_not_there_fails_in_one_line(tmp_path):
+    with pytest.raises(EdgekdError, match=r"stream rtsp://127\.0\.0\.1:9/cam could not be opened"):
+        open_source("rtsp://127.0.0.1:9/cam")  # the discard port: connection refused

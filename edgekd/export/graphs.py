@@ -24,14 +24,18 @@ def score_and_mask(model: AnomalyModel, images: torch.Tensor, teacher_feats: lis
     return amap, score, threshold_mask(amap, pixel_threshold)
 
 
-class DetectorGraph(nn.Module):
-    """images (B,3,H,W) RGB in [0,1] -> anomaly_map (B,1,H,W), score (B,)[, mask (B,1,H,W) uint8]."""
+class _ScoredGraph(nn.Module):
+    """What the graphs that end in the scoring hold: the model, the mask's threshold, fused or stock-op scoring."""
 
     def __init__(self, model: AnomalyModel, pixel_threshold: float | None, fused: bool = True):
         super().__init__()
         self.model = model
         self.pixel_threshold = pixel_threshold
         self.fused = fused
+
+
+class DetectorGraph(_ScoredGraph):
+    """images (B,3,H,W) RGB in [0,1] -> anomaly_map (B,1,H,W), score (B,)[, mask (B,1,H,W) uint8]."""
 
     def forward(self, images: torch.Tensor):
         return score_and_mask(self.model, images, self.model.teacher_features(images), self.pixel_threshold, self.fused)
@@ -48,14 +52,8 @@ class TeacherGraph(nn.Module):
         return tuple(self.model.teacher_features(images))
 
 
-class StudentGraph(nn.Module):
+class StudentGraph(_ScoredGraph):
     """images, t0..tk -> anomaly_map, score[, mask]: the student and the scoring."""
-
-    def __init__(self, model: AnomalyModel, pixel_threshold: float | None, fused: bool = True):
-        super().__init__()
-        self.model = model
-        self.pixel_threshold = pixel_threshold
-        self.fused = fused
 
     def forward(self, images: torch.Tensor, *teacher_feats: torch.Tensor):
         return score_and_mask(self.model, images, list(teacher_feats), self.pixel_threshold, self.fused)

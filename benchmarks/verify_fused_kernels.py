@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from edgekd.atomic import write_bytes_atomic
-from edgekd.fused.cuda_kernels import LaunchPlan
 from edgekd.fused.spec import FusedOpSpec
 from edgekd.machine import machine_info
 
@@ -63,25 +62,16 @@ class GpuRunner:
     name = "cuda"
 
     def __init__(self):
-        from edgekd.fused.cuda_kernels import FeatureDiffKernels
-        self.kernels = FeatureDiffKernels.for_device(torch.cuda.current_device())
         self.device = torch.cuda.get_device_name()
 
     def __call__(self, spec: FusedOpSpec, features: list[torch.Tensor]):
+        from edgekd.fused.torch_cuda import fused_scoring
         half = len(features) // 2
-        feats = [f.cuda().contiguous() for f in features]
-        batch = feats[0].shape[0]
-        plan = LaunchPlan(spec, batch, tuple(tuple(f.shape[1:]) for f in feats[:half]))
-        workspace = torch.full((plan.workspace_bytes // 4,), float("nan"), device="cuda")
-        amap = torch.full((batch, 1, *spec.output_size), float("nan"), device="cuda")
-        scores = torch.full((batch,), float("nan"), device="cuda")
-        mask = torch.full((batch, 1, *spec.output_size), 255, dtype=torch.uint8, device="cuda")
-        self.kernels.launch(plan, [f.data_ptr() for f in feats[:half]], [f.data_ptr() for f in feats[half:]],
-                            [f.dtype == torch.float16 for f in feats[:half]], workspace.data_ptr(), amap.data_ptr(),
-                            scores.data_ptr(), mask.data_ptr() if spec.threshold is not None else 0,
-                            torch.cuda.current_stream().cuda_stream)
+        feats = [f.cuda() for f in features]
+        out = fused_scoring(spec, feats[:half], feats[half:], poison=True)
         torch.cuda.synchronize()
-        return amap.cpu().numpy(), scores.cpu().numpy(), mask.cpu().numpy()
+        out = [o.cpu().numpy() for o in out]
+        return out if len(out) == 3 else (*out, None)
 
 
 class EmulatedRunner:

@@ -12,6 +12,7 @@ from edgekd.atomic import write_bytes_atomic
 from edgekd.data.images import read_rgb, resize_rgb, write_image_atomic
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime
+from edgekd.scoring import threshold_mask
 from edgekd.viz import colour_range, overlay
 
 
@@ -38,7 +39,7 @@ def predict_images(runtime: Runtime, paths: list[Path], out: Path, batch_size: i
         maps, scores = prediction.maps, prediction.scores
         for path, stem, rgb, small_map, score in zip(chunk, stems[start:], originals, maps, scores):
             amap = cv2.resize(small_map, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-            mask = amap > pixel_threshold
+            mask = threshold_mask(amap, pixel_threshold)
             write_image_atomic(out / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
             write_image_atomic(out / f"{stem}_overlay.png", overlay(rgb, amap, mask, vmin, vmax))
             records.append({"image": str(path), "score": float(score), "anomalous": bool(score > image_threshold),

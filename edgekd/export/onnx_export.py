@@ -43,8 +43,7 @@ def float32_nodes(graph: onnx.GraphProto) -> list[str]:
     path (/<submodule>/.../<op>); top-level ops, the fused scoring node and the scorer module are not networks."""
     def in_network(name: str) -> bool:
         parts = name.split("/")
-        return len(parts) >= 3 and parts[1] not in ("scorer", "model")  or (len(parts) >= 4 and parts[1] == "model"
-                                                                            and parts[2] != "scorer")
+        return len(parts) >= 3 and parts[1] != "scorer"
     return [n.name for n in graph.node if not in_network(n.name)]
 
 

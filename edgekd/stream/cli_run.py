@@ -30,8 +30,12 @@ def run_stream(model: Path, camera: int | None, source: str | None, backend: str
         WindowSink.check_display()
     settings = CaptureSettings(width, height, fps)
     runtime = open_runtime(model, backend, device)
-    thresholds = Thresholds.resolve(runtime.thresholds, threshold)
-    stream = open_source(camera if camera is not None else source, settings)
+    try:
+        thresholds = Thresholds.resolve(runtime.thresholds, threshold)
+        stream = open_source(camera if camera is not None else source, settings)
+    except BaseException:
+        runtime.close()  # a TensorRT runtime holds GPU buffers
+        raise
     runner_ref: list[Runner] = []
     sinks = []
     try:
@@ -47,6 +51,7 @@ def run_stream(model: Path, camera: int | None, source: str | None, backend: str
         for sink in sinks:
             sink.close()
         stream.close()
+        runtime.close()
         raise
     options = RunOptions(thresholds, min_area, on_off, batch, max_frames, stats_every, reconnect_timeout)
     runner = Runner(stream, runtime, sinks, options, log=_log)

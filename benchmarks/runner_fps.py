@@ -32,7 +32,9 @@ from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = {("stfpm", "int8"): 250.0, ("rd", "int8"): 100.0}
+# The INT8 targets apply to the INT8 form made for onnxruntime (--int8-for onnxruntime); the TensorRT form is
+# measured beside it to show why that form is not the one to run on a CPU.
+TARGETS = {("stfpm", "int8-ort"): 250.0, ("rd", "int8-ort"): 100.0}
 
 
 def prepare(work: Path, epochs: int, frames: int) -> dict:
@@ -57,11 +59,11 @@ def prepare(work: Path, epochs: int, frames: int) -> dict:
             cfg = load_config(configs / f"{family}_lite0.yaml", [f"train.epochs={epochs}", "train.batch_size=16"])
             train(cfg, data, "wood", checkpoint.parent)
         models[(family, "ckpt")] = checkpoint
-        for precision in ("fp32", "int8"):
+        for precision, int8_for in (("fp32", "tensorrt"), ("int8", "tensorrt"), ("int8-ort", "onnxruntime")):
             artifact = work / "export" / f"{family}.{precision}.onnx"
             if not artifact.is_file():
-                export_checkpoint(checkpoint, precision, out_dir=work / "export", name=family, calib_images=32,
-                                  force=True)
+                export_checkpoint(checkpoint, precision.split("-")[0], out_dir=work / "export", name=family,
+                                  calib_images=32, int8_for=int8_for, force=True)
             models[(family, precision)] = artifact
     return {"video": video, "models": models}
 
@@ -77,30 +79,39 @@ def decoded_frames(video: Path, size: tuple[int, int]) -> np.ndarray:
     return np.concatenate(tensors)
 
 
-def bare_fps(runtime, frames: np.ndarray, batch: int, repeats: int) -> float:
-    runtime.run(frames[:batch])  # warm up
-    best = 0.0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for start in range(0, len(frames), batch):
-            runtime.run(frames[start:start + batch])
-        best = max(best, len(frames) / (time.perf_counter() - started))
-    return best
+def bare_fps(runtime, frames: np.ndarray, batch: int) -> float:
+    """One timed pass of the model alone over pre-decoded frames (after one warm-up batch)."""
+    runtime.run(frames[:batch])
+    started = time.perf_counter()
+    for start in range(0, len(frames), batch):
+        runtime.run(frames[start:start + batch])
+    return len(frames) / (time.perf_counter() - started)
 
 
-def runner_fps(model: Path, video: Path, device: str, batch: int, repeats: int) -> tuple[float, dict]:
+def runner_fps(model: Path, video: Path, device: str, batch: int) -> tuple[float, dict]:
+    """One `edgekd run` over the video, decode to JSONL (first frame read to last sink closed)."""
     from edgekd.stream.cli_run import run_stream
-    best, best_summary = 0.0, {}
     with tempfile.TemporaryDirectory() as scratch:
-        for _ in range(repeats):
-            summary = run_stream(model=model, camera=None, source=str(video), backend=None, device=device, show=False,
-                                 save_video=None, save_masks=None, jsonl=Path(scratch) / "events.jsonl", threshold=None,
-                                 min_area=0, hysteresis="1,1", batch=batch, width=None, height=None, fps=None,
-                                 max_frames=None, stats_every=0.0, reconnect_timeout=0.0, echo=lambda text: None)
-            fps = summary["processed"] / summary["seconds"]  # first frame read to last sink closed; model load excluded
-            if fps > best:
-                best, best_summary = fps, summary
-    return best, best_summary
+        summary = run_stream(model=model, camera=None, source=str(video), backend=None, device=device, show=False,
+                             save_video=None, save_masks=None, jsonl=Path(scratch) / "events.jsonl", threshold=None,
+                             min_area=0, hysteresis="1,1", batch=batch, width=None, height=None, fps=None,
+                             max_frames=None, stats_every=0.0, reconnect_timeout=0.0, echo=lambda text: None)
+    return summary["processed"] / summary["seconds"], summary
+
+
+def measure(model: Path, video: Path, device: str, batch: int, repeats: int) -> tuple[float, float, dict]:
+    """Best of `repeats` for both, taken in turns (bare, runner, bare, ...): a shared or throttled machine
+    then slows both alike instead of skewing their ratio."""
+    from edgekd.runtime import open_runtime
+    best_bare, best_runner, best_summary = 0.0, 0.0, {}
+    for _ in range(repeats):
+        with open_runtime(model, None, device) as runtime:
+            frames = decoded_frames(video, runtime.input_size)
+            best_bare = max(best_bare, bare_fps(runtime, frames, batch))
+        fps, summary = runner_fps(model, video, device, batch)
+        if fps > best_runner:
+            best_runner, best_summary = fps, summary
+    return best_bare, best_runner, best_summary
 
 
 def main() -> int:
@@ -114,25 +125,21 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.environ.setdefault("EDGEKD_OFFLINE", "1")
-    from edgekd.runtime import open_runtime
     if args.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
             print("error: --device cuda but torch sees no CUDA GPU: run it on a GPU machine", file=sys.stderr)
             return 2
     setup = prepare(args.work, args.epochs, args.frames)
-    variants = [("rd", "fp32"), ("rd", "int8"), ("stfpm", "fp32"), ("stfpm", "int8")] if args.device == "cpu" \
+    variants = [(f, p) for f in ("rd", "stfpm") for p in ("fp32", "int8", "int8-ort")] if args.device == "cpu" \
         else [("rd", "ckpt"), ("stfpm", "ckpt")]
     rows = []
     for family, precision in variants:
         model = setup["models"][(family, precision)]
-        with open_runtime(model, None, args.device) as runtime:
-            frames = decoded_frames(setup["video"], runtime.input_size)
-            bare = bare_fps(runtime, frames, args.batch, args.repeats)
-        runner, summary = runner_fps(model, setup["video"], args.device, args.batch, args.repeats)
+        bare, runner, summary = measure(model, setup["video"], args.device, args.batch, args.repeats)
         target = TARGETS.get((family, precision))
         row = {"model": family, "precision": precision if precision != "ckpt" else "fp32 (torch)",
-               "backend": "onnxruntime" if precision != "ckpt" else "torch", "frames": len(frames),
+               "backend": "onnxruntime" if precision != "ckpt" else "torch", "frames": args.frames,
                "bare_fps": round(bare, 1), "runner_fps": round(runner, 1), "runner_vs_bare": round(runner / bare, 3),
                "mean_batch": summary.get("mean_batch"), "stage_ms": summary.get("stage_ms"),
                "target_runner_fps": target, "meets_target": None if target is None else runner >= target,
@@ -147,7 +154,7 @@ def main() -> int:
     write_bytes_atomic(stem.with_suffix(".json"), json.dumps(report, indent=2).encode())
     lines = [f"# `edgekd run` vs the bare backend ({args.device}, {machine_info().get('cpu')} x{machine_info().get('cores')})",
              "", f"256x256 MP4 of {args.frames} frames; runner = decode to JSONL; bare = `runtime.run` on pre-decoded "
-             f"frames, batch {args.batch}; best of {args.repeats}.", "",
+             f"frames, batch {args.batch}; best of {args.repeats}, bare and runner taken in turns.", "",
              "| model | precision | bare FPS | runner FPS | runner / bare | mean batch | target | met |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['precision']} | {r['bare_fps']} | {r['runner_fps']} | {100 * r['runner_vs_bare']:.0f}% | "

@@ -187,6 +187,9 @@ def export(checkpoint: Path = typer.Argument(..., help="model.ckpt"),
            category: Optional[str] = typer.Option(None, help="Category of --data."),
            calib_images: int = typer.Option(64, "--calib-images", min=1, help="Normal images for INT8 calibration."),
            calibration: str = typer.Option("minmax", help="INT8 calibration: minmax, percentile or entropy."),
+           int8_for: str = typer.Option("tensorrt", "--int8-for", help="INT8 Q/DQ form: 'tensorrt' (symmetric; what "
+                                        "build-engine takes) or 'onnxruntime' (uint8 activations, fast on CPU; "
+                                        "written as NAME.int8-ort.onnx)."),
            max_drop: float = typer.Option(1.0, "--max-drop", help="Refuse fp16/int8 if a metric drops more points than this."),
            force: bool = typer.Option(False, help="Keep a reduced-precision export that fails the accuracy gate."),
            fused_op: str = typer.Option("function", "--fused-op", help="Scoring as one edgekd::MultiScaleFeatureDiff node "
@@ -195,14 +198,17 @@ def export(checkpoint: Path = typer.Argument(..., help="model.ckpt"),
     from edgekd.progress import make_progress
     with make_progress() as progress:
         result = export_checkpoint(checkpoint, precision, layout, out, name, data, category, calib_images, max_drop,
-                                   force, calibration_method=calibration, fused_op=fused_op, progress=progress)
+                                   force, calibration_method=calibration, fused_op=fused_op, int8_for=int8_for,
+                                   progress=progress)
     _echo(f"wrote {', '.join(str(p) for p in result.files)}")
     _echo(f"verified: {result.parity.summary()} -> within {precision} tolerance")
     if result.deltas:
         drops = ", ".join(f"{k} {v:+.2f}" for k, v in result.deltas.items())
         state = "ACCEPTED with --force despite" if result.refused else "within"
         _echo(f"verified: accuracy drop versus FP32 in points: {drops} ({state} --max-drop {max_drop})")
-    _echo(f"next: edgekd eval {result.artifact} --data {result.data}\n      edgekd build-engine {result.artifact}")
+    then = f"edgekd build-engine {result.artifact}" if int8_for == "tensorrt" or precision != "int8" \
+        else f"edgekd run --model {result.artifact} --camera 0"
+    _echo(f"next: edgekd eval {result.artifact} --data {result.data}\n      {then}")
 
 
 @app.command("build-engine", help="Build a TensorRT engine (raw plan + JSON sidecar) from a checkpoint or ONNX.")

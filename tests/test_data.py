@@ -104,3 +104,15 @@ def test_bad_image_and_mask_files(tmp_path):
     grey = tmp_path / "grey.png"
     _png(grey, np.zeros((5, 7), np.uint8))
     assert read_rgb(grey).shape == (5, 7, 3)
+
+
+def test_model_input_is_nchw_float_in_unit_range_for_any_frame_layout():
+    from edgekd.data.images import to_model_input
+    frames = np.random.default_rng(0).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
+    frames[0, 0, 0] = (0, 128, 255)
+    for view in (frames, frames[:, ::2, 1:], frames[::-1]):  # contiguous, strided crop, reversed batch
+        tensor = to_model_input(view)
+        expected = view.astype(np.float64).transpose(0, 3, 1, 2) / 255.0
+        assert tensor.dtype == np.float32 and tensor.flags.c_contiguous and tensor.shape == expected.shape
+        np.testing.assert_allclose(tensor, expected, rtol=0, atol=1e-7)
+    assert tuple(to_model_input(frames)[0, :, 0, 0]) == (0.0, np.float32(128) / np.float32(255), 1.0)

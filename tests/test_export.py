@@ -127,3 +127,35 @@ def test_failed_parity_is_loud_and_writes_nothing(wood_checkpoint, tmp_path, mon
     with pytest.raises(EdgekdError, match=r"failed parity against PyTorch \(parity on \d+ images: max \|map diff\|"):
         export_checkpoint(wood_checkpoint, "fp32", out_dir=tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_int8_for_onnxruntime_runs_as_integer_convolutions(wood_checkpoint, synth_root, tmp_path):
+    import onnxruntime as ort
+    from edgekd.engine.builder import build_engine
+    result = export_checkpoint(wood_checkpoint, "int8", out_dir=tmp_path, calib_images=8, int8_for="onnxruntime",
+                               force=True)
+    assert result.artifact.name == "wood.int8-ort.onnx" and result.parity.passed
+    assert read_sidecar(result.artifact)["int8_for"] == "onnxruntime"
+    model = onnx.load(str(result.artifact))
+    zero_points = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    activation_types = {zero_points[n.input[2]].dtype for n in model.graph.node
+                        if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    assert activation_types == {np.dtype(np.uint8)}  # uint8 activations with zero points: onnxruntime's CPU form
+    # What onnxruntime makes of it: the quantized convolutions fuse into QLinearConv (activation folded in),
+    # only the float finest scale keeps float Conv.
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(result.artifact), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    network_convs = [n for n in model.graph.node if n.op_type == "Conv" and "/segments.0/" not in n.name]
+    assert len(network_convs) > 10
+    assert sum(n.op_type == "QLinearConv" for n in optimized) == len(network_convs)
+    with open_runtime(result.artifact) as runtime:  # and it ranks images like the checkpoint
+        images = load_images(load_dataset(synth_root, "wood").test[::4], (128, 128))
+        got = runtime.infer(images)
+    reference = open_runtime(wood_checkpoint).infer(images)
+    rank = np.corrcoef(np.argsort(np.argsort(reference.scores)), np.argsort(np.argsort(got.scores)))[0, 1]
+    assert rank > 0.8
+    with pytest.raises(EdgekdError, match="INT8 export for onnxruntime.*--int8-for tensorrt"):
+        build_engine(result.artifact, tmp_path / "engines", flavour="tensorrt_rtx")

@@ -62,7 +62,11 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """(N,H,W,3) uint8 RGB -> (N,3,H,W) float32 in [0, 1]: the input every edgekd model and artifact takes."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    # One pass straight into the NCHW buffer: converting the transposed view first and dividing after costs
+    # 4-5x more, which the live runner pays per frame on a 2-core box.
+    out = np.empty((images.shape[0], images.shape[3], images.shape[1], images.shape[2]), np.float32)
+    np.divide(images.transpose(0, 3, 1, 2), np.float32(255), out=out, dtype=np.float32)
+    return out
 
 
 def write_image_atomic(path: str | Path, image_rgb_or_grey: np.ndarray) -> None:

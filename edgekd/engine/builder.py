@@ -118,6 +118,9 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
                     plugin: bool | None = None) -> EngineResult:
     info = read_sidecar(onnx_path)
     precision = info.get("precision", "fp32")
+    if info.get("int8_for", "tensorrt") != "tensorrt":
+        raise EdgekdError(f"{onnx_path} is an INT8 export for onnxruntime (uint8 activations with zero points, which "
+                          "TensorRT does not build): build from the checkpoint, or export with --int8-for tensorrt")
     trt = load_tensorrt(flavour)
     logger = _collecting_logger(trt)
     builder = trt.module.Builder(logger)

@@ -22,7 +22,7 @@ from edgekd.errors import EdgekdError
 from edgekd.evaluate import compute_metrics
 from edgekd.export.onnx_export import FUSED_OP_FORMS, OPSET, export_graphs, set_mask_threshold, set_metadata
 from edgekd.export.parity import ParityReport, compare
-from edgekd.export.quantize import quantize_int8
+from edgekd.export.quantize import INT8_TARGETS, quantize_int8
 from edgekd.runtime.onnx_backend import OnnxRuntime
 from edgekd.runtime.torch_backend import TorchRuntime
 from edgekd.train import split_normals
@@ -73,9 +73,11 @@ def _calibration_images(dataset: Dataset, count: int, size: tuple[int, int]) -> 
     return to_model_input(load_images([dataset.train[i] for i in sorted(order)], size))
 
 
-def _quantize_graphs(graphs: dict[str, Path], calibration: np.ndarray, folder: Path, stem: str, method: str) -> dict[str, Path]:
+def _quantize_graphs(graphs: dict[str, Path], calibration: np.ndarray, folder: Path, stem: str, method: str,
+                     target: str) -> dict[str, Path]:
     if "detector" in graphs:
-        return {"detector": quantize_int8(graphs["detector"], folder / f"{stem}.onnx", {"images": calibration}, method)}
+        return {"detector": quantize_int8(graphs["detector"], folder / f"{stem}.onnx", {"images": calibration}, method,
+                                          target=target)}
     # The student graph is calibrated on what it really receives: the FP32 teacher's features.
     import onnxruntime as ort
     teacher = ort.InferenceSession(str(graphs["teacher"]), providers=["CPUExecutionProvider"])
@@ -84,8 +86,10 @@ def _quantize_graphs(graphs: dict[str, Path], calibration: np.ndarray, folder: P
     feats = {name: np.concatenate(parts) for name, parts in zip(names, zip(*runs))}
     student_inputs = {i.name for i in ort.InferenceSession(str(graphs["student"]), providers=["CPUExecutionProvider"]).get_inputs()}
     student_feeds = {k: v for k, v in {"images": calibration, **feats}.items() if k in student_inputs}
-    return {"teacher": quantize_int8(graphs["teacher"], folder / f"{stem}.teacher.onnx", {"images": calibration}, method),
-            "student": quantize_int8(graphs["student"], folder / f"{stem}.student.onnx", student_feeds, method)}
+    return {"teacher": quantize_int8(graphs["teacher"], folder / f"{stem}.teacher.onnx", {"images": calibration}, method,
+                                     target=target),
+            "student": quantize_int8(graphs["student"], folder / f"{stem}.student.onnx", student_feeds, method,
+                                     target=target)}
 
 
 def _recalibrate(runtime, dataset: Dataset, payload: dict) -> dict:
@@ -129,11 +133,13 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
                       out_dir: str | Path = "export", name: str | None = None, data: str | Path | None = None,
                       category: str | None = None, calib_images: int = 64, max_drop: float = 1.0, force: bool = False,
                       parity_images: int = 16, calibration_method: str = "minmax", fused_op: str = "function",
-                      progress=None) -> ExportResult:
+                      int8_for: str = "tensorrt", progress=None) -> ExportResult:
     if precision not in PRECISIONS:
         raise EdgekdError(f"precision '{precision}' is unknown: use one of {', '.join(PRECISIONS)}")
     if layout not in LAYOUTS:
         raise EdgekdError(f"layout '{layout}' is unknown: use one of {', '.join(LAYOUTS)}")
+    if int8_for not in INT8_TARGETS:
+        raise EdgekdError(f"--int8-for '{int8_for}' is unknown: use one of {', '.join(INT8_TARGETS)}")
     if fused_op not in FUSED_OP_FORMS:
         raise EdgekdError(f"--fused-op '{fused_op}' is unknown: use one of {', '.join(FUSED_OP_FORMS)}")
     checkpoint = Path(checkpoint)
@@ -141,7 +147,9 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
     dataset = dataset_for(payload, data, category)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{name or default_name(checkpoint)}.{precision}"
+    # The onnxruntime INT8 form gets its own name so it never overwrites the TensorRT one beside it.
+    flavour = "-ort" if precision == "int8" and int8_for == "onnxruntime" else ""
+    stem = f"{name or default_name(checkpoint)}.{precision}{flavour}"
     pixel_threshold = (payload.get("thresholds") or {}).get("pixel")
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
@@ -149,14 +157,16 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
             (staging / "fp32").mkdir()
             fp32 = export_graphs(model, pixel_threshold, staging / "fp32", stem, layout, fused_op)
             calibration = _calibration_images(dataset, calib_images, model.input_size)
-            graphs = _quantize_graphs(fp32, calibration, staging, stem, calibration_method)
+            graphs = _quantize_graphs(fp32, calibration, staging, stem, calibration_method, int8_for)
             shutil.rmtree(staging / "fp32")
         else:
             exported = copy.deepcopy(model).networks_to(torch.float16) if precision == "fp16" else model
             graphs = export_graphs(exported, pixel_threshold, staging, stem, layout, fused_op)
 
         info = {**describe_checkpoint(payload, checkpoint), "kind": "onnx", "precision": precision, "layout": layout,
-                "opset": OPSET, "fused_op": fused_op, "outputs": ["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else [])}
+                "opset": OPSET, "fused_op": fused_op,
+                **({"int8_for": int8_for} if precision == "int8" else {}),
+                "outputs": ["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else [])}
         if layout == "split":
             info["graphs"] = {role: path.name for role, path in graphs.items()}
         for role, path in graphs.items():

@@ -1,6 +1,12 @@
-"""INT8 by explicit Q/DQ (what strongly typed TensorRT builders need): onnxruntime's static quantiser,
-symmetric per-channel weights and symmetric activations, calibrated on normal training images. The input
-normalisation, the scoring, the mask and the finest-scale features are excluded, so they stay float."""
+"""INT8 by explicit Q/DQ: onnxruntime's static quantiser with per-channel symmetric INT8 weights, calibrated on
+normal training images. The input normalisation, the scoring, the mask and the finest-scale features are
+excluded, so they stay float.
+
+Two targets want different activations:
+- tensorrt: symmetric INT8 activations (zero point 0), the only Q/DQ form TensorRT builds.
+- onnxruntime: asymmetric UINT8 activations. onnxruntime's CPU kernels take uint8 x int8; with them every
+  Conv+ReLU6 becomes one QLinearConv (the activation folds into the output range), where the TensorRT form leaves
+  most convolutions in float between Dequantize/Quantize pairs and runs slower than FP32 on a CPU."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from edgekd.errors import EdgekdError
 from edgekd.export.onnx_export import float32_nodes
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+INT8_TARGETS = ("tensorrt", "onnxruntime")
 
 
 def finest_scale_nodes(graph: onnx.GraphProto) -> list[str]:
@@ -26,11 +33,13 @@ def finest_scale_nodes(graph: onnx.GraphProto) -> list[str]:
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray], method: str = "minmax",
-                  batch_size: int = 8) -> Path:
+                  batch_size: int = 8, target: str = "tensorrt") -> Path:
     """calibration: graph input name -> (N, ...) float32 arrays from normal images (e.g. {'images': ...})."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if target not in INT8_TARGETS:
+        raise EdgekdError(f"INT8 target '{target}' is unknown: use one of {', '.join(INT8_TARGETS)}")
     if method not in CALIBRATION_METHODS:
         raise EdgekdError(f"calibration method '{method}' is unknown: use one of {', '.join(CALIBRATION_METHODS)}")
     count = min(len(v) for v in calibration.values())
@@ -56,11 +65,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
             quant_pre_process(str(fp32_path), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
             graph = onnx.load(str(prepared)).graph
             keep_float = float32_nodes(graph) + finest_scale_nodes(graph)
+            for_tensorrt = target == "tensorrt"
             quantize_static(str(prepared), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_float,
+                            activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=keep_float,
                             calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                                               "entropy": CalibrationMethod.Entropy}[method],
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                            extra_options={"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True,
                                            "QuantizeBias": False})  # TensorRT takes no INT32 bias Q/DQ
     finally:
         prepared.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
     python benchmarks/cpu_ceiling.py            # rd and stfpm (EfficientNet-Lite0 teacher) at 256x256
 
-- Peak: onnxruntime's own FP32 MatMul and uint8 x int8 MatMulInteger on 2048x2048 matrices, best of 5, all
+- Peak: onnxruntime's own FP32 MatMul and uint8 x int8 MatMulInteger on 2048x2048 matrices, best of 10, all
   cores. A dense square GEMM is the most favourable work a CPU kernel gets; depthwise convolutions, the bulk
   of the EfficientNet-Lite layers by count, reach a fraction of it.
 - Work per frame: multiply-adds of every convolution (x2 = operations) at the model's input size, counted on
@@ -54,7 +54,7 @@ def _gemm_session(integer: bool, size: int):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def gemm_peak(integer: bool, size: int = 2048, repeats: int = 5) -> float:
+def gemm_peak(integer: bool, size: int = 2048, repeats: int = 10) -> float:
     """Operations per second (2 per multiply-add) of onnxruntime's best case on this CPU."""
     session = _gemm_session(integer, size)
     rng = np.random.default_rng(1)

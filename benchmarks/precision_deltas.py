@@ -41,7 +41,7 @@ def latency_ms(artifact: Path, size: tuple[int, int], batch: int = 8, repeats: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "benchmark")
-    parser.add_argument("--categories", default="all")
+    parser.add_argument("--categories", default="wood,fabric,metal,tile,granite,washer,chip")
     parser.add_argument("--calibration", default="minmax")
     parser.add_argument("--calib-images", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "precision")

@@ -55,7 +55,7 @@ def bar_chart(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data" / "synth")
-    parser.add_argument("--categories", default="all")
+    parser.add_argument("--categories", default="wood,fabric,metal,tile,granite,washer,chip")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "rd_lite0.yaml")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "benchmark")

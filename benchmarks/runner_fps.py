@@ -1,17 +1,19 @@
 """Frames per second of `edgekd run` against the bare backend on the same frames.
 
     python benchmarks/runner_fps.py                       # CPU, onnxruntime: rd and stfpm, FP32 and INT8
-    python benchmarks/runner_fps.py --device cuda         # the same with the torch CUDA backend (needs a GPU)
+    python benchmarks/runner_fps.py --device cuda         # torch CUDA backend, CUDA graphs and eager (needs a GPU)
 
 Setup (in --work, reused between runs): the synthetic `wood` category at 256x256, RD and STFPM with the Lite0
-teacher trained briefly (speed does not depend on accuracy, but INT8 export parity needs a model that ranks images), exported to FP32 and INT8
-ONNX, and a 256x256 MP4 line video with a defect every 10 frames.
+teacher trained briefly (speed does not depend on accuracy, but INT8 export parity needs a model that ranks
+images), exported to FP32 ONNX and to INT8 in both Q/DQ forms (for TensorRT, and for onnxruntime:
+--int8-for onnxruntime), and a 256x256 MP4 line video with a defect every 10 frames.
 
 - bare backend: the video's frames decoded and preprocessed beforehand, then only `runtime.run` on batches of
   --batch (the model alone, like the figure a library quotes for its model).
 - runner: `edgekd run --source line.mp4 --jsonl ...` end to end: decode, preprocess, inference (micro-batched),
   regions and verdict, and a JSON line per frame written to disk.
-Targets on this 2-core CPU machine: runner >= 90% of bare throughput; stfpm INT8 runner >= 250 FPS, rd INT8 >= 100.
+Targets on this 2-core CPU machine: runner >= 90% of bare throughput; stfpm INT8 runner >= 250 FPS, rd INT8 >= 100
+(benchmarks/cpu_ceiling.py gives the most this CPU's arithmetic allows).
 Writes benchmarks/results/runner_fps_<device>.{json,md,png}.
 """
 
@@ -132,14 +134,16 @@ def main() -> int:
             return 2
     setup = prepare(args.work, args.epochs, args.frames)
     variants = [(f, p) for f in ("rd", "stfpm") for p in ("fp32", "int8", "int8-ort")] if args.device == "cpu" \
-        else [("rd", "ckpt"), ("stfpm", "ckpt")]
+        else [(f, p) for f in ("rd", "stfpm") for p in ("ckpt", "ckpt-eager")]
+    labels = {"ckpt": "fp32 (torch, CUDA graphs)", "ckpt-eager": "fp32 (torch, eager)"}
     rows = []
     for family, precision in variants:
-        model = setup["models"][(family, precision)]
+        model = setup["models"][(family, precision.split("-")[0] if precision.startswith("ckpt") else precision)]
+        os.environ["EDGEKD_CUDA_GRAPHS"] = "0" if precision == "ckpt-eager" else "1"
         bare, runner, summary = measure(model, setup["video"], args.device, args.batch, args.repeats)
         target = TARGETS.get((family, precision))
-        row = {"model": family, "precision": precision if precision != "ckpt" else "fp32 (torch)",
-               "backend": "onnxruntime" if precision != "ckpt" else "torch", "frames": args.frames,
+        row = {"model": family, "precision": labels.get(precision, precision),
+               "backend": "torch" if precision.startswith("ckpt") else "onnxruntime", "frames": args.frames,
                "bare_fps": round(bare, 1), "runner_fps": round(runner, 1), "runner_vs_bare": round(runner / bare, 3),
                "mean_batch": summary.get("mean_batch"), "stage_ms": summary.get("stage_ms"),
                "target_runner_fps": target, "meets_target": None if target is None else runner >= target,

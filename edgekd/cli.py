@@ -25,7 +25,7 @@ def _echo(text: str) -> None:
 
 @data_app.command("synth", help="Generate the built-in synthetic industrial dataset (MVTec AD layout).")
 def data_synth(root: Path = typer.Argument(..., help="Folder to write categories into."),
-               categories: str = typer.Option("all", help="Comma-separated categories or 'all'."),
+               categories: str = typer.Option("all", help="Comma-separated categories, 'logical' (the assemblies tray, board) or 'all'."),
                seed: int = typer.Option(0, help="Same seed, same images."),
                size: int = typer.Option(256, min=64, help="Image side in pixels."),
                train: int = typer.Option(160, "--train", min=2, help="Normal training images per category."),

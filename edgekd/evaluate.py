@@ -33,6 +33,18 @@ def compute_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
     return metrics
 
 
+def auroc_by_type(dataset: Dataset, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Image AUROC of the normal test images against each anomaly type alone (MVTec LOCO reports logical and
+    structural anomalies apart this way)."""
+    types = sorted({s.defect for s in dataset.test if s.label == 1})
+    normal = labels == 0
+    result = {}
+    for kind in types:
+        chosen = normal | np.array([s.defect == kind for s in dataset.test])
+        result[kind] = image_auroc(labels[chosen], scores[chosen])
+    return result
+
+
 def _montage_rows(dataset: Dataset, labels: np.ndarray, scores: np.ndarray, limit: int = 10) -> list[int]:
     """Two normal images and the highest- and lowest-scoring image of each defect type."""
     rows = [int(i) for i in np.flatnonzero(labels == 0)[:2]]
@@ -62,7 +74,8 @@ def evaluate(runtime: Runtime, data: str | Path, category: str | None, out: Path
     labels = np.array([s.label for s in dataset.test])
     thresholds = runtime.thresholds
     metrics = compute_metrics(labels, scores, masks, maps, thresholds.get("image"))
-    row = {"name": name, "category": dataset.category, "layout": dataset.layout, **metrics}
+    row = {"name": name, "category": dataset.category, "layout": dataset.layout, **metrics,
+           "image_auroc_by_type": auroc_by_type(dataset, labels, scores)}
 
     picks = _montage_rows(dataset, labels, scores)
     pixel_threshold = thresholds.get("pixel", float(np.percentile(maps, 99)))
@@ -88,7 +101,13 @@ def markdown_table(rows: list[dict]) -> str:
     lines = [f"| {r['category']} | " + " | ".join(_fmt(r[k]) for k in METRIC_COLUMNS) + " |" for r in rows]
     if len(rows) > 1:
         lines.append("| **mean** | " + " | ".join(_fmt(v) for v in mean_row(rows).values()) + " |")
-    return header + "\n".join(lines) + "\n"
+    table = header + "\n".join(lines) + "\n"
+    loco = [r for r in rows if r.get("layout") == "mvtec_loco" and r.get("image_auroc_by_type")]
+    if loco:  # MVTec LOCO's split: how the logical and the structural anomalies are found
+        table += "\n| category | image AUROC logical | image AUROC structural |\n|---|---|---|\n"
+        table += "\n".join(f"| {r['category']} | {_fmt(r['image_auroc_by_type'].get('logical_anomalies'))} | "
+                           f"{_fmt(r['image_auroc_by_type'].get('structural_anomalies'))} |" for r in loco) + "\n"
+    return table
 
 
 def write_results(rows: list[dict], out: Path, extra: dict | None = None) -> tuple[Path, Path]:

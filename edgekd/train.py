@@ -74,6 +74,12 @@ class TeacherFeatureCache:
         return [f[torch.from_numpy(index)].to(self.device, non_blocking=True) for f in self.cached]
 
 
+def _batches(images: np.ndarray, batch_size: int, device: torch.device):
+    """(B,3,H,W) model-input batches of uint8 NHWC images, on the device."""
+    for start in range(0, len(images), batch_size):
+        yield torch.from_numpy(to_model_input(images[start:start + batch_size])).to(device)
+
+
 def _check_resumable(state: dict, config: dict, path: Path) -> None:
     for key in ("model", "teacher", "input_size", "model_options"):
         if state["config"].get(key) != config.get(key):
@@ -139,6 +145,9 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
 
         # Calibrate on held-out normal images (the training images would give optimistic, too-low thresholds).
         calib = val_images if len(val_images) else fit_images
+        model.eval()
+        normal_stats = model.fit_normal(lambda: _batches(fit_images, settings["batch_size"], device),
+                                        lambda: _batches(calib, settings["batch_size"], device))
         calibrated = TorchRuntime(model, device=device).infer(calib, settings["batch_size"], progress, "calibrate")
         maps, scores = calibrated.maps, calibrated.scores
     thresholds = thresholds_from_normal(scores, maps, config["threshold"]["k_sigma"])
@@ -147,5 +156,6 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
                     training={"epochs": settings["epochs"], "final_loss": epoch_loss, "seconds": seconds,
                               "device": str(device), "dataset": str(dataset.root), "category": dataset.category,
                               "data": str(Path(data).resolve()), "category_arg": category,
-                              "layout": dataset.layout, "n_fit": len(fit_images), "n_calibration": len(calib)})
+                              "layout": dataset.layout, "n_fit": len(fit_images), "n_calibration": len(calib),
+                              **({"normal_fit": normal_stats} if normal_stats else {})})
     return TrainResult(final_path, settings["epochs"], epoch_loss, seconds, thresholds, str(device))

@@ -1,3 +1,5 @@
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -116,3 +118,31 @@ def test_model_input_is_nchw_float_in_unit_range_for_any_frame_layout():
         assert tensor.dtype == np.float32 and tensor.flags.c_contiguous and tensor.shape == expected.shape
         np.testing.assert_allclose(tensor, expected, rtol=0, atol=1e-7)
     assert tuple(to_model_input(frames)[0, :, 0, 0]) == (0.0, np.float32(128) / np.float32(255), 1.0)
+
+
+@pytest.mark.parametrize("category", [c for c, spec in CATEGORIES.items() if spec.logical])
+def test_logical_anomalies_change_the_assembly_only_inside_their_mask(category):
+    from edgekd.data.assembly import render_assembly
+    for kind in CATEGORIES[category].logical:
+        for index in range(3):
+            image, mask = render_sample(category, "test", index, seed=0, size=128, defect=kind)
+            twin, _, _ = render_assembly(category, _rng(0, category, f"test/{kind}", index), 128)
+            twin = (np.clip(twin, 0, 1) * 255 + 0.5).astype(np.uint8)
+            assert mask.sum() >= 12, (category, kind)
+            assert np.array_equal(image[~mask], twin[~mask]), (category, kind)  # the rest of the assembly is normal
+            changed = np.abs(image.astype(int) - twin.astype(int)).max(axis=2) > 40
+            assert changed.sum() >= 12, (category, kind)  # and the plan is visibly broken
+
+
+def test_assemblies_write_mvtec_loco_layout(tmp_path):
+    synthesize(tmp_path, ["tray"], seed=0, size=64, n_train=3, n_test_good=2, n_per_defect=1)
+    dataset = load_dataset(tmp_path, "tray")
+    spec = CATEGORIES["tray"]
+    assert dataset.layout == "mvtec_loco" and len(dataset.train) == 3
+    folders = {s.defect for s in dataset.test if s.label}
+    assert folders == {"logical_anomalies", "structural_anomalies"}
+    logical = [s for s in dataset.test if s.defect == "logical_anomalies"]
+    assert len(logical) == len(spec.logical) and all(len(s.masks) == 1 for s in logical)
+    meta = json.loads((tmp_path / "tray" / "synth.json").read_text())
+    assert sorted(v for k, v in meta["anomalies"].items() if "logical" in k) == sorted(spec.logical)
+    assert set(parse_categories("logical")) == {"tray", "board"}

@@ -185,6 +185,24 @@ def test_cuda_kernels_match_reference(spec, shapes, dtype):
     _compare_kernels(got, spec.reference()(*[f.cpu() for f in features]), spec.threshold)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_runtime_cuda_graph_replays_match_eager_runs():
+    from edgekd.checkpoint import build_model
+    from edgekd.config import load_config
+    from edgekd.runtime.torch_backend import TorchRuntime
+    config = load_config(None, ["model=rd", "teacher=efficientnet_lite0", "input_size=96"])
+    model = build_model(config, pretrained_teacher=False)
+    graphed = TorchRuntime(model, device="cuda")
+    assert graphed.graphs is not None and graphed.model.use_fused_kernels
+    eager = TorchRuntime(model, device="cuda", cuda_graphs=False)
+    rng = np.random.default_rng(0)
+    for batch in (3, 1, 3):  # a new batch size captures again; the same one replays with new frames
+        frames = rng.random((batch, 3, 96, 96), np.float32)
+        (got_map, got_score), (ref_map, ref_score) = graphed.run(frames), eager.run(frames)
+        assert np.allclose(got_map, ref_map, atol=1e-5) and np.allclose(got_score, ref_score, atol=1e-5)
+    assert set(graphed.graphs.captured) == {(3, 3, 96, 96), (1, 3, 96, 96)} and not graphed.graphs.failed
+
+
 # -- TensorRT: which form the parser imports ---------------------------------------------------------------------
 def _rtx():
     return pytest.importorskip("tensorrt_rtx")

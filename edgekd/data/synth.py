@@ -1,8 +1,10 @@
-"""A deterministic synthetic industrial dataset in MVTec AD layout, so edgekd runs end to end with no downloads.
+"""A deterministic synthetic industrial dataset, so edgekd runs end to end with no downloads.
 
-Five textures (wood, fabric, metal, tile, granite) and two objects (washer, chip). Normal images vary in
-phase, position, lighting and noise; defects (scratch, crack, hole, stain, contamination, missing part)
-are painted with their exact pixel masks. The same seed always gives the same bytes.
+Five textures (wood, fabric, metal, tile, granite) and two objects (washer, chip) in MVTec AD layout. Normal
+images vary in phase, position, lighting and noise; defects (scratch, crack, hole, stain, contamination, missing
+part) are painted with their exact pixel masks. Two assemblies (tray, board; edgekd/data/assembly.py) in MVTec
+LOCO layout have logical anomalies (parts missing, extra, swapped, misplaced, wrong colour or count) in
+test/logical_anomalies beside painted ones in test/structural_anomalies. The same seed always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from edgekd.data.assembly import ASSEMBLIES, render_assembly
 from edgekd.data.images import write_image_atomic
 from edgekd.errors import EdgekdError
 
@@ -259,8 +262,27 @@ def _chip_background(rng, n):
 @dataclass(frozen=True)
 class Category:
     render: Callable
-    defects: dict[str, Callable]
+    defects: dict[str, Callable]  # structural: painted onto a normal image
     kind: str
+    logical: tuple[str, ...] = ()  # logical anomalies, drawn by render_logical; such categories use MVTec LOCO layout
+
+    @property
+    def layout(self) -> str:
+        return "mvtec_loco" if self.logical else "mvtec_ad"
+
+    def anomaly_kinds(self) -> list[tuple[str, str]]:
+        """(anomaly, test folder) pairs: MVTec AD folders by defect, LOCO by logical / structural."""
+        if not self.logical:
+            return [(d, d) for d in self.defects]
+        return [(d, "structural_anomalies") for d in self.defects] + [(d, "logical_anomalies") for d in self.logical]
+
+
+def _assembly(name: str) -> Category:
+    def render(rng, n):
+        image, body, _ = render_assembly(name, rng, n)
+        return image, body
+    structural = {"scratch": scratch, "contamination": contamination, "stain": stain}
+    return Category(render, structural, "assembly", ASSEMBLIES[name].logical)
 
 
 _TEXTURE_DEFECTS = {"scratch": scratch, "crack": crack, "hole": hole, "stain": stain, "contamination": contamination}
@@ -274,15 +296,19 @@ CATEGORIES: dict[str, Category] = {
                                 "missing_part": lambda i, r, g: missing_part(i, r, g, _washer_background)}, "object"),
     "chip": Category(chip, {"scratch": scratch, "contamination": contamination, "crack": crack,
                             "missing_part": lambda i, r, g: missing_part(i, r, g, _chip_background)}, "object"),
+    "tray": _assembly("tray"),
+    "board": _assembly("board"),
 }
 
 
 def parse_categories(spec: str) -> list[str]:
-    names = list(CATEGORIES) if spec == "all" else [c.strip() for c in spec.split(",") if c.strip()]
+    if spec in ("all", "logical"):
+        return [c for c, kind in CATEGORIES.items() if (spec == "all") or kind.logical]
+    names = [c.strip() for c in spec.split(",") if c.strip()]
     unknown = [c for c in names if c not in CATEGORIES]
     if unknown or not names:
         raise EdgekdError(f"unknown synthetic category '{','.join(unknown) or spec}': choose from "
-                          f"{', '.join(CATEGORIES)} or 'all'")
+                          f"{', '.join(CATEGORIES)}, 'logical' (the assemblies) or 'all'")
     return names
 
 
@@ -294,6 +320,9 @@ def render_sample(category: str, split: str, index: int, seed: int, size: int, d
     """One image (uint8 RGB) and, for a defect, its mask (bool). Pure function of its arguments."""
     spec = CATEGORIES[category]
     rng = _rng(seed, category, f"{split}/{defect or 'good'}", index)
+    if defect in spec.logical:
+        image, _, mask = render_assembly(category, rng, size, defect)
+        return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), mask
     image, region = spec.render(rng, size)
     image = image.astype(np.float32)
     mask = None
@@ -323,20 +352,32 @@ def synthesize(root: str | Path, categories: list[str], seed: int = 0, size: int
             raise EdgekdError(f"{final} already exists: pass --overwrite to replace it or choose another folder")
         staging = Path(tempfile.mkdtemp(prefix=f".{category}.", dir=root))
         try:
-            jobs = [("train/good", "train", i, None) for i in range(n_train)]
-            jobs += [("test/good", "test", i, None) for i in range(n_test_good)]
-            jobs += [(f"test/{d}", "test", i, d) for d in CATEGORIES[category].defects for i in range(n_per_defect)]
+            spec = CATEGORIES[category]
+            jobs = [("train/good", "train", i, None, f"{i:03d}") for i in range(n_train)]
+            jobs += [("test/good", "test", i, None, f"{i:03d}") for i in range(n_test_good)]
+            counters: dict[str, int] = {}
+            for defect, folder in spec.anomaly_kinds():
+                for i in range(n_per_defect):
+                    number = counters[folder] = counters.get(folder, -1) + 1  # LOCO numbers a folder's images in turn
+                    jobs.append((f"test/{folder}", "test", i, defect, f"{number if spec.logical else i:03d}"))
             task = progress.add_task(f"synth {category}", total=len(jobs)) if progress else None
-            for folder, split, index, defect in jobs:
+            anomalies = {}
+            for folder, split, index, defect, stem in jobs:
                 image, mask = render_sample(category, split, index, seed, size, defect)
-                write_image_atomic(staging / folder / f"{index:03d}.png", image)
+                write_image_atomic(staging / folder / f"{stem}.png", image)
                 if mask is not None:
-                    write_image_atomic(staging / "ground_truth" / defect / f"{index:03d}_mask.png", mask.astype(np.uint8) * 255)
+                    kind_folder = folder.split("/", 1)[1]
+                    # MVTec AD: ground_truth/<defect>/<stem>_mask.png; LOCO: ground_truth/<folder>/<stem>/000.png
+                    target = (staging / "ground_truth" / kind_folder / stem / "000.png" if spec.logical
+                              else staging / "ground_truth" / kind_folder / f"{stem}_mask.png")
+                    write_image_atomic(target, mask.astype(np.uint8) * 255)
+                    anomalies[f"{folder}/{stem}.png"] = defect
                 if progress:
                     progress.advance(task)
             meta = {"generator": "edgekd.data.synth", "category": category, "seed": seed, "size": size,
-                    "kind": CATEGORIES[category].kind, "defects": list(CATEGORIES[category].defects),
-                    "train": n_train, "test_good": n_test_good, "per_defect": n_per_defect}
+                    "kind": spec.kind, "layout": spec.layout, "defects": list(spec.defects),
+                    "logical": list(spec.logical), "train": n_train, "test_good": n_test_good,
+                    "per_defect": n_per_defect, "anomalies": anomalies}
             (staging / "synth.json").write_text(json.dumps(meta, indent=2))
             if final.exists():
                 shutil.rmtree(final)

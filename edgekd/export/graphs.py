@@ -17,7 +17,9 @@ def score_and_mask(model: AnomalyModel, images: torch.Tensor, teacher_feats: lis
     else as the reference module's stock ops."""
     if fused:
         spec = FusedOpSpec.from_scorer(model.scorer, model.scale_weights(), pixel_threshold)
-        return fused_feature_diff(spec, teacher_feats, model.student_features(images, teacher_feats))
+        student_feats = model.student_features(images, teacher_feats)
+        outputs = fused_feature_diff(spec, teacher_feats, student_feats)
+        return (outputs[0], model.image_score(outputs[1], teacher_feats, student_feats), *outputs[2:])
     amap, score = model.score_features(images, teacher_feats)
     if pixel_threshold is None:
         return amap, score

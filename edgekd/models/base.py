@@ -47,9 +47,22 @@ class AnomalyModel(nn.Module):
         """Per-scale weights for combine='weighted' learned by the model; None uses the config's."""
         return None
 
+    def image_score(self, map_score: torch.Tensor, teacher_feats: list[torch.Tensor],
+                    student_feats: list[torch.Tensor]) -> torch.Tensor:
+        """The image score from the anomaly map's score; dual-branch models (LogicRD, DSKD) add their global
+        branch here, so every runtime and export path fuses the two the same way."""
+        return map_score
+
     # -- training and inference ------------------------------------------------------------------------------
     def loss(self, teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor]) -> torch.Tensor:
         return distillation_loss(teacher_feats, student_feats, None, self.scorer.config.eps)
+
+    def fit_normal(self, fit_batches, held_out_batches) -> dict:
+        """After the networks are trained: fit whatever statistics of normal images the model keeps (the
+        Mahalanobis branch, per-branch score scales). Both arguments are callables returning an iterator over
+        (B,3,H,W) image batches on the model's device: the training images, and held-out normal images.
+        Returns a summary for the checkpoint; map-only models keep nothing."""
+        return {}
 
     def score_features(self, images: torch.Tensor, teacher_feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The student half plus scoring: what a split deployment runs after the teacher."""
@@ -57,8 +70,10 @@ class AnomalyModel(nn.Module):
         if self.use_fused_kernels and teacher_feats[0].is_cuda and not torch.is_grad_enabled():
             from edgekd.fused.spec import FusedOpSpec
             from edgekd.fused.torch_cuda import fused_scoring
-            return fused_scoring(FusedOpSpec.from_scorer(self.scorer, self.scale_weights()), teacher_feats, student_feats)
-        return self.scorer(teacher_feats, student_feats, self.scale_weights())
+            outputs = fused_scoring(FusedOpSpec.from_scorer(self.scorer, self.scale_weights()), teacher_feats, student_feats)
+        else:
+            outputs = self.scorer(teacher_feats, student_feats, self.scale_weights())
+        return (outputs[0], self.image_score(outputs[1], teacher_feats, student_feats), *outputs[2:])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly map (B,1,H,W), image score (B,))."""

@@ -1,0 +1,179 @@
+"""The reverse-distillation family side by side: rd, afkd, logicrd and dskd on structural and logical anomalies.
+
+    python benchmarks/rd_family.py                                  # washer + tray + board, ~40 min on 2 CPU cores
+    python benchmarks/rd_family.py --categories tray --epochs 6     # quicker
+
+For every model and category: train with configs/<model>_lite0.yaml (at --size, --epochs), evaluate on the test
+split (image AUROC, pixel AUROC, AUPRO; for the LOCO-layout assemblies also image AUROC on the logical and the
+structural anomalies alone), and count parameters. In the same run, CPU throughput: each model exported to FP32
+ONNX at --speed-size (the deployment size; speed does not depend on the weights) and timed in onnxruntime at
+batch --batch, best of --repeats. Expectations to check, not to force: logicrd beats rd on logical anomalies and
+runs faster than dskd.
+
+Writes benchmarks/results/rd_family.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.atomic import write_bytes_atomic
+from edgekd.machine import machine_info
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("rd", "afkd", "logicrd", "dskd")
+
+
+def accuracy(model_name: str, category: str, args) -> dict:
+    from edgekd.config import load_config
+    from edgekd.evaluate import evaluate
+    from edgekd.runtime.torch_backend import TorchRuntime
+    from edgekd.train import train
+    cfg = load_config(REPO / "configs" / f"{model_name}_lite0.yaml",
+                      [f"input_size={args.size}", f"train.epochs={args.epochs}", "train.batch_size=8"])
+    out = args.work / model_name / category
+    started = time.time()
+    result = train(cfg, args.data, category, out)
+    runtime = TorchRuntime.from_checkpoint(result.checkpoint, device="cpu")
+    row = evaluate(runtime, args.data, category, out, f"{model_name}/{category}").row
+    by_type = row.get("image_auroc_by_type", {})
+    return {"model": model_name, "category": category, "image_auroc": row["image_auroc"],
+            "pixel_auroc": row["pixel_auroc"], "aupro": row["aupro"],
+            "image_auroc_logical": by_type.get("logical_anomalies"),
+            "image_auroc_structural": by_type.get("structural_anomalies"),
+            "train_seconds": round(time.time() - started, 1), "final_loss": result.final_loss}
+
+
+def parameters(model_name: str, size: int) -> tuple[object, dict]:
+    from edgekd.checkpoint import build_model
+    from edgekd.config import load_config
+    cfg = load_config(REPO / "configs" / f"{model_name}_lite0.yaml", [f"input_size={size}"])
+    model = build_model(cfg).eval()
+    student = sum(p.numel() for p in model.student_parameters())
+    return model, {"student_params_m": round(student / 1e6, 3),
+                   "total_params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
+
+
+def throughput(model, batch: int, repeats: int) -> float:
+    import onnxruntime as ort
+    from edgekd.export.onnx_export import export_graphs
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_graphs(model, None, Path(folder), "speed", "single")["detector"]
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    frames = np.random.default_rng(0).random((batch, 3, *model.input_size), np.float32)
+    session.run(None, {"images": frames})
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(4):
+            session.run(None, {"images": frames})
+        best = max(best, 4 * batch / (time.perf_counter() - started))
+    return best
+
+
+def write_report(report: dict, out: Path) -> None:
+    rows, speed = report["rows"], report["speed"]
+    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
+    lines = [f"# The RD family on synthetic structural and logical anomalies ({report['machine']['cpu']} "
+             f"x{report['machine']['cores']})", "",
+             f"Accuracy: trained {report['epochs']} epochs at {report['size']}x{report['size']} (values in %). "
+             f"Throughput: FP32 ONNX in onnxruntime at {report['speed_size']}x{report['speed_size']}, batch "
+             f"{report['batch']}, this CPU.", "",
+             "| model | category | image AUROC | pixel AUROC | AUPRO | image AUROC logical | image AUROC structural |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['category']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | {fmt(r['aupro'])} | "
+              f"{fmt(r['image_auroc_logical'])} | {fmt(r['image_auroc_structural'])} |" for r in rows]
+    lines += ["", "| model | student params (M) | total params (M) | CPU images/s |", "|---|---|---|---|"]
+    lines += [f"| {s['model']} | {s['student_params_m']} | {s['total_params_m']} | {s['cpu_images_per_s']:.1f} |"
+              for s in speed]
+    checks = report["checks"]
+    lines += ["", f"- logicrd beats rd on logical anomalies (mean image AUROC over the assemblies): "
+              f"{checks['logicrd_beats_rd_logical']}", f"- logicrd runs faster than dskd: {checks['logicrd_faster_than_dskd']}"]
+    write_bytes_atomic(out / "rd_family.md", ("\n".join(lines) + "\n").encode())
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing (pip install 'edgekd[bench]'): no plot written", file=sys.stderr)
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    models = [s["model"] for s in speed]
+    x = np.arange(len(models))
+    for offset, key, label in ((-0.2, "image_auroc_logical", "logical"), (0.2, "image_auroc_structural", "structural")):
+        values = [np.nanmean([r[key] for r in rows if r["model"] == m and r[key] is not None] or [np.nan]) for m in models]
+        left.bar(x + offset, values, 0.4, label=label)
+    left.set_xticks(x, models)
+    left.set_ylim(0.4, 1.0)
+    left.set_ylabel("image AUROC (assemblies)")
+    left.legend()
+    right.bar(x, [s["cpu_images_per_s"] for s in speed], color="#4477aa")
+    right.set_xticks(x, models)
+    right.set_ylabel(f"images/s, FP32 onnxruntime, {report['speed_size']}px")
+    fig.tight_layout()
+    fig.savefig(out / "rd_family.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--categories", default="washer,tray,board")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "edgekd-family" / "synth")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekd-family" / "runs")
+    parser.add_argument("--size", type=int, default=128, help="training/evaluation size (small for a CPU)")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--n-train", type=int, default=96)
+    parser.add_argument("--speed-size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    from edgekd.data.synth import parse_categories, synthesize
+    categories, models = parse_categories(args.categories), args.models.split(",")
+    missing = [c for c in categories if not (args.data / c).is_dir()]
+    if missing:
+        print(f"synthesising {', '.join(missing)} into {args.data}", flush=True)
+        synthesize(args.data, missing, seed=0, size=max(args.size, 128), n_train=args.n_train, n_test_good=24,
+                   n_per_defect=6)
+    rows = []
+    for model_name in models:
+        for category in categories:
+            print(f"[{len(rows) + 1}/{len(models) * len(categories)}] training {model_name} on {category}", flush=True)
+            rows.append(accuracy(model_name, category, args))
+            r = rows[-1]
+            print(f"    image AUROC {r['image_auroc']:.3f} (logical {r['image_auroc_logical']}, structural "
+                  f"{r['image_auroc_structural']}), pixel {r['pixel_auroc']:.3f}, AUPRO {r['aupro']:.3f}", flush=True)
+    speed = []
+    for model_name in models:  # after training, so nothing else competes for the cores
+        model, counts = parameters(model_name, args.speed_size)
+        speed.append({"model": model_name, **counts, "cpu_images_per_s": throughput(model, args.batch, args.repeats)})
+        print(f"{model_name:8s} {counts['student_params_m']:.2f} M student params, "
+              f"{speed[-1]['cpu_images_per_s']:.1f} images/s", flush=True)
+
+    def mean_logical(name):
+        values = [r["image_auroc_logical"] for r in rows if r["model"] == name and r["image_auroc_logical"] is not None]
+        return float(np.mean(values)) if values else None
+    fps = {s["model"]: s["cpu_images_per_s"] for s in speed}
+    checks = {"logicrd_beats_rd_logical": None if mean_logical("logicrd") is None or mean_logical("rd") is None
+              else bool(mean_logical("logicrd") > mean_logical("rd")),
+              "logicrd_faster_than_dskd": bool(fps["logicrd"] > fps["dskd"]) if {"logicrd", "dskd"} <= set(fps) else None}
+    report = {"machine": machine_info(), "size": args.size, "epochs": args.epochs, "speed_size": args.speed_size,
+              "batch": args.batch, "n_train": args.n_train, "rows": rows, "speed": speed, "checks": checks}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(args.out / "rd_family.json", json.dumps(report, indent=2, default=float).encode())
+    write_report(report, args.out)
+    print(f"wrote {args.out / 'rd_family.md'}; checks: {checks}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

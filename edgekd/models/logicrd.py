@@ -1,0 +1,148 @@
+"""LogicRD: reverse distillation extended for logical anomalies, with a Mahalanobis global branch.
+
+Source: Yang, Liao, Zhang, Zhao, "Efficient logical anomaly detection based on reverse distillation", Journal
+of Computer Applications, 2025, DOI 10.11772/j.issn.1001-9081.2025020229 (../shared/seeds/001_*). Only the
+abstract is available; the parts it names, as built here:
+
+- Global Semantic Enhancement (GSE): the teacher's three scales are fused across levels (every scale brought to
+  stride 8 and mixed), then carried down to strides 16 and 32; at each level a global-context step adds what
+  the whole image holds to every position, so the representations carry spatial-logical relations, not just
+  local texture. The stride-32 level is the one-class embedding the student decodes (RD's bottleneck role).
+- Feature Compensation Pathway (FCP): the stride-16 and stride-8 GSE levels feed the decoder stages of the
+  same resolution, restoring fine detail the deep embedding lost.
+- Normal Information Inhibition (NII) gate: each compensation passes through a gate computed from the decoder's
+  own state and the compensation (sigmoid, per position and channel), so the decoder only takes in what it can
+  explain from normal structure. While training, the compensation input is disturbed with random feature
+  patches the targets do not contain; the gates learn to shut on such information, which is what keeps an
+  anomaly from leaking through the shortcut into the student's reconstruction.
+- Global branch: the Mahalanobis distance of a grid-pooled descriptor of the teacher's features to their
+  Gaussian on the normal training images (Ledoit-Wolf shrinkage), z-scored with the map's score on held-out
+  normal images and added to it (edgekd/models/dual_branch.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.models.blocks import ResidualBlock, conv_bn_relu
+from edgekd.models.dual_branch import DualBranchModel
+from edgekd.models.mahalanobis import MahalanobisBranch, pooled_descriptor
+from edgekd.models.rd import DecoderStage
+from edgekd.models.registry import register
+
+
+class GlobalContext(nn.Module):
+    """x + MLP(mean over positions of x), broadcast: every position sees the image as a whole."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        hidden = max(8, channels // reduction)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(x.mean(dim=(2, 3), keepdim=True))
+
+
+class GlobalSemanticEnhancement(nn.Module):
+    """Teacher features (strides 4, 8, 16) -> global semantic levels at strides 8, 16 and 32 (the embedding)."""
+
+    def __init__(self, channels: list[int], width: int, embed: int):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.from1 = conv_bn_relu(c1, width, 2)
+        self.from2 = conv_bn_relu(c2, width, 1, kernel=1)
+        self.from3 = conv_bn_relu(c3, width, 1, kernel=1)
+        self.level8 = nn.Sequential(conv_bn_relu(3 * width, width, 1, kernel=1), ResidualBlock(width), GlobalContext(width))
+        self.level16 = nn.Sequential(conv_bn_relu(width, width, 2), ResidualBlock(width), GlobalContext(width))
+        self.level32 = nn.Sequential(conv_bn_relu(width, embed, 2), ResidualBlock(embed), GlobalContext(embed))
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        size = feats[1].shape[-2:]
+        mixed = torch.cat([self.from1(feats[0]), self.from2(feats[1]),
+                           F.interpolate(self.from3(feats[2]), size=size, mode="nearest")], dim=1)
+        g8 = self.level8(mixed)
+        g16 = self.level16(g8)
+        return [g8, g16, self.level32(g16)]
+
+
+class InhibitionGate(nn.Module):
+    """NII: h + sigmoid(W [h, c]) * c, with c the projected compensation. A closed gate (0) passes h unchanged."""
+
+    def __init__(self, hidden: int, compensation: int):
+        super().__init__()
+        self.project = nn.Conv2d(compensation, hidden, 1)
+        self.gate = nn.Conv2d(2 * hidden, hidden, 1)
+
+    def forward(self, hidden: torch.Tensor, compensation: torch.Tensor) -> torch.Tensor:
+        projected = self.project(compensation)
+        gate = torch.sigmoid(self.gate(torch.cat([hidden, projected], dim=1)))
+        return hidden + gate * projected
+
+
+def disturb_patches(x: torch.Tensor, probability: float, strength: float, generator: torch.Generator | None = None):
+    """Training-time stand-in for an anomaly inside a feature map: in a random rectangle of each image (chosen
+    with `probability`), add noise of `strength` times the map's standard deviation."""
+    if probability <= 0 or strength <= 0:
+        return x
+    b, _, h, w = x.shape
+    out = x.clone()
+    scale = x.detach().std() * strength
+    chosen = torch.rand(b, generator=generator, device="cpu") < probability
+    for i in torch.nonzero(chosen).flatten().tolist():
+        ph, pw = (int(torch.randint(max(1, s // 4), max(2, s // 2) + 1, (1,), generator=generator)) for s in (h, w))
+        y0 = int(torch.randint(0, h - ph + 1, (1,), generator=generator))
+        x0 = int(torch.randint(0, w - pw + 1, (1,), generator=generator))
+        noise = torch.randn(out[i, :, y0:y0 + ph, x0:x0 + pw].shape, generator=generator).to(x) * scale
+        out[i, :, y0:y0 + ph, x0:x0 + pw] += noise
+    return out
+
+
+class CompensatedDecoder(nn.Module):
+    """RD's decoder whose stride-16 and stride-8 stages take gated GSE compensation (FCP + NII)."""
+
+    def __init__(self, channels: list[int], width: int, embed: int, widths: list[int]):
+        super().__init__()
+        w1, w2, w3 = widths
+        self.stage3 = DecoderStage(embed, w3, channels[2])
+        self.stage2 = DecoderStage(w3, w2, channels[1])
+        self.stage1 = DecoderStage(w2, w1, channels[0])
+        self.gate16 = InhibitionGate(w3, width)
+        self.gate8 = InhibitionGate(w2, width)
+
+    def forward(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        g8, g16, embedding = levels
+        h3 = self.gate16(self.stage3.body(embedding), g16)
+        h2 = self.gate8(self.stage2.body(h3), g8)
+        h1 = self.stage1.body(h2)
+        return [self.stage1.project(h1), self.stage2.project(h2), self.stage3.project(h3)]
+
+
+@register("logicrd")
+class LogicRD(DualBranchModel):
+    def __init__(self, teacher, input_size, scoring, width: int = 96, embed: int = 192,
+                 decoder_widths: tuple[int, int, int] = (32, 64, 128), grid: int = 2, shrinkage: float | None = None,
+                 leak_probability: float = 0.5, leak_strength: float = 1.0, **options):
+        super().__init__(teacher, input_size, scoring, **options)
+        self.gse = GlobalSemanticEnhancement(teacher.channels, width, embed)
+        self.decoder = CompensatedDecoder(teacher.channels, width, embed, list(decoder_widths))
+        self.grid, self.shrinkage = int(grid), shrinkage
+        self.leak_probability, self.leak_strength = float(leak_probability), float(leak_strength)
+        self.mahalanobis = MahalanobisBranch(sum(teacher.channels) * self.grid ** 2)
+
+    def student_features(self, images, teacher_feats):
+        g8, g16, embedding = self.gse(teacher_feats)
+        if self.training:  # teach the gates to shut on information normal images never carry
+            g8 = disturb_patches(g8, self.leak_probability, self.leak_strength)
+            g16 = disturb_patches(g16, self.leak_probability, self.leak_strength)
+        return self.decoder([g8, g16, embedding])
+
+    def global_score(self, teacher_feats, student_feats):
+        return self.mahalanobis(pooled_descriptor(teacher_feats, self.grid))
+
+    def fit_global(self, fit_batches) -> dict:
+        descriptors = torch.cat([pooled_descriptor(self.teacher_features(batch), self.grid) for batch in fit_batches()])
+        shrinkage = self.mahalanobis.fit(descriptors, self.shrinkage)
+        return {"mahalanobis_dim": self.mahalanobis.dim, "mahalanobis_images": int(len(descriptors)),
+                "mahalanobis_shrinkage": round(shrinkage, 4)}

@@ -182,3 +182,11 @@ def test_export_parity_with_global_branches_in_the_graph(family, trained, tmp_pa
     assert ops.count("MultiScaleFeatureDiff") == 1  # the map branch is still the one fused scoring op
     if family == "logicrd":  # the Mahalanobis distance is inside the graph: (x - mean) P (x - mean)^T
         assert "MatMul" in ops and "Sqrt" in ops
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 13), (3, 5)])
+def test_pooled_descriptor_equals_adaptive_average_pooling(size):
+    features = [torch.randn(2, 3, *size), torch.randn(2, 4, size[0] + 1, size[1])]
+    for grid in (1, 2, 3):
+        expected = torch.cat([torch.nn.functional.adaptive_avg_pool2d(f, grid).flatten(1) for f in features], dim=1)
+        assert torch.allclose(pooled_descriptor(features, grid), expected, atol=1e-6)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.models.dual_branch import DualBranchModel
+from edgekd.models.mahalanobis import grid_average
 from edgekd.models.rd import OneClassBottleneck, StudentDecoder
 from edgekd.models.registry import register
 from edgekd.scoring import cosine_distance, distillation_loss
@@ -37,7 +38,7 @@ class GlobalStudent(nn.Module):
 
     def forward(self, teacher_feats: list[torch.Tensor]) -> list[torch.Tensor]:
         embedding = self.bottleneck(teacher_feats)
-        coarse = F.adaptive_avg_pool2d(embedding, self.grid)
+        coarse = grid_average(embedding, self.grid)
         return self.decoder(F.interpolate(coarse, size=embedding.shape[-2:], mode="nearest"))
 
 

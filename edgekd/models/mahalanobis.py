@@ -11,10 +11,27 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgekd.errors import EdgekdError
+
+
+def _cell_averages(size: int, grid: int) -> torch.Tensor:
+    """(grid, size) matrix averaging the cells adaptive average pooling uses (floor/ceil bin edges)."""
+    matrix = torch.zeros(grid, size)
+    for i in range(grid):
+        start, end = (i * size) // grid, -((-(i + 1) * size) // grid)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def grid_average(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B,C,H,W) -> (B,C,grid,grid) cell means, equal to adaptive average pooling but written as two matrix
+    products with constant cell-averaging matrices, which every ONNX consumer takes (feature sizes are fixed by
+    the model's input size)."""
+    rows = _cell_averages(int(x.shape[-2]), grid).to(x)
+    cols = _cell_averages(int(x.shape[-1]), grid).to(x)
+    return rows @ x @ cols.T
 
 
 def pooled_descriptor(features: list[torch.Tensor], grid: int) -> torch.Tensor:
@@ -22,7 +39,7 @@ def pooled_descriptor(features: list[torch.Tensor], grid: int) -> torch.Tensor:
 
     A grid of cells (rather than one global average) keeps where things are, which the logical anomalies of an
     assembly (a part in the wrong place, two parts swapped) are about."""
-    return torch.cat([F.adaptive_avg_pool2d(f.float(), grid).flatten(1) for f in features], dim=1)
+    return torch.cat([grid_average(f.float(), grid).flatten(1) for f in features], dim=1)
 
 
 class MahalanobisBranch(nn.Module):

@@ -40,16 +40,18 @@ def accuracy(model_name: str, category: str, args) -> dict:
     cfg = load_config(REPO / "configs" / f"{model_name}_lite0.yaml",
                       [f"input_size={args.size}", f"train.epochs={args.epochs}", "train.batch_size=8"])
     out = args.work / model_name / category
-    started = time.time()
-    result = train(cfg, args.data, category, out)
-    runtime = TorchRuntime.from_checkpoint(result.checkpoint, device="cpu")
+    checkpoint = out / "model.ckpt"
+    if args.retrain or not checkpoint.is_file():  # a finished run in --work is reused (e.g. after a crash)
+        train(cfg, args.data, category, out)
+    runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
+    training = runtime.payload["training"]
     row = evaluate(runtime, args.data, category, out, f"{model_name}/{category}").row
     by_type = row.get("image_auroc_by_type", {})
     return {"model": model_name, "category": category, "image_auroc": row["image_auroc"],
             "pixel_auroc": row["pixel_auroc"], "aupro": row["aupro"],
             "image_auroc_logical": by_type.get("logical_anomalies"),
             "image_auroc_structural": by_type.get("structural_anomalies"),
-            "train_seconds": round(time.time() - started, 1), "final_loss": result.final_loss}
+            "train_seconds": round(training["seconds"], 1), "final_loss": training["final_loss"]}
 
 
 def parameters(model_name: str, size: int) -> tuple[object, dict]:
@@ -114,7 +116,7 @@ def write_report(report: dict, out: Path) -> None:
     left.set_xticks(x, models)
     left.set_ylim(0.4, 1.0)
     left.set_ylabel("image AUROC (assemblies)")
-    left.legend()
+    left.legend(loc="lower right")
     right.bar(x, [s["cpu_images_per_s"] for s in speed], color="#4477aa")
     right.set_xticks(x, models)
     right.set_ylabel(f"images/s, FP32 onnxruntime, {report['speed_size']}px")
@@ -135,6 +137,7 @@ def main() -> int:
     parser.add_argument("--speed-size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--retrain", action="store_true", help="train again even where --work has a finished run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     from edgekd.data.synth import parse_categories, synthesize

@@ -190,3 +190,34 @@ def test_pooled_descriptor_equals_adaptive_average_pooling(size):
     for grid in (1, 2, 3):
         expected = torch.cat([torch.nn.functional.adaptive_avg_pool2d(f, grid).flatten(1) for f in features], dim=1)
         assert torch.allclose(pooled_descriptor(features, grid), expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_logicrd_reduced_precision_keeps_the_global_branch_in_float_and_streams(trained, tray_root, tmp_path):
+    from edgekd.data.layouts import load_dataset
+    from edgekd.stream.cli_run import run_stream
+    checkpoint = trained["logicrd"][1].checkpoint
+    for precision, extra in (("fp16", {}), ("int8", {"int8_for": "onnxruntime", "calib_images": 16})):
+        result = export_checkpoint(checkpoint, precision, out_dir=tmp_path, name="logicrd", force=True, **extra)
+        assert result.parity.passed, precision
+        graph = onnx.load(str(result.artifact)).graph
+        initializers = {i.name: i for i in graph.initializer}
+        branch = [n for n in graph.node if n.name.startswith("/mahalanobis/")]
+        assert any(n.op_type == "MatMul" for n in branch), precision
+        for node in branch:  # mean and precision matrix stay FP32, never quantized
+            for name in node.input:
+                if name in initializers:
+                    assert initializers[name].data_type == onnx.TensorProto.FLOAT, (precision, node.name, name)
+        assert not any(n.op_type == "DequantizeLinear" and n.output[0] in {i for b in branch for i in b.input}
+                       for n in graph.node)
+    # and `edgekd run` streams the assembly's test images through the INT8 model, one JSON line per image
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for sample in load_dataset(tray_root, "tray").test[:6]:
+        (folder / sample.path.name.replace(".png", f"_{sample.defect}.png")).write_bytes(sample.path.read_bytes())
+    summary = run_stream(model=result.artifact, camera=None, source=str(folder), backend=None, device="cpu", show=False,
+                         save_video=None, save_masks=None, jsonl=tmp_path / "events.jsonl", threshold=None, min_area=0,
+                         hysteresis="1,1", batch=4, width=None, height=None, fps=None, max_frames=None, stats_every=0.0,
+                         reconnect_timeout=0.0, echo=lambda text: None)
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert summary["processed"] == 6 and len(lines) == 6

@@ -17,6 +17,7 @@ from edgekd.export.graphs import DetectorGraph, StudentGraph, TeacherGraph
 from edgekd.fused.onnx_function import attach_function, fused_nodes, set_threshold
 from edgekd.fused.spec import DOMAIN, OP_VERSION
 from edgekd.models import AnomalyModel
+from edgekd.models.base import FLOAT32_MODULES
 
 OPSET = 17
 FUSED_OP_FORMS = ("function", "off")  # the scoring as one edgekd node with a function body, or as stock ops
@@ -39,11 +40,12 @@ def _torch_export(module: torch.nn.Module, args: tuple, path: Path, inputs: list
 
 def float32_nodes(graph: onnx.GraphProto) -> list[str]:
     """Nodes that stay FP32 under FP16/INT8: everything outside the teacher and student networks, i.e. the
-    input normalisation, the feature-difference scoring and the mask. Exported node names carry the module
-    path (/<submodule>/.../<op>); top-level ops, the fused scoring node and the scorer module are not networks."""
+    input normalisation, the feature-difference scoring, the global branches' statistics and the mask. Exported
+    node names carry the module path (/<submodule>/.../<op>); top-level ops, the fused scoring node and the
+    scoring modules (FLOAT32_MODULES) are not networks."""
     def in_network(name: str) -> bool:
         parts = name.split("/")
-        return len(parts) >= 3 and parts[1] != "scorer"
+        return len(parts) >= 3 and parts[1] not in FLOAT32_MODULES
     return [n.name for n in graph.node if not in_network(n.name)]
 
 

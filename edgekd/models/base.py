@@ -9,6 +9,11 @@ from edgekd.backbones import FeatureExtractor
 from edgekd.scoring import FeatureDiff, ScoringConfig, distillation_loss
 
 
+# Child modules that score rather than extract features: they stay FP32 in FP16 and INT8 exports (their sums and
+# statistics need the range), whatever precision the networks run in.
+FLOAT32_MODULES = frozenset({"scorer", "mahalanobis", "map_norm", "global_norm"})
+
+
 class AnomalyModel(nn.Module):
     """Input: RGB in [0, 1], (B,3,H,W). Normalisation is part of the model so exported graphs carry it."""
 
@@ -32,7 +37,7 @@ class AnomalyModel(nn.Module):
     def networks_to(self, dtype: torch.dtype) -> "AnomalyModel":
         """Teacher and student in `dtype`; normalisation and scoring stay FP32 (they accumulate)."""
         for name, child in self.named_children():
-            if name != "scorer":
+            if name not in FLOAT32_MODULES:
                 child.to(dtype)
         return self
 

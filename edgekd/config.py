@@ -17,7 +17,8 @@ DEFAULTS: dict = {
     "model_options": {},  # family-specific constructor arguments
     "scoring": {"combine": "add", "weights": None, "sigma": 4.0, "score": "max", "topk": 100, "eps": 1e-8},
     "train": {
-        "epochs": 30, "batch_size": 16, "lr": 0.005, "betas": [0.5, 0.999], "weight_decay": 0.0,
+        "epochs": 30, "batch_size": 16, "optimizer": "adam", "lr": 0.005, "betas": [0.5, 0.999], "momentum": 0.9,
+        "weight_decay": 0.0,
         "val_fraction": 0.1, "seed": 0, "device": "auto", "amp": True, "feature_cache_gb": 4.0,
     },
     "threshold": {"method": "normal", "k_sigma": 3.0},

@@ -74,6 +74,18 @@ class TeacherFeatureCache:
         return [f[torch.from_numpy(index)].to(self.device, non_blocking=True) for f in self.cached]
 
 
+def make_optimizer(parameters, settings: dict) -> torch.optim.Optimizer:
+    """Adam (the RD family's choice) or SGD with momentum (STFPM's and MTHF's: lr 0.4, momentum 0.9)."""
+    name = str(settings["optimizer"]).lower()
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=settings["lr"], betas=tuple(settings["betas"]),
+                                weight_decay=settings["weight_decay"])
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=settings["lr"], momentum=settings["momentum"],
+                               weight_decay=settings["weight_decay"])
+    raise EdgekdError(f"train.optimizer '{settings['optimizer']}' is unknown: use adam or sgd")
+
+
 def _batches(images: np.ndarray, batch_size: int, device: torch.device):
     """(B,3,H,W) model-input batches of uint8 NHWC images, on the device."""
     for start in range(0, len(images), batch_size):
@@ -98,8 +110,7 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
     started = time.time()
     last_path, final_path = out / "last.ckpt", out / "model.ckpt"
 
-    optimizer = torch.optim.Adam(model.student_parameters(), lr=settings["lr"], betas=tuple(settings["betas"]),
-                                 weight_decay=settings["weight_decay"])
+    optimizer = make_optimizer(model.student_parameters(), settings)
     use_amp = bool(settings["amp"]) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, epoch_loss = 0, math.nan

@@ -13,17 +13,20 @@ from edgekd.scoring import threshold_mask
 
 def score_and_mask(model: AnomalyModel, images: torch.Tensor, teacher_feats: list[torch.Tensor],
                    pixel_threshold: float | None, fused: bool):
-    """The student half, the scoring and the mask: as one edgekd::MultiScaleFeatureDiff node when `fused`,
-    else as the reference module's stock ops."""
+    """The student half, the scoring and the mask: each feature difference as one edgekd::MultiScaleFeatureDiff
+    node when `fused`, else as the reference module's stock ops."""
+    student_feats = model.student_features(images, teacher_feats)
     if fused:
-        spec = FusedOpSpec.from_scorer(model.scorer, model.scale_weights(), pixel_threshold)
-        student_feats = model.student_features(images, teacher_feats)
-        outputs = fused_feature_diff(spec, teacher_feats, student_feats)
-        return (outputs[0], model.image_score(outputs[1], teacher_feats, student_feats), *outputs[2:])
-    amap, score = model.score_features(images, teacher_feats)
+        def diff(teacher, student, weights, mask=True):
+            spec = FusedOpSpec.from_scorer(model.scorer, weights, pixel_threshold if mask else None)
+            return fused_feature_diff(spec, teacher, student)
+    else:
+        diff = model.reference_diff
+    outputs = model.feature_diff(teacher_feats, student_feats, diff)
+    amap, score = outputs[0], model.image_score(outputs[1], teacher_feats, student_feats)
     if pixel_threshold is None:
         return amap, score
-    return amap, score, threshold_mask(amap, pixel_threshold)
+    return amap, score, outputs[2] if len(outputs) > 2 else threshold_mask(amap, pixel_threshold)
 
 
 class _ScoredGraph(nn.Module):

@@ -69,15 +69,28 @@ class AnomalyModel(nn.Module):
         Returns a summary for the checkpoint; map-only models keep nothing."""
         return {}
 
+    def feature_diff(self, teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor], diff):
+        """(anomaly map, score[, mask]) from the features. `diff(teacher, student, weights, mask)` is the multi-scale
+        feature difference as the calling path runs it (the reference module, the CUDA kernels or the ONNX node);
+        mask=False asks it for no mask. One teacher/student pair is one diff; multi-group models (MTHF) run one
+        per group and combine the maps, and the caller thresholds the combined map."""
+        return diff(teacher_feats, student_feats, self.scale_weights(), True)
+
+    def reference_diff(self, teacher, student, weights, mask=True):
+        """The feature difference as the reference module (edgekd/scoring.py) computes it."""
+        return self.scorer(teacher, student, weights)
+
+    def kernel_diff(self, teacher, student, weights, mask=True):
+        """The feature difference as the fused CUDA kernels compute it (engines/kernels/feature_diff.cu)."""
+        from edgekd.fused.spec import FusedOpSpec
+        from edgekd.fused.torch_cuda import fused_scoring
+        return fused_scoring(FusedOpSpec.from_scorer(self.scorer, weights), teacher, student)
+
     def score_features(self, images: torch.Tensor, teacher_feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The student half plus scoring: what a split deployment runs after the teacher."""
         student_feats = self.student_features(images, teacher_feats)
-        if self.use_fused_kernels and teacher_feats[0].is_cuda and not torch.is_grad_enabled():
-            from edgekd.fused.spec import FusedOpSpec
-            from edgekd.fused.torch_cuda import fused_scoring
-            outputs = fused_scoring(FusedOpSpec.from_scorer(self.scorer, self.scale_weights()), teacher_feats, student_feats)
-        else:
-            outputs = self.scorer(teacher_feats, student_feats, self.scale_weights())
+        on_kernels = self.use_fused_kernels and teacher_feats[0].is_cuda and not torch.is_grad_enabled()
+        outputs = self.feature_diff(teacher_feats, student_feats, self.kernel_diff if on_kernels else self.reference_diff)
         return (outputs[0], self.image_score(outputs[1], teacher_feats, student_feats), *outputs[2:])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

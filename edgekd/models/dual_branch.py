@@ -38,7 +38,7 @@ class DualBranchModel(AnomalyModel):
         """(map score, global score) before normalisation, for fitting and for reports."""
         teacher_feats = self.teacher_features(images)
         student_feats = self.student_features(images, teacher_feats)
-        _, map_score = self.scorer(teacher_feats, student_feats, self.scale_weights())
+        map_score = self.feature_diff(teacher_feats, student_feats, self.reference_diff)[1]
         return map_score, self.global_score(teacher_feats, student_feats)
 
     @torch.no_grad()

@@ -130,14 +130,17 @@ def node_spec(node: onnx.NodeProto) -> FusedOpSpec:
 
 
 def attach_function(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Add the function body for the model's fused node (one per model: a detector scores once)."""
+    """Add the function body for the model's fused nodes. A model-local function has one body per op name, so
+    several nodes (one per teacher-student group, as in MTHF) must agree on their attributes and scale count."""
     nodes = fused_nodes(model)
     del model.functions[:]
     if not nodes:
         return model
-    if len(nodes) > 1:
-        raise ValueError(f"one {OP_NAME} node per graph expected, found {len(nodes)}")
     node = nodes[0]
+    for other in nodes[1:]:
+        if node_spec(other) != node_spec(node) or len(other.input) != len(node.input):
+            raise ValueError(f"{len(nodes)} {OP_NAME} nodes with different attributes or scale counts: one function "
+                             "body cannot serve them")
     model.functions.append(function_body(node_spec(node), len(node.input) // 2))
     if not any(op.domain == DOMAIN for op in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, OP_VERSION))

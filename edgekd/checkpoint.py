@@ -22,9 +22,10 @@ FORMAT_VERSION = 1
 def build_model(config: dict, pretrained_teacher: bool = True) -> AnomalyModel:
     """A detector from a config: the registry picks the family, the teacher comes from the backbone table."""
     cls = model_class(config["model"])  # unknown names fail here, before any weights are read
-    teacher = build_teacher(config["teacher"], config.get("teacher_weights"), pretrained=pretrained_teacher)
     size = config["input_size"]
     size = (size, size) if isinstance(size, int) else tuple(size)
+    teacher = build_teacher(config["teacher"], config.get("teacher_weights"), pretrained=pretrained_teacher,
+                            input_size=size)
     try:
         return cls(teacher, size, ScoringConfig.from_dict(config["scoring"]), **config.get("model_options", {}))
     except TypeError as exc:

@@ -18,7 +18,7 @@ DEFAULTS: dict = {
     "scoring": {"combine": "add", "weights": None, "sigma": 4.0, "score": "max", "topk": 100, "eps": 1e-8},
     "train": {
         "epochs": 30, "batch_size": 16, "optimizer": "adam", "lr": 0.005, "betas": [0.5, 0.999], "momentum": 0.9,
-        "weight_decay": 0.0,
+        "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None,
         "val_fraction": 0.1, "seed": 0, "device": "auto", "amp": True, "feature_cache_gb": 4.0,
     },
     "threshold": {"method": "normal", "k_sigma": 3.0},

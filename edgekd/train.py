@@ -129,6 +129,12 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
         features = TeacherFeatureCache(model, fit_images, device, settings["feature_cache_gb"], settings["batch_size"], progress)
         batch_size = min(settings["batch_size"], len(fit_images))
         steps = len(fit_images) // batch_size  # drop the ragged last batch: BatchNorm dislikes tiny batches
+        # Linear warm-up of the learning rate over the first warmup_epochs (ViTKD's SGD at lr 0.2 needs it).
+        warmup_steps = max(1, int(settings["warmup_epochs"] * steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / warmup_steps),
+                                                      last_epoch=-1)
+        for _ in range(start_epoch * steps):
+            scheduler.step()
         task = progress.add_task("train", total=settings["epochs"] * steps, completed=start_epoch * steps,
                                  info=f"loss {epoch_loss:.4f}")
         for epoch in range(start_epoch, settings["epochs"]):
@@ -144,7 +150,11 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
                 loss = model.loss(teacher_feats, student_feats)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if settings["grad_clip"]:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.student_parameters(), settings["grad_clip"])
                 scaler.step(optimizer)
+                scheduler.step()
                 scaler.update()
                 total += loss.item()
                 progress.update(task, advance=1, info=f"epoch {epoch + 1}/{settings['epochs']} loss {total / (step + 1):.4f}")

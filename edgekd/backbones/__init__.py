@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgekd.backbones import efficientnet_lite, resnet, vgg
+from edgekd.backbones import efficientnet_lite, resnet, vgg, vit
 from edgekd.backbones.weights import load_state_dict_file, resolve_weights_file, sha256_of
 from edgekd.errors import EdgekdError
 
@@ -69,7 +69,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 def backbone_spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
-        raise EdgekdError(f"unknown teacher backbone '{name}': choose one of {', '.join(BACKBONES)}")
+        raise EdgekdError(f"unknown teacher backbone '{name}': choose one of {', '.join([*BACKBONES, *vit.VIT_VARIANTS])}")
     return BACKBONES[name]
 
 
@@ -146,7 +146,12 @@ class FeatureExtractor(nn.Module):
         return feats
 
 
-def build_teacher(name: str, weights: str | Path | None = None, pretrained: bool = True) -> FeatureExtractor:
+def build_teacher(name: str, weights: str | Path | None = None, pretrained: bool = True,
+                  input_size: tuple[int, int] = (224, 224)) -> FeatureExtractor:
+    """A frozen teacher. CNNs work at any input size; a ViT is built for `input_size` (its position embeddings) and
+    taps layers 3, 6, 9 and 11 (edgekd/backbones/vit.py)."""
+    if name in vit.VIT_VARIANTS:
+        return vit.build_vit_teacher(name, tuple(input_size), (3, 6, 9, 11), weights, pretrained)
     spec = backbone_spec(name)
     classifier, digest = build_classifier(name, weights, pretrained)
     teacher = FeatureExtractor(name, spec.segments(classifier), spec.mean, spec.std, digest)

@@ -103,3 +103,187 @@ def test_mthf_learns_and_exports_one_graph_with_a_fused_node_per_group(mthf_run,
     assert exported.parity.passed and exported.parity.score_rank_agreement > 0.99
     ops = [n.op_type for n in onnx.load(str(exported.artifact)).graph.node]
     assert ops.count("MultiScaleFeatureDiff") == 3 and {"Max", "ReduceMax"} & set(ops)  # one per group, then max
+
+
+# -- ViT teachers and ViTKD ----------------------------------------------------------------------------------------
+from edgekd.backbones.vit import VIT_VARIANTS, VisionTransformer, ViTVariant, build_vit_teacher, load_vit_state  # noqa: E402
+from edgekd.errors import EdgekdError  # noqa: E402
+
+SMALL = ViTVariant(dim=32, depth=4, heads=4, patch=16)
+
+
+def _torchvision_layout(model: VisionTransformer) -> dict:
+    """Our weights under torchvision's vit_b_16 key names (MultiheadAttention's packed in_proj, MLP indices 0/3)."""
+    ours = model.state_dict()
+    state = {"conv_proj.weight": ours["patch_embed.weight"], "conv_proj.bias": ours["patch_embed.bias"],
+             "class_token": ours["cls_token"], "encoder.pos_embedding": ours["pos_embed"],
+             "encoder.ln.weight": torch.ones(32), "encoder.ln.bias": torch.zeros(32)}
+    for i in range(len(model.blocks)):
+        src, dst = f"blocks.{i}.", f"encoder.layers.encoder_layer_{i}."
+        for ours_name, theirs in (("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.proj", "self_attention.out_proj"),
+                                  ("mlp.0", "mlp.0"), ("mlp.2", "mlp.3")):
+            for kind in ("weight", "bias"):
+                state[f"{dst}{theirs}.{kind}"] = ours[f"{src}{ours_name}.{kind}"]
+        state[f"{dst}self_attention.in_proj_weight"] = ours[f"{src}attn.qkv.weight"]
+        state[f"{dst}self_attention.in_proj_bias"] = ours[f"{src}attn.qkv.bias"]
+    return state
+
+
+def test_vit_block_loaded_from_torchvision_layout_matches_torch_multihead_attention():
+    source = VisionTransformer(SMALL, (32, 32))
+    state = _torchvision_layout(source)
+    model = VisionTransformer(SMALL, (32, 32))
+    mean, std = load_vit_state(model, state, "tv.pth")
+    assert mean == (0.485, 0.456, 0.406)  # torchvision weights expect ImageNet normalisation
+    # torchvision's encoder block, from torch's own MultiheadAttention with the same packed weights
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    mha.load_state_dict({"in_proj_weight": state["encoder.layers.encoder_layer_0.self_attention.in_proj_weight"],
+                         "in_proj_bias": state["encoder.layers.encoder_layer_0.self_attention.in_proj_bias"],
+                         "out_proj.weight": state["encoder.layers.encoder_layer_0.self_attention.out_proj.weight"],
+                         "out_proj.bias": state["encoder.layers.encoder_layer_0.self_attention.out_proj.bias"]})
+    block = model.blocks[0]
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        h = block.norm1(x)
+        after_attention = x + mha(h, h, h, need_weights=False)[0]
+        expected = after_attention + block.mlp(block.norm2(after_attention))
+        assert torch.allclose(block(x), expected, atol=1e-5)
+
+
+def test_vit_timm_layout_loads_and_position_embeddings_follow_the_input_size():
+    source = VisionTransformer(SMALL, (64, 64))  # a 4x4 grid of patches
+    ours = source.state_dict()
+    timm_state = {"patch_embed.proj.weight": ours["patch_embed.weight"], "patch_embed.proj.bias": ours["patch_embed.bias"],
+                  "cls_token": ours["cls_token"], "pos_embed": ours["pos_embed"]}
+    for i in range(SMALL.depth):
+        for ours_name, theirs in (("norm1", "norm1"), ("norm2", "norm2"), ("attn.qkv", "attn.qkv"),
+                                  ("attn.proj", "attn.proj"), ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2")):
+            for kind in ("weight", "bias"):
+                timm_state[f"blocks.{i}.{theirs}.{kind}"] = ours[f"blocks.{i}.{ours_name}.{kind}"]
+    same = VisionTransformer(SMALL, (64, 64))
+    assert load_vit_state(same, timm_state, "timm.pth")[0] == (0.5, 0.5, 0.5)
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(same.tokens(images), source.tokens(images))
+    larger = VisionTransformer(SMALL, (96, 96))  # 6x6 grid: position embeddings resized
+    load_vit_state(larger, timm_state, "timm.pth")
+    assert larger.pos_embed.shape == (1, 37, 32)
+    assert torch.equal(larger.pos_embed[:, 0], source.pos_embed[:, 0])  # the class token's position is kept
+    with pytest.raises(EdgekdError, match="not a torchvision or timm ViT"):
+        load_vit_state(larger, {"fc.weight": torch.zeros(1)}, "other.pth")
+
+
+def test_vit_teacher_without_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(EdgekdError, match="no weights for ViT teacher 'vit_b_16'.*--weights"):
+        build_vit_teacher("vit_b_16", (224, 224), (3, 6, 9, 11), weights=None)
+    with pytest.raises(EdgekdError, match="multiple of the ViT patch"):
+        build_vit_teacher("vit_ti_16", (100, 100), (3,), weights="random")
+
+
+@pytest.fixture(scope="module")
+def vitkd_small():
+    from edgekd.models import model_class
+    teacher = build_vit_teacher("vit_ti_16", (64, 64), (3, 6, 9, 11), weights="random")
+    return model_class("vitkd")(teacher, (64, 64), ScoringConfig(), layers=(2, 4), topk=3)
+
+
+def test_vitkd_student_shares_frozen_positions_and_scores_as_the_paper(vitkd_small):
+    from edgekd.models.vitkd import gram, token_diff
+    model = vitkd_small
+    assert torch.equal(model.student.vit.pos_embed, model.teacher.vit.pos_embed)
+    assert not model.student.vit.pos_embed.requires_grad and model.student.vit.blocks[0].attn.qkv.weight.requires_grad
+    images = torch.rand(3, 3, 64, 64)
+    model.train()
+    teacher_feats = model.teacher_features(images)
+    student_feats = model.student_features(images, teacher_feats)
+    assert [t.shape for t in teacher_feats] == [(3, 192, 4, 4)] * 2 + [(3, 192, 1, 1)] * 2
+    model.loss(teacher_feats, student_feats)  # training: the anchor takes the teacher's class tokens in
+    assert torch.allclose(model.anchor, teacher_feats[-1].flatten(1).mean(dim=0), atol=1e-5)
+    model.loss(teacher_feats[:2] + [t * 3 for t in teacher_feats[2:]], student_feats)
+    assert torch.allclose(model.anchor, 2 * teacher_feats[-1].flatten(1).mean(dim=0), atol=1e-4)  # running mean
+    model.eval()
+    with torch.no_grad():
+        teacher_feats = model.teacher_features(images)
+        student_feats = model.student_features(images, teacher_feats)
+        _, score = model(images)
+    # the score by hand: per layer Diff(cls) + mean of the top-3 patch Diffs, plus both anchor distances
+    t, s = [f.double() for f in teacher_feats], [f.double() for f in student_feats]
+    def diff(a, b):
+        return ((a - b) ** 2).sum(1) + 1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    expected = sum(diff(t[2 + i], s[2 + i]).flatten(1)[:, 0] + diff(t[i], s[i]).flatten(1).topk(3, dim=1).values.mean(1)
+                   for i in range(2))
+    anchor = model.anchor.double()
+    expected = expected + ((t[3].flatten(1) - anchor) ** 2).sum(1) + ((s[3].flatten(1) - anchor) ** 2).sum(1)
+    assert torch.allclose(score.double(), expected, rtol=1e-4)
+    assert torch.allclose(token_diff(t[0], s[0]), diff(t[0], s[0]).float(), rtol=1e-4)
+    g = gram(t[0], t[1])
+    assert g.shape == (3, 16, 16) and torch.allclose(g[0], (t[0][0].flatten(1).T @ t[1][0].flatten(1) / 192).float(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_vitkd_learns_and_exports(synth_root, tmp_path):
+    overrides = ["input_size=96", "teacher=vit_ti_16", "teacher_weights=random", "train.batch_size=8"]
+    first = train(load_config(CONFIGS / "vitkd_vit_b16.yaml", overrides + ["train.epochs=1"]), synth_root, "washer",
+                  tmp_path / "one")
+    result = train(load_config(CONFIGS / "vitkd_vit_b16.yaml", overrides + ["train.epochs=4"]), synth_root, "washer",
+                   tmp_path / "four")
+    assert result.final_loss < 0.8 * first.final_loss
+    row = evaluate(TorchRuntime.from_checkpoint(result.checkpoint), synth_root, "washer", tmp_path, "washer").row
+    # No ViT weights exist offline: a random ViT-Ti teacher tests the mechanics, not what ImageNet features give.
+    assert row["image_auroc"] > 0.65 and row["pixel_auroc"] > 0.75, row
+    exported = export_checkpoint(result.checkpoint, "fp32", out_dir=tmp_path, name="vitkd")
+    assert exported.parity.passed and exported.parity.score_rank_agreement > 0.99
+
+
+# -- MemKD ---------------------------------------------------------------------------------------------------------
+def test_key_value_memory_reads_softmax_weighted_values_and_follows_the_teacher():
+    from edgekd.models.memkd import KeyValueMemory
+    memory = KeyValueMemory(items=4, key_dim=3, value_dim=2, temperature=0.5, momentum=0.5)
+    targets = torch.arange(2 * 2 * 3 * 3, dtype=torch.float32).reshape(2, 2, 3, 3)
+    memory.fill(targets, torch.Generator().manual_seed(0))
+    flat = targets.flatten(2).transpose(1, 2).reshape(-1, 2)
+    assert bool(memory.filled) and all(any(torch.equal(v, f) for f in flat) for v in memory.values)
+    query = torch.randn(2, 3, 3, 3)
+    values, weights = memory.read(query)
+    q = torch.nn.functional.normalize(query.flatten(2).transpose(1, 2), dim=-1)
+    k = torch.nn.functional.normalize(memory.keys.detach(), dim=-1)
+    expected_w = torch.softmax(q @ k.T / 0.5, dim=-1)
+    assert torch.allclose(weights, expected_w, atol=1e-6)
+    assert torch.allclose(values, (expected_w @ memory.values).transpose(1, 2).reshape(2, 2, 3, 3), atol=1e-5)
+    before = memory.values.clone()
+    assignment = weights.reshape(-1, 4).argmax(dim=1)
+    memory.update(weights, targets)
+    for item in range(4):
+        chosen = flat[assignment == item]
+        expected = before[item] if len(chosen) == 0 else 0.5 * before[item] + 0.5 * chosen.mean(dim=0)
+        assert torch.allclose(memory.values[item], expected, atol=1e-5)
+
+
+def test_adaptive_memory_items_come_from_the_image_itself():
+    from edgekd.models.memkd import AdaptiveMemory
+    adaptive = AdaptiveMemory(channels=6, items=3)
+    features = torch.randn(2, 6, 4, 5)
+    items = adaptive.items(features)
+    spread = torch.softmax(adaptive.adjust(features).flatten(2), dim=2)
+    assert items.shape == (2, 3, 6) and torch.allclose(items, spread @ features.flatten(2).transpose(1, 2), atol=1e-6)
+    assert adaptive(features).shape == features.shape
+    constant = torch.ones(1, 6, 4, 5)  # every item of a uniform image is that uniform feature, read back unchanged
+    assert torch.allclose(adaptive(constant), constant, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_memkd_learns_and_exports_with_its_memory(tray_root, tmp_path):
+    overrides = ["input_size=96", "train.batch_size=8"]
+    first = train(load_config(CONFIGS / "memkd_lite0.yaml", overrides + ["train.epochs=1"]), tray_root, "tray",
+                  tmp_path / "one")
+    result = train(load_config(CONFIGS / "memkd_lite0.yaml", overrides + ["train.epochs=5"]), tray_root, "tray",
+                   tmp_path / "five")
+    assert result.final_loss < first.final_loss
+    runtime = TorchRuntime.from_checkpoint(result.checkpoint)
+    assert bool(runtime.model.student.memory.filled)
+    row = evaluate(runtime, tray_root, "tray", tmp_path, "tray").row
+    assert row["image_auroc"] > 0.7 and row["pixel_auroc"] > 0.8, row
+    exported = export_checkpoint(result.checkpoint, "fp32", out_dir=tmp_path, name="memkd")
+    assert exported.parity.passed and exported.parity.score_rank_agreement > 0.99
+    graph = onnx.load(str(exported.artifact)).graph
+    assert "Softmax" in [n.op_type for n in graph.node]  # the memory reads are in the graph

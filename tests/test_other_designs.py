@@ -287,3 +287,28 @@ def test_memkd_learns_and_exports_with_its_memory(tray_root, tmp_path):
     assert exported.parity.passed and exported.parity.score_rank_agreement > 0.99
     graph = onnx.load(str(exported.artifact)).graph
     assert "Softmax" in [n.op_type for n in graph.node]  # the memory reads are in the graph
+
+
+# VGG's stages end before their pooling, so its stage outputs sit one stride finer
+@pytest.mark.parametrize("name,strides", [("efficientnet_lite0", [2, 8, 32]), ("resnet18", [2, 8, 32]),
+                                          ("vgg16", [1, 4, 16])])
+def test_backbones_tap_the_papers_stages(name, strides):
+    from edgekd.backbones import build_teacher
+    teacher = build_teacher(name, pretrained=False, stages=(1, 3, 5))
+    assert teacher.strides == strides
+    default = build_teacher(name, pretrained=False)
+    assert default.strides == [4, 8, 16]
+    with pytest.raises(EdgekdError, match="increasing numbers within 1..5"):
+        build_teacher(name, pretrained=False, stages=(3, 1))
+
+
+def test_mthf_with_the_papers_stages(lite0_teacher):
+    from edgekd.models import model_class
+    model = model_class("mthf")(lite0_teacher, (64, 64), ScoringConfig(), groups=("efficientnet_lite0", "resnet18"),
+                                stages=(1, 3, 5), pretrained_groups=False).eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.teacher_features(images)
+        assert [f.shape[-1] for f in feats] == [32, 8, 2] * 2
+        amap, _ = model(images)
+    assert amap.shape == (1, 1, 64, 64)

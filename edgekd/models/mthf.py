@@ -4,8 +4,9 @@ Source: ../shared/seeds/002_* (full text). M parallel teacher-student groups wit
 ResNet34, ResNet50 and VGG16); each student has its teacher's architecture with random weights and a feature
 fusion module after its distillation layers. Built as the paper describes, except where noted:
 
-- Distillation layers: edgekd's three taps of every backbone (strides 4, 8, 16; edgekd/backbones). The paper
-  distils after the 1st, 3rd and 5th stages of its backbones.
+- Distillation layers: the paper distils after the 1st, 3rd and 5th stages of its backbones (ResNet strides 2, 8, 32):
+  `stages: [1, 3, 5]`. The default is edgekd's three taps of every backbone (strides 4, 8, 16), as the other
+  models use: the stride-2 maps cost four times the finest map's compute and memory of those.
 - Feature fusion module: a top-down pyramid over the student's three levels. The deepest level goes through FAM;
   each shallower level is its own FAM output plus the level above, upsampled (and projected to its channels),
   so a level only mixes with its neighbour.
@@ -112,17 +113,19 @@ def layer_loss(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) 
 class MultiGroupTSFusion(AnomalyModel):
     def __init__(self, teacher, input_size, scoring, groups: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite1",
                  "efficientnet_lite2"), group_weights: tuple | None = None, layer_weights: tuple[float, ...] = (1.0, 1.0, 1.0),
-                 alpha: float = 0.5, pretrained_groups: bool = True, **options):
+                 alpha: float = 0.5, stages: tuple[int, ...] | None = None, pretrained_groups: bool = True, **options):
         groups = list(groups)
         if len(groups) < 2:
             raise ValueError("MTHF needs at least two groups")
         files = list(group_weights or [None] * len(groups))
-        teachers = [teacher if i == 0 and name == teacher.name and not files[0] else
-                    build_teacher(name, files[i], pretrained=pretrained_groups) for i, name in enumerate(groups)]
+        stages = tuple(stages) if stages else None
+        teachers = [teacher if i == 0 and name == teacher.name and not files[0] and stages is None else
+                    build_teacher(name, files[i], pretrained=pretrained_groups, stages=stages)
+                    for i, name in enumerate(groups)]
         group_teachers = GroupTeachers(teachers)
         super().__init__(group_teachers, input_size, scoring, **options)
         self.group_sizes = [len(t.channels) for t in teachers]
-        self.students = nn.ModuleList(build_teacher(name, pretrained=False) for name in groups)
+        self.students = nn.ModuleList(build_teacher(name, pretrained=False, stages=stages) for name in groups)
         for student in self.students:  # same architecture, random weights, trained
             student.train()
             for p in student.parameters():

@@ -50,3 +50,14 @@ def onnx_exports(exports):
 def split_export(wood_checkpoint, tmp_path_factory):
     from edgekd.export.exporter import export_checkpoint
     return export_checkpoint(wood_checkpoint, "fp32", layout="split", out_dir=tmp_path_factory.mktemp("split")).artifact
+
+
+@pytest.fixture
+def builds_engine(tmp_path):
+    """Checks that TensorRT-RTX (it builds on a CPU-only machine) parses an export and builds a real engine."""
+    def check(onnx_path):
+        pytest.importorskip("tensorrt_rtx")
+        from edgekd.engine.builder import build_engine
+        built = build_engine(onnx_path, tmp_path / "engines", batch="1,1,2", flavour="tensorrt_rtx")
+        assert built.engine.is_file() and built.engine.stat().st_size > 0
+    return check

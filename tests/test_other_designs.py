@@ -88,12 +88,12 @@ def mthf_run(tray_root, tmp_path_factory):
     overrides = ["input_size=96", "train.batch_size=8", "train.lr=0.01"]
     first = train(load_config(CONFIGS / "mthf_lite0.yaml", overrides + ["train.epochs=1"]), tray_root, "tray",
                   tmp_path_factory.mktemp("mthf-1"))
-    return first, train(load_config(CONFIGS / "mthf_lite0.yaml", overrides + ["train.epochs=4"]), tray_root, "tray",
+    return first, train(load_config(CONFIGS / "mthf_lite0.yaml", overrides + ["train.epochs=8"]), tray_root, "tray",
                         tmp_path_factory.mktemp("mthf"))
 
 
 @pytest.mark.slow
-def test_mthf_learns_and_exports_one_graph_with_a_fused_node_per_group(mthf_run, tray_root, tmp_path):
+def test_mthf_learns_and_exports_one_graph_with_a_fused_node_per_group(mthf_run, tray_root, tmp_path, builds_engine):
     first, result = mthf_run
     assert result.final_loss < first.final_loss
     runtime = TorchRuntime.from_checkpoint(result.checkpoint)
@@ -103,6 +103,7 @@ def test_mthf_learns_and_exports_one_graph_with_a_fused_node_per_group(mthf_run,
     assert exported.parity.passed and exported.parity.score_rank_agreement > 0.99
     ops = [n.op_type for n in onnx.load(str(exported.artifact)).graph.node]
     assert ops.count("MultiScaleFeatureDiff") == 3 and {"Max", "ReduceMax"} & set(ops)  # one per group, then max
+    builds_engine(exported.artifact)
 
 
 # -- ViT teachers and ViTKD ----------------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ def test_vitkd_student_shares_frozen_positions_and_scores_as_the_paper(vitkd_sma
 
 
 @pytest.mark.slow
-def test_vitkd_learns_and_exports(synth_root, tmp_path):
+def test_vitkd_learns_and_exports(synth_root, tmp_path, builds_engine):
     overrides = ["input_size=96", "teacher=vit_ti_16", "teacher_weights=random", "train.batch_size=8"]
     first = train(load_config(CONFIGS / "vitkd_vit_b16.yaml", overrides + ["train.epochs=1"]), synth_root, "washer",
                   tmp_path / "one")
@@ -233,6 +234,7 @@ def test_vitkd_learns_and_exports(synth_root, tmp_path):
     assert row["image_auroc"] > 0.65 and row["pixel_auroc"] > 0.75, row
     exported = export_checkpoint(result.checkpoint, "fp32", out_dir=tmp_path, name="vitkd")
     assert exported.parity.passed and exported.parity.score_rank_agreement > 0.99
+    builds_engine(exported.artifact)
 
 
 # -- MemKD ---------------------------------------------------------------------------------------------------------
@@ -272,7 +274,7 @@ def test_adaptive_memory_items_come_from_the_image_itself():
 
 
 @pytest.mark.slow
-def test_memkd_learns_and_exports_with_its_memory(tray_root, tmp_path):
+def test_memkd_learns_and_exports_with_its_memory(tray_root, tmp_path, builds_engine):
     overrides = ["input_size=96", "train.batch_size=8"]
     first = train(load_config(CONFIGS / "memkd_lite0.yaml", overrides + ["train.epochs=1"]), tray_root, "tray",
                   tmp_path / "one")
@@ -287,6 +289,7 @@ def test_memkd_learns_and_exports_with_its_memory(tray_root, tmp_path):
     assert exported.parity.passed and exported.parity.score_rank_agreement > 0.99
     graph = onnx.load(str(exported.artifact)).graph
     assert "Softmax" in [n.op_type for n in graph.node]  # the memory reads are in the graph
+    builds_engine(exported.artifact)
 
 
 # VGG's stages end before their pooling, so its stage outputs sit one stride finer

@@ -172,7 +172,7 @@ def test_logicrd_image_score_is_the_sum_of_normalised_branches(trained, tray_roo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_export_parity_with_global_branches_in_the_graph(family, trained, tmp_path):
+def test_export_parity_with_global_branches_in_the_graph(family, trained, tmp_path, builds_engine):
     result = export_checkpoint(trained[family][1].checkpoint, "fp32", out_dir=tmp_path, name=family)
     assert result.parity.passed and result.parity.score_rank_agreement > 0.99
     info = read_sidecar(result.artifact)
@@ -182,6 +182,7 @@ def test_export_parity_with_global_branches_in_the_graph(family, trained, tmp_pa
     assert ops.count("MultiScaleFeatureDiff") == 1  # the map branch is still the one fused scoring op
     if family == "logicrd":  # the Mahalanobis distance is inside the graph: (x - mean) P (x - mean)^T
         assert "MatMul" in ops and "Sqrt" in ops
+    builds_engine(result.artifact)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 13), (3, 5)])

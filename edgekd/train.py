@@ -130,11 +130,10 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
         batch_size = min(settings["batch_size"], len(fit_images))
         steps = len(fit_images) // batch_size  # drop the ragged last batch: BatchNorm dislikes tiny batches
         # Linear warm-up of the learning rate over the first warmup_epochs (ViTKD's SGD at lr 0.2 needs it).
-        warmup_steps = max(1, int(settings["warmup_epochs"] * steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / warmup_steps),
-                                                      last_epoch=-1)
-        for _ in range(start_epoch * steps):
-            scheduler.step()
+        warmup_steps, done = max(1, int(settings["warmup_epochs"] * steps)), start_epoch * steps  # resumed runs
+        for group in optimizer.param_groups:
+            group["initial_lr"] = settings["lr"]  # the target rate, also after a resumed optimizer state
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (done + i + 1) / warmup_steps))
         task = progress.add_task("train", total=settings["epochs"] * steps, completed=start_epoch * steps,
                                  info=f"loss {epoch_loss:.4f}")
         for epoch in range(start_epoch, settings["epochs"]):

@@ -15,6 +15,15 @@ def synth_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tray_root(tmp_path_factory):
+    """The synthetic tray assembly (128 px, MVTec LOCO layout) with logical and structural anomalies."""
+    from edgekd.data.synth import synthesize
+    root = tmp_path_factory.mktemp("tray")
+    synthesize(root, ["tray"], seed=0, size=128, n_train=48, n_test_good=12, n_per_defect=2)
+    return root
+
+
+@pytest.fixture(scope="session")
 def lite0_teacher():
     from edgekd.backbones import build_teacher
     return build_teacher("efficientnet_lite0")

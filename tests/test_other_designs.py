@@ -76,14 +76,6 @@ def test_mthf_fuses_group_maps_in_two_stages(mthf_small):
 
 
 @pytest.fixture(scope="module")
-def tray_root(tmp_path_factory):
-    from edgekd.data.synth import synthesize
-    root = tmp_path_factory.mktemp("tray")
-    synthesize(root, ["tray"], seed=0, size=128, n_train=40, n_test_good=10, n_per_defect=2)
-    return root
-
-
-@pytest.fixture(scope="module")
 def mthf_run(tray_root, tmp_path_factory):
     overrides = ["input_size=96", "train.batch_size=8", "train.lr=0.01"]
     first = train(load_config(CONFIGS / "mthf_lite0.yaml", overrides + ["train.epochs=1"]), tray_root, "tray",

@@ -121,14 +121,6 @@ def test_afkd_weights_are_normalised_learned_and_shape_the_loss(lite0_teacher):
 
 # -- short training runs, evaluation, export -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tray_root(tmp_path_factory):
-    from edgekd.data.synth import synthesize
-    root = tmp_path_factory.mktemp("tray")
-    synthesize(root, ["tray"], seed=0, size=128, n_train=48, n_test_good=12, n_per_defect=2)
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained(tray_root, tmp_path_factory):
     runs = {}
     for family in FAMILIES:

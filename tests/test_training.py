@@ -61,3 +61,20 @@ def test_stfpm_trains_and_loss_falls(synth_root, tmp_path):
     model, _ = load_checkpoint(longer.checkpoint)
     amap, score = model(torch.rand(1, 3, 128, 128))
     assert amap.shape == (1, 1, 128, 128) and torch.isfinite(score).all()
+
+
+def test_sgd_with_warm_up_follows_its_schedule_across_a_resume(synth_root, tmp_path):
+    cfg = load_config(CONFIGS / "rd_lite0.yaml", FAST_RD + ["train.epochs=1", "train.optimizer=sgd", "train.lr=0.01",
+                                                            "train.warmup_epochs=2", "train.grad_clip=5.0"])
+    train(cfg, synth_root, "wood", tmp_path)
+    state = read_checkpoint(tmp_path / "last.ckpt")["optimizer"]
+    steps = 36 // 8  # 40 normal images, 4 held out, batches of 8
+    group = state["param_groups"][0]
+    assert "momentum" in group and group["momentum"] == 0.9  # SGD, not Adam
+    assert abs(group["lr"] - 0.01 * (steps + 1) / (2 * steps)) < 1e-9  # linear warm-up, half-way through
+    cfg["train"]["epochs"] = 3
+    train(cfg, synth_root, "wood", tmp_path, resume=True)  # the schedule goes on where it stopped
+    assert abs(read_checkpoint(tmp_path / "last.ckpt")["optimizer"]["param_groups"][0]["lr"] - 0.01) < 1e-9
+    with pytest.raises(EdgekdError, match="train.optimizer 'rmsprop' is unknown"):
+        train(load_config(CONFIGS / "rd_lite0.yaml", FAST_RD + ["train.optimizer=rmsprop"]), synth_root, "wood",
+              tmp_path / "other")

@@ -49,12 +49,17 @@ def split_normals(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def _device_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC frames -> the model's (B,3,H,W) float input, on the device."""
+    return torch.from_numpy(to_model_input(images)).to(device)
+
+
 class TeacherFeatureCache:
     """Teacher features of the training images, kept in memory when they fit the configured budget."""
 
     def __init__(self, model, images: np.ndarray, device: torch.device, budget_gb: float, batch_size: int, progress):
         self.model, self.images, self.device = model, images, device
-        probe = model.teacher_features(torch.from_numpy(to_model_input(images[:1])).to(device))
+        probe = model.teacher_features(_device_batch(images[:1], device))
         per_image = sum(f[0].numel() for f in probe) * 4
         self.cached = None
         if per_image * len(images) <= budget_gb * 2**30:
@@ -66,7 +71,7 @@ class TeacherFeatureCache:
             self.cached = [torch.cat(parts) for parts in zip(*chunks)]
 
     def _compute(self, index: np.ndarray) -> list[torch.Tensor]:
-        return self.model.teacher_features(torch.from_numpy(to_model_input(self.images[index])).to(self.device))
+        return self.model.teacher_features(_device_batch(self.images[index], self.device))
 
     def __call__(self, index: np.ndarray) -> list[torch.Tensor]:
         if self.cached is None:
@@ -89,7 +94,7 @@ def make_optimizer(parameters, settings: dict) -> torch.optim.Optimizer:
 def _batches(images: np.ndarray, batch_size: int, device: torch.device):
     """(B,3,H,W) model-input batches of uint8 NHWC images, on the device."""
     for start in range(0, len(images), batch_size):
-        yield torch.from_numpy(to_model_input(images[start:start + batch_size])).to(device)
+        yield _device_batch(images[start:start + batch_size], device)
 
 
 def _check_resumable(state: dict, config: dict, path: Path) -> None:
@@ -143,7 +148,7 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
             for step in range(steps):
                 index = np.sort(order[step * batch_size:(step + 1) * batch_size])
                 teacher_feats = features(index)
-                batch = torch.from_numpy(to_model_input(fit_images[index])).to(device)
+                batch = _device_batch(fit_images[index], device)
                 with torch.autocast(device.type, enabled=use_amp):
                     student_feats = model.student_features(batch, teacher_feats)
                 loss = model.loss(teacher_feats, student_feats)

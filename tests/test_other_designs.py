@@ -7,7 +7,9 @@ import onnx
 import pytest
 import torch
 
+from edgekd.backbones.vit import VisionTransformer, ViTVariant, build_vit_teacher, load_vit_state
 from edgekd.config import load_config
+from edgekd.errors import EdgekdError
 from edgekd.evaluate import evaluate
 from edgekd.export.exporter import export_checkpoint
 from edgekd.models.mthf import FeatureFusion, HybridAttention, layer_loss
@@ -99,8 +101,6 @@ def test_mthf_learns_and_exports_one_graph_with_a_fused_node_per_group(mthf_run,
 
 
 # -- ViT teachers and ViTKD ----------------------------------------------------------------------------------------
-from edgekd.backbones.vit import VIT_VARIANTS, VisionTransformer, ViTVariant, build_vit_teacher, load_vit_state  # noqa: E402
-from edgekd.errors import EdgekdError  # noqa: E402
 
 SMALL = ViTVariant(dim=32, depth=4, heads=4, patch=16)
 

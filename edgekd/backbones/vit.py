@@ -156,9 +156,15 @@ class ViTFeatures(nn.Module):
             raise EdgekdError(f"ViT layers {list(layers)} must lie in 1..{len(vit.blocks)}")
         self.name, self.vit, self.layers = name, vit, tuple(int(c) for c in layers)
         self.mean, self.std, self.weights_sha256 = tuple(mean), tuple(std), weights_sha256
-        dim = vit.cls_token.shape[-1]
-        self.channels = [dim] * (2 * len(self.layers))
-        self.strides = [vit.patch_embed.stride[0]] * len(self.layers) + [0] * len(self.layers)
+
+    # Derived from the tapped layers, which a model may choose after building the teacher (ViTKD's `layers`).
+    @property
+    def channels(self) -> list[int]:
+        return [self.vit.cls_token.shape[-1]] * (2 * len(self.layers))
+
+    @property
+    def strides(self) -> list[int]:
+        return [self.vit.patch_embed.stride[0]] * len(self.layers) + [0] * len(self.layers)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.vit.tokens(images)

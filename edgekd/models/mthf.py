@@ -35,7 +35,7 @@ from torch import nn
 from edgekd.backbones import build_teacher
 from edgekd.models.base import AnomalyModel
 from edgekd.models.registry import register
-from edgekd.scoring import image_score
+from edgekd.scoring import cosine_distance, image_score
 
 
 class GroupTeachers(nn.Module):
@@ -104,9 +104,7 @@ class FeatureFusion(nn.Module):
 def layer_loss(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """MTHF's per-layer loss: MSE + (1 - cosine between the flattened feature maps), averaged over the batch."""
     t, s = teacher.float().flatten(1), student.float().flatten(1)
-    mse = ((t - s) ** 2).mean(dim=1)
-    cosine = (t * s).sum(dim=1) / torch.clamp(t.norm(dim=1) * s.norm(dim=1), min=eps)
-    return (mse + 1.0 - cosine).mean()
+    return (((t - s) ** 2).mean(dim=1) + cosine_distance(t, s, eps)[:, 0]).mean()
 
 
 @register("mthf")

@@ -21,19 +21,18 @@ which the raw squared-L2 terms made SGD diverge here in the first epoch (even at
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from edgekd.backbones.vit import VIT_VARIANTS, ViTFeatures, VisionTransformer
 from edgekd.errors import EdgekdError
 from edgekd.models.base import AnomalyModel
 from edgekd.models.registry import register
+from edgekd.scoring import cosine_distance
 
 
 def token_diff(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Diff per token: ||t - s||^2 + 1 - cos over the width. (B, D, ...) -> (B, ...), in FP32."""
     t, s = teacher.float(), student.float()
-    cosine = (t * s).sum(dim=1) / torch.clamp(t.norm(dim=1) * s.norm(dim=1), min=eps)
-    return ((t - s) ** 2).sum(dim=1) + 1.0 - cosine
+    return ((t - s) ** 2).sum(dim=1) + cosine_distance(t, s, eps)[:, 0]
 
 
 def gram(tokens_a: torch.Tensor, tokens_b: torch.Tensor) -> torch.Tensor:
@@ -50,7 +49,6 @@ class ViTFeatureConstrainedKD(AnomalyModel):
             raise EdgekdError(f"vitkd needs a ViT teacher ({', '.join(VIT_VARIANTS)}), not '{teacher.name}': "
                               "set teacher: vit_b_16 and teacher_weights: FILE")
         teacher.layers = tuple(int(c) for c in layers)
-        teacher.channels = teacher.channels[:1] * (2 * len(teacher.layers))
         super().__init__(teacher, input_size, scoring, **options)
         self.lam, self.topk = float(lam), int(topk)
         vit = VisionTransformer(VIT_VARIANTS[teacher.name], self.input_size)

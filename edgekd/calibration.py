@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
+
+from edgekd.errors import EdgekdError
 
 from edgekd.metrics import f1_max
 
@@ -15,16 +20,52 @@ def score_statistics(scores: np.ndarray) -> dict:
             "p99": float(np.percentile(scores, 99))}
 
 
-def thresholds_from_normal(normal_scores: np.ndarray, normal_maps: np.ndarray, k_sigma: float) -> dict:
-    """mean + k*std of held-out normal images, for the image score and for each image's hottest pixel.
+MIN_NORMAL = 10  # fewer normal samples than this cannot set a threshold
+ADVISED_NORMAL = 50  # below this the rule works, but a warning says more would be safer
 
-    A pixel is flagged only when it is hotter than normal images' hottest pixels usually get, so a
-    normal image gives an empty mask.
-    """
-    peak = normal_maps.reshape(len(normal_maps), -1).max(axis=1)
-    image = float(normal_scores.mean() + k_sigma * normal_scores.std())
-    pixel = float(peak.mean() + k_sigma * peak.std())
-    return {"method": "normal", "k_sigma": k_sigma, "image": image, "pixel": pixel}
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """THE rule that turns normal samples into a threshold (training's held-out images, `edgekd calibrate`'s frames,
+    re-calibration after FP16/INT8 export):
+
+        threshold = max(Q_quantile + margin * s,  largest normal value + s),   s = 1.4826 * MAD
+
+    The quantile and the median absolute deviation hold up on small samples and ignore a few odd frames, where the
+    mean and standard deviation of 16 images do not; the threshold is never below the largest normal value seen."""
+    quantile: float = 0.99
+    margin: float = 3.0
+
+    @classmethod
+    def from_config(cls, section: dict | None) -> "ThresholdRule":
+        section = dict(section or {})
+        margin = section.get("margin", section.get("k_sigma", 3.0))  # k_sigma: checkpoints before the robust rule
+        rule = cls(float(section.get("quantile", 0.99)), float(margin))
+        if not (0.5 <= rule.quantile <= 1.0) or not math.isfinite(rule.margin) or rule.margin < 0:
+            raise EdgekdError(f"threshold.quantile must be in [0.5, 1] and threshold.margin >= 0 (got {rule.quantile}, "
+                              f"{rule.margin})")
+        return rule
+
+    def spread(self, values: np.ndarray) -> float:
+        median = float(np.median(values))
+        mad = 1.4826 * float(np.median(np.abs(values - median)))
+        return max(mad, 1e-3 * abs(median), 1e-6)  # identical frames still get a margin
+
+    def threshold(self, values: np.ndarray) -> float:
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.size == 0 or not np.all(np.isfinite(values)):
+            raise EdgekdError("cannot set a threshold: the normal scores are empty or not finite (NaN/inf): check the "
+                              "model and the images")
+        s = self.spread(values)
+        return float(max(np.quantile(values, self.quantile) + self.margin * s, values.max() + s))
+
+
+def thresholds_from_normal(normal_scores: np.ndarray, normal_maps: np.ndarray, rule: ThresholdRule) -> dict:
+    """Image threshold from normal image scores; pixel threshold from each normal image's hottest pixel, so a
+    normal image gives an empty mask."""
+    peak = np.asarray(normal_maps).reshape(len(normal_maps), -1).max(axis=1)
+    return {"method": "robust", "quantile": rule.quantile, "margin": rule.margin, "n": int(len(normal_scores)),
+            "image": rule.threshold(normal_scores), "pixel": rule.threshold(peak)}
 
 
 def thresholds_from_labels(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,

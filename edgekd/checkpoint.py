@@ -52,7 +52,9 @@ def _write_payload(path: str | Path, payload: dict) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
+    """resume=True reads a training run's last.ckpt (what --resume continues from); everything else wants the
+    finished model.ckpt and says so when handed a resume checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise EdgekdError(f"checkpoint {path} does not exist: train one with 'edgekd train' or fix the path")
@@ -66,6 +68,9 @@ def read_checkpoint(path: str | Path) -> dict:
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise EdgekdError(f"checkpoint {path} has format version {payload['format_version']}, newer than this "
                           f"edgekd ({__version__}) reads: upgrade edgekd")
+    if not resume and "optimizer" in payload and "training" not in payload:
+        raise EdgekdError(f"{path} is a resume checkpoint (epoch {payload.get('epoch')}, what 'edgekd train --resume' "
+                          f"continues from), not a finished model: use {path.with_name('model.ckpt')}")
     return payload
 
 

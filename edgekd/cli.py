@@ -90,7 +90,9 @@ def train(config: Optional[Path] = typer.Option(None, help="YAML config (see con
     t = result.thresholds
     _echo(f"trained {cfg['model']} ({cfg['teacher']}) for {result.epochs} epochs on {result.device} in "
           f"{result.seconds:.0f}s, final loss {result.final_loss:.4f}")
-    _echo(f"thresholds from held-out normal images: image {t['image']:.4f}, pixel {t['pixel']:.4f}")
+    _echo(f"thresholds from {t['n']} held-out normal images: image {t['image']:.4f}, pixel {t['pixel']:.4f}")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     _echo(f"checkpoint: {result.checkpoint}\nnext: edgekd eval {result.checkpoint} --data {data}"
           + (f" --category {category}" if category else ""))
 
@@ -175,6 +177,47 @@ def run(model: Path = typer.Option(..., "--model", help=ARTIFACT_HELP),
                save_video=save_video, save_masks=save_masks, jsonl=jsonl, threshold=threshold, min_area=min_area,
                hysteresis=hysteresis, batch=batch, width=width, height=height, fps=fps, max_frames=max_frames,
                stats_every=stats_every, reconnect_timeout=reconnect_timeout, echo=_echo)
+
+
+@app.command(help="Set thresholds from good frames of your own camera or clip; writes them into the artifact.")
+def calibrate(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
+              camera: Optional[int] = typer.Option(None, help="Camera index (V4L2), e.g. 0."),
+              source: Optional[str] = typer.Option(None, help="A clip or image folder of GOOD parts, rtsp://..., "
+                                                   "http://..., csi://N or gst:<pipeline>."),
+              frames: int = typer.Option(300, "--frames", min=1, help="Good frames to score (fewer if the source ends)."),
+              quantile: float = typer.Option(0.99, help="Rule: threshold = max(Q + margin*s, largest normal + s)."),
+              margin: float = typer.Option(3.0, help="Robust spreads (s = 1.4826 MAD) added above the quantile."),
+              plot: Optional[Path] = typer.Option(None, help="Histogram PNG (default <artifact>.calibration.png)."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Report and plot, but leave the artifact as it is."),
+              width: Optional[int] = typer.Option(None, help="Capture width (cameras, CSI)."),
+              height: Optional[int] = typer.Option(None, help="Capture height (cameras, CSI)."),
+              fps: Optional[float] = typer.Option(None, help="Capture frame rate (cameras, CSI)."),
+              backend: Optional[str] = BACKEND, device: str = DEVICE):
+    from edgekd.calibrate import calibrate as run_calibration
+    from edgekd.calibration import ThresholdRule
+    from edgekd.stream.sources import CaptureSettings
+    if (camera is None) == (source is None):
+        raise EdgekdError("say where the good frames come from: exactly one of --camera N or --source (clip, folder, URL)")
+    if not artifact.is_file():
+        raise EdgekdError(f"{artifact} does not exist: pass a model.ckpt, .onnx or .engine")
+    rule = ThresholdRule.from_config({"quantile": quantile, "margin": margin})
+    result = run_calibration(artifact, camera if camera is not None else source, frames, backend, device,
+                             CaptureSettings(width, height, fps), rule, plot, dry_run,
+                             log=lambda text: typer.echo(text, err=True))
+    t, s = result.thresholds, result.thresholds["score_stats"]
+    before = result.previous or {}
+    _echo(f"scored {len(result.scores)} good frames (of {result.frames_read} read): score median {s['p50']:.4g}, "
+          f"p99 {s['p99']:.4g}, max {s['max']:.4g}")
+    _echo(f"image threshold {t['image']:.4g} (was {before.get('image', float('nan')):.4g}), pixel threshold "
+          f"{t['pixel']:.4g} (was {before.get('pixel', float('nan')):.4g}); the image threshold sits "
+          f"{t['image'] - s['max']:.4g} above the largest normal score ({result.headroom():.1f} robust spreads)")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if dry_run:
+        _echo(f"dry run: {artifact} unchanged; histogram {result.plot}")
+    else:
+        _echo(f"wrote {', '.join(map(str, result.written))} (previous thresholds kept in thresholds_history); "
+              f"histogram {result.plot}")
 
 
 @app.command(help="Export a checkpoint to ONNX (fp32, fp16, int8), verified against PyTorch.")

@@ -19,9 +19,10 @@ DEFAULTS: dict = {
     "train": {
         "epochs": 30, "batch_size": 16, "optimizer": "adam", "lr": 0.005, "betas": [0.5, 0.999], "momentum": 0.9,
         "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None,
+        "augment": "none",  # none, or camera: codec, blur, noise and light drift (edgekd/data/augment.py)
         "val_fraction": 0.1, "seed": 0, "device": "auto", "amp": True, "feature_cache_gb": 4.0,
     },
-    "threshold": {"method": "normal", "k_sigma": 3.0},
+    "threshold": {"method": "robust", "quantile": 0.99, "margin": 3.0},
 }
 _FREE_FORM = {"model_options"}  # validated by the model family itself
 

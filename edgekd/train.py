@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.calibration import score_statistics, thresholds_from_normal
+from edgekd.calibration import ADVISED_NORMAL, MIN_NORMAL, ThresholdRule, score_statistics, thresholds_from_normal
 from edgekd.checkpoint import build_model, read_checkpoint, save_checkpoint
+from edgekd.data.augment import augment_batch, check_augment
 from edgekd.data.images import to_model_input
 from edgekd.data.layouts import load_dataset
 from edgekd.data.loading import load_images
@@ -34,6 +35,7 @@ class TrainResult:
     seconds: float
     thresholds: dict
     device: str
+    warnings: list[str]
 
 
 def seed_everything(seed: int) -> None:
@@ -106,6 +108,7 @@ def _check_resumable(state: dict, config: dict, path: Path) -> None:
 
 def train(config: dict, data: str | Path, category: str | None, out: str | Path, resume: bool = False) -> TrainResult:
     settings = config["train"]
+    augment = check_augment(settings["augment"])
     seed_everything(settings["seed"])
     out = Path(out)
     dataset = load_dataset(data, category, seed=settings["seed"])
@@ -122,7 +125,7 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
     if resume:
         if not last_path.is_file():
             raise EdgekdError(f"nothing to resume: {last_path} does not exist (train without --resume first)")
-        state = read_checkpoint(last_path)
+        state = read_checkpoint(last_path, resume=True)
         _check_resumable(state, config, last_path)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
@@ -131,7 +134,9 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
     with make_progress() as progress:
         images = load_images(dataset.train, model.input_size, progress, "load images")
         fit_images, val_images = images[fit_idx], images[val_idx]
-        features = TeacherFeatureCache(model, fit_images, device, settings["feature_cache_gb"], settings["batch_size"], progress)
+        # Augmented images change every step, so their teacher features cannot be cached.
+        features = TeacherFeatureCache(model, fit_images, device, 0.0 if augment != "none" else settings["feature_cache_gb"],
+                                       settings["batch_size"], progress)
         batch_size = min(settings["batch_size"], len(fit_images))
         steps = len(fit_images) // batch_size  # drop the ragged last batch: BatchNorm dislikes tiny batches
         # Linear warm-up of the learning rate over the first warmup_epochs (ViTKD's SGD at lr 0.2 needs it).
@@ -147,8 +152,12 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
             total = 0.0
             for step in range(steps):
                 index = np.sort(order[step * batch_size:(step + 1) * batch_size])
-                teacher_feats = features(index)
-                batch = _device_batch(fit_images[index], device)
+                if augment == "none":
+                    teacher_feats, batch = features(index), _device_batch(fit_images[index], device)
+                else:
+                    seen = augment_batch(fit_images[index], augment, np.random.default_rng([settings["seed"], epoch, step]))
+                    batch = _device_batch(seen, device)
+                    teacher_feats = model.teacher_features(batch)
                 with torch.autocast(device.type, enabled=use_amp):
                     student_feats = model.student_features(batch, teacher_feats)
                 loss = model.loss(teacher_feats, student_feats)
@@ -171,11 +180,21 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
         # Calibrate on held-out normal images (the training images would give optimistic, too-low thresholds).
         calib = val_images if len(val_images) else fit_images
         model.eval()
-        normal_stats = model.fit_normal(lambda: _batches(fit_images, settings["batch_size"], device),
+        # Statistics of normal images (e.g. a patch memory) see each training image as stored and, when training
+        # augments, once more as a camera would deliver it.
+        normal_views = fit_images if augment == "none" else np.concatenate(
+            [fit_images, augment_batch(fit_images, augment, np.random.default_rng([settings["seed"], -1]))])
+        normal_stats = model.fit_normal(lambda: _batches(normal_views, settings["batch_size"], device),
                                         lambda: _batches(calib, settings["batch_size"], device))
         calibrated = TorchRuntime(model, device=device).infer(calib, settings["batch_size"], progress, "calibrate")
         maps, scores = calibrated.maps, calibrated.scores
-    thresholds = thresholds_from_normal(scores, maps, config["threshold"]["k_sigma"])
+    thresholds = thresholds_from_normal(scores, maps, ThresholdRule.from_config(config["threshold"]))
+    warnings = []
+    if len(calib) < ADVISED_NORMAL:
+        warnings.append(f"thresholds come from only {len(calib)} held-out normal images "
+                        f"({'fewer than ' + str(MIN_NORMAL) + ': unreliable' if len(calib) < MIN_NORMAL else 'a small sample'}); "
+                        f"before going live run 'edgekd calibrate {final_path} --source <a clip of good parts>' "
+                        f"(or raise train.val_fraction)")
     seconds = time.time() - started
     save_checkpoint(final_path, model, config, score_stats=score_statistics(scores), thresholds=thresholds,
                     training={"epochs": settings["epochs"], "final_loss": epoch_loss, "seconds": seconds,
@@ -183,4 +202,4 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
                               "data": str(Path(data).resolve()), "category_arg": category,
                               "layout": dataset.layout, "n_fit": len(fit_images), "n_calibration": len(calib),
                               **({"normal_fit": normal_stats} if normal_stats else {})})
-    return TrainResult(final_path, settings["epochs"], epoch_loss, seconds, thresholds, str(device))
+    return TrainResult(final_path, settings["epochs"], epoch_loss, seconds, thresholds, str(device), warnings)

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from edgekd.calibration import thresholds_from_normal
+from edgekd.calibration import ThresholdRule, thresholds_from_normal
+from edgekd.errors import EdgekdError
 from edgekd.metrics import aupro, f1_max, image_auroc, pixel_auroc
 
 
@@ -47,9 +48,30 @@ def test_auroc_and_f1():
     assert pixel_auroc(masks, np.array([[[0.1, 0.9], [0.2, 0.3]]])) == pytest.approx(1.0)
 
 
-def test_thresholds_from_normal():
-    scores = np.array([1.0, 2.0, 3.0])
+def test_thresholds_from_normal_follow_the_robust_rule():
+    scores = np.array([1.0, 2.0, 3.0, 2.5, 1.5, 2.2, 1.8, 2.1, 1.9, 2.4])
     maps = np.stack([np.full((2, 2), v) for v in scores])
-    t = thresholds_from_normal(scores, maps, k_sigma=3.0)
-    assert t["image"] == pytest.approx(2.0 + 3 * np.std(scores))
-    assert t["pixel"] == pytest.approx(t["image"])
+    t = thresholds_from_normal(scores, maps, ThresholdRule(quantile=0.99, margin=3.0))
+    s = 1.4826 * np.median(np.abs(scores - np.median(scores)))
+    assert t["image"] == pytest.approx(max(np.quantile(scores, 0.99) + 3 * s, scores.max() + s))
+    assert t["pixel"] == pytest.approx(t["image"]) and t["n"] == 10
+
+
+def test_threshold_is_never_below_the_largest_normal_value_and_ignores_outliers_in_its_spread():
+    rng = np.random.default_rng(0)
+    rule = ThresholdRule()
+    for n in (10, 16, 50, 1000):
+        values = rng.normal(1.0, 0.05, n)
+        assert rule.threshold(values) > values.max()
+    # One odd frame moves mean + 3 std a lot; the robust spread hardly moves.
+    values = rng.normal(1.0, 0.05, 200)
+    odd = np.append(values, 3.0)
+    assert rule.spread(odd) == pytest.approx(rule.spread(values), rel=0.05)
+    assert rule.threshold(odd) > 3.0
+    # Identical frames still get a margin; NaN never becomes a threshold.
+    assert rule.threshold(np.full(20, 0.5)) > 0.5
+    with pytest.raises(EdgekdError, match="not finite"):
+        rule.threshold(np.array([0.5, np.nan, 0.6]))
+    with pytest.raises(EdgekdError, match="quantile"):
+        ThresholdRule.from_config({"quantile": 1.5})
+    assert ThresholdRule.from_config({"method": "normal", "k_sigma": 2.0}).margin == 2.0  # older checkpoints

@@ -44,10 +44,10 @@ def test_rd_learns_on_held_out_test_images(washer_run, synth_root, tmp_path):
 def test_resume_continues_from_last_epoch(synth_root, tmp_path):
     cfg = load_config(CONFIGS / "rd_lite0.yaml", FAST_RD + ["train.epochs=1"])
     train(cfg, synth_root, "wood", tmp_path)
-    assert read_checkpoint(tmp_path / "last.ckpt")["epoch"] == 1
+    assert read_checkpoint(tmp_path / "last.ckpt", resume=True)["epoch"] == 1
     cfg["train"]["epochs"] = 2
     train(cfg, synth_root, "wood", tmp_path, resume=True)
-    assert read_checkpoint(tmp_path / "last.ckpt")["epoch"] == 2
+    assert read_checkpoint(tmp_path / "last.ckpt", resume=True)["epoch"] == 2
     other = load_config(CONFIGS / "stfpm_lite0.yaml", FAST_RD + ["train.epochs=3"])
     with pytest.raises(EdgekdError, match="cannot resume.*model"):
         train(other, synth_root, "wood", tmp_path, resume=True)
@@ -67,14 +67,14 @@ def test_sgd_with_warm_up_follows_its_schedule_across_a_resume(synth_root, tmp_p
     cfg = load_config(CONFIGS / "rd_lite0.yaml", FAST_RD + ["train.epochs=1", "train.optimizer=sgd", "train.lr=0.01",
                                                             "train.warmup_epochs=2", "train.grad_clip=5.0"])
     train(cfg, synth_root, "wood", tmp_path)
-    state = read_checkpoint(tmp_path / "last.ckpt")["optimizer"]
+    state = read_checkpoint(tmp_path / "last.ckpt", resume=True)["optimizer"]
     steps = 36 // 8  # 40 normal images, 4 held out, batches of 8
     group = state["param_groups"][0]
     assert "momentum" in group and group["momentum"] == 0.9  # SGD, not Adam
     assert abs(group["lr"] - 0.01 * (steps + 1) / (2 * steps)) < 1e-9  # linear warm-up, half-way through
     cfg["train"]["epochs"] = 3
     train(cfg, synth_root, "wood", tmp_path, resume=True)  # the schedule goes on where it stopped
-    assert abs(read_checkpoint(tmp_path / "last.ckpt")["optimizer"]["param_groups"][0]["lr"] - 0.01) < 1e-9
+    assert abs(read_checkpoint(tmp_path / "last.ckpt", resume=True)["optimizer"]["param_groups"][0]["lr"] - 0.01) < 1e-9
     with pytest.raises(EdgekdError, match="train.optimizer 'rmsprop' is unknown"):
         train(load_config(CONFIGS / "rd_lite0.yaml", FAST_RD + ["train.optimizer=rmsprop"]), synth_root, "wood",
               tmp_path / "other")

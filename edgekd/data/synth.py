@@ -9,9 +9,6 @@ test/logical_anomalies beside painted ones in test/structural_anomalies. The sam
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,7 @@ import cv2
 import numpy as np
 
 from edgekd.data.assembly import ASSEMBLIES, render_assembly
-from edgekd.data.images import write_image_atomic
+from edgekd.data.mvtec_writer import Sample, check_writable, write_category
 from edgekd.errors import EdgekdError
 
 Image = np.ndarray  # HxWx3 float32 RGB in [0, 1]
@@ -344,46 +341,28 @@ def synthesize(root: str | Path, categories: list[str], seed: int = 0, size: int
                n_test_good: int = 40, n_per_defect: int = 8, overwrite: bool = False, progress=None) -> list[Path]:
     """Write each category under root/<category> in MVTec AD layout; a category appears only when complete."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    for category in categories:  # refuse before writing anything
+        check_writable(root, category, overwrite)
     written = []
     for category in categories:
-        final = root / category
-        if final.exists() and not overwrite:
-            raise EdgekdError(f"{final} already exists: pass --overwrite to replace it or choose another folder")
-        staging = Path(tempfile.mkdtemp(prefix=f".{category}.", dir=root))
-        try:
-            spec = CATEGORIES[category]
-            jobs = [("train/good", "train", i, None, f"{i:03d}") for i in range(n_train)]
-            jobs += [("test/good", "test", i, None, f"{i:03d}") for i in range(n_test_good)]
-            counters: dict[str, int] = {}
-            for defect, folder in spec.anomaly_kinds():
-                for i in range(n_per_defect):
-                    number = counters[folder] = counters.get(folder, -1) + 1  # LOCO numbers a folder's images in turn
-                    jobs.append((f"test/{folder}", "test", i, defect, f"{number if spec.logical else i:03d}"))
-            task = progress.add_task(f"synth {category}", total=len(jobs)) if progress else None
-            anomalies = {}
+        spec = CATEGORIES[category]
+        jobs = [("train/good", "train", i, None, f"{i:03d}") for i in range(n_train)]
+        jobs += [("test/good", "test", i, None, f"{i:03d}") for i in range(n_test_good)]
+        counters: dict[str, int] = {}
+        for defect, folder in spec.anomaly_kinds():
+            for i in range(n_per_defect):
+                number = counters[folder] = counters.get(folder, -1) + 1  # LOCO numbers a folder's images in turn
+                jobs.append((f"test/{folder}", "test", i, defect, f"{number if spec.logical else i:03d}"))
+
+        def samples(jobs=jobs, category=category):
             for folder, split, index, defect, stem in jobs:
                 image, mask = render_sample(category, split, index, seed, size, defect)
-                write_image_atomic(staging / folder / f"{stem}.png", image)
-                if mask is not None:
-                    kind_folder = folder.split("/", 1)[1]
-                    # MVTec AD: ground_truth/<defect>/<stem>_mask.png; LOCO: ground_truth/<folder>/<stem>/000.png
-                    target = (staging / "ground_truth" / kind_folder / stem / "000.png" if spec.logical
-                              else staging / "ground_truth" / kind_folder / f"{stem}_mask.png")
-                    write_image_atomic(target, mask.astype(np.uint8) * 255)
-                    anomalies[f"{folder}/{stem}.png"] = defect
-                if progress:
-                    progress.advance(task)
-            meta = {"generator": "edgekd.data.synth", "category": category, "seed": seed, "size": size,
-                    "kind": spec.kind, "layout": spec.layout, "defects": list(spec.defects),
-                    "logical": list(spec.logical), "train": n_train, "test_good": n_test_good,
-                    "per_defect": n_per_defect, "anomalies": anomalies}
-            (staging / "synth.json").write_text(json.dumps(meta, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            staging.rename(final)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
-        written.append(final)
+                yield Sample(folder, stem, image, mask, defect)
+
+        meta = {"generator": "edgekd.data.synth", "category": category, "seed": seed, "size": size,
+                "kind": spec.kind, "layout": spec.layout, "defects": list(spec.defects),
+                "logical": list(spec.logical), "train": n_train, "test_good": n_test_good,
+                "per_defect": n_per_defect}
+        written.append(write_category(root, category, samples(), meta, overwrite, loco=bool(spec.logical),
+                                      total=len(jobs), progress=progress))
     return written

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from edgekd.artifacts import describe_checkpoint, write_sidecar
-from edgekd.calibration import score_statistics, thresholds_from_normal
+from edgekd.calibration import ThresholdRule, score_statistics, thresholds_from_normal
 from edgekd.checkpoint import load_checkpoint
 from edgekd.data.images import to_model_input
 from edgekd.data.layouts import Dataset, load_dataset
@@ -97,8 +97,8 @@ def _recalibrate(runtime, dataset: Dataset, payload: dict) -> dict:
     _, held_out = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
     chosen = [dataset.train[i] for i in (held_out if len(held_out) else range(len(dataset.train)))]
     prediction = runtime.infer(load_images(chosen, runtime.input_size))
-    k_sigma = payload["config"]["threshold"]["k_sigma"]
-    return thresholds_from_normal(prediction.scores, prediction.maps, k_sigma), score_statistics(prediction.scores)
+    rule = ThresholdRule.from_config(payload["config"].get("threshold"))
+    return thresholds_from_normal(prediction.scores, prediction.maps, rule), score_statistics(prediction.scores)
 
 
 def _accuracy_drop(reference, candidate, dataset: Dataset, precision: str, progress) -> dict:

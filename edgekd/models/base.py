@@ -11,7 +11,7 @@ from edgekd.scoring import FeatureDiff, ScoringConfig, distillation_loss
 
 # Child modules that score rather than extract features: they stay FP32 in FP16 and INT8 exports (their sums and
 # statistics need the range), whatever precision the networks run in.
-FLOAT32_MODULES = frozenset({"scorer", "mahalanobis", "map_norm", "global_norm"})
+FLOAT32_MODULES = frozenset({"scorer", "mahalanobis", "map_norm", "global_norm", "patch_memory"})
 
 
 class AnomalyModel(nn.Module):

@@ -11,7 +11,9 @@ from torch import nn
 
 from edgekd.models.base import AnomalyModel
 from edgekd.models.blocks import ResidualBlock, conv_bn_relu, up_conv_bn_relu
+from edgekd.models.patch_memory import PatchMemory, fit_patch_memory
 from edgekd.models.registry import register
+from edgekd.scoring import image_score
 
 
 class OneClassBottleneck(nn.Module):
@@ -62,11 +64,27 @@ class StudentDecoder(nn.Module):
 
 @register("rd")
 class ReverseDistillation(AnomalyModel):
+    """memory_size > 0 adds a patch memory (edgekd/models/patch_memory.py) whose nearest-neighbour map is fused
+    with the distillation map: what the default config uses, since it is what holds on natural textures."""
+
     def __init__(self, teacher, input_size, scoring, width: int = 96, embed: int = 192,
-                 decoder_widths: tuple[int, int, int] = (32, 64, 128), **options):
+                 decoder_widths: tuple[int, int, int] = (32, 64, 128), memory_size: int = 0,
+                 memory_weight: float = 1.0, **options):
         super().__init__(teacher, input_size, scoring, **options)
         self.bottleneck = OneClassBottleneck(teacher.channels, width, embed)
         self.decoder = StudentDecoder(teacher.channels, embed, list(decoder_widths))
+        self.patch_memory = PatchMemory(teacher.channels, int(memory_size)) if memory_size else None
+        self.memory_weight = float(memory_weight)
 
     def student_features(self, images, teacher_feats):
         return self.decoder(self.bottleneck(teacher_feats))
+
+    def feature_diff(self, teacher_feats, student_feats, diff):
+        if self.patch_memory is None:
+            return super().feature_diff(teacher_feats, student_feats, diff)
+        distill_map = diff(teacher_feats, student_feats, self.scale_weights(), False)[0]
+        amap = self.patch_memory.fuse(distill_map, teacher_feats, self.memory_weight)
+        return amap, image_score(amap, self.scorer.config.score, self.scorer.config.topk)
+
+    def fit_normal(self, fit_batches, held_out_batches) -> dict:
+        return fit_patch_memory(self, fit_batches, held_out_batches) if self.patch_memory is not None else {}

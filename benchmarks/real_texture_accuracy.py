@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""Accuracy on the real-texture benchmark (benchmarks/real_textures.py), edgekd beside anomalib's peers.
+
+Trains one detector per category with a config, evaluates it on the category's test split, and from the same
+checkpoint also evaluates its branches apart (distillation map only, patch memory only, other memory weights), so
+one run says what each part contributes. anomalib's STFPM and PatchCore figures (../shared/peers/anomalib/run.py
+result.json files) go beside ours when --peer-runs holds them. Torch CPU throughput of the distillation-only and
+the full detector is taken in alternating turns in the same run.
+
+    python benchmarks/real_texture_accuracy.py --data data/real --name real_textures_rd_lite0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.atomic import write_bytes_atomic
+from edgekd.config import load_config
+from edgekd.data.layouts import load_dataset
+from edgekd.data.loading import load_images
+from edgekd.data.real_textures import parse_categories
+from edgekd.evaluate import evaluate
+from edgekd.machine import machine_info
+from edgekd.runtime.torch_backend import TorchRuntime
+from edgekd.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {"image_auroc": 0.95, "pixel_auroc": 0.97, "aupro": 0.92}
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+@contextlib.contextmanager
+def branch_setting(model, memory_weight: float | None = None, distill_off: bool = False, memory_off: bool = False):
+    """Temporarily weight the branches of a detector with a patch memory (an ablation of one checkpoint)."""
+    saved = (model.memory_weight, model.patch_memory, model.patch_memory.branch_scales.clone()
+             if model.patch_memory is not None else None)
+    try:
+        if memory_weight is not None:
+            model.memory_weight = memory_weight
+        if distill_off:
+            model.patch_memory.branch_scales[0] = math.inf  # distill_map / inf = 0
+        if memory_off:
+            model.patch_memory = None
+        yield
+    finally:
+        model.memory_weight, model.patch_memory = saved[0], saved[1]
+        if saved[2] is not None:
+            model.patch_memory.branch_scales.copy_(saved[2])
+
+
+def variants(model) -> dict:
+    if getattr(model, "patch_memory", None) is None:
+        return {"default": {}}
+    return {"default": {}, "distill only": {"memory_off": True}, "memory only": {"distill_off": True},
+            "memory weight 0.5": {"memory_weight": 0.5}, "memory weight 2": {"memory_weight": 2.0}}
+
+
+def throughput(model, images: np.ndarray, rounds: int = 3, batch: int = 8) -> dict:
+    """img/s of each variant that changes the work done, in alternating turns (A B A B ...)."""
+    runtime = TorchRuntime(model, device="cpu")
+    timed = {"default": {}} | ({"distill only": {"memory_off": True}} if getattr(model, "patch_memory", None) else {})
+    seconds = {name: [] for name in timed}
+    for _ in range(rounds):
+        for name, setting in timed.items():
+            with branch_setting(model, **setting):
+                started = time.perf_counter()
+                runtime.infer(images, batch)
+                seconds[name].append(time.perf_counter() - started)
+    return {name: round(len(images) / float(np.median(s)), 1) for name, s in seconds.items()}
+
+
+def peer_rows(peer_runs: Path | None) -> dict:
+    rows = {}
+    for path in sorted(peer_runs.glob("*/result.json")) if peer_runs and peer_runs.is_dir() else []:
+        result = json.loads(path.read_text())
+        rows[(result["model"], result["category"])] = {"image_auroc": result["image_auroc"],
+                                                      "pixel_auroc": result["pixel_auroc"],
+                                                      "aupro": result["pixel_aupro"]}
+    return rows
+
+
+def fmt(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def report(rows: list[dict], peers: dict, config_name: str, machine: dict, started: str) -> str:
+    names = list(rows[0]["variants"])
+    peer_models = sorted({m for m, _ in peers})
+    lines = [f"# Real-texture benchmark: `{config_name}` beside anomalib\n",
+             f"Measured {started} on {machine['cpu']} ({machine['cores']} cores, torch {machine['torch']}). "
+             "Data: `python benchmarks/real_textures.py` (seed 0; 108 training images after the 10% held out for "
+             "calibration, 40 normal and 56 defective test images per category). Values in %; anomalib 2.7 with the "
+             "same Lite0 teacher, its own metrics (../shared/peers/anomalib).\n"]
+    for metric in METRICS:
+        header = ["category"] + [f"edgekd {n}" for n in names] + [f"anomalib {m}" for m in peer_models]
+        lines.append(f"\n## {metric.replace('_', ' ')}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        columns = {n: [] for n in names} | {m: [] for m in peer_models}
+        for row in rows:
+            cells = [row["category"]]
+            for n in names:
+                columns[n].append(row["variants"][n][metric])
+                cells.append(fmt(row["variants"][n][metric]))
+            for m in peer_models:
+                value = peers.get((m, row["category"]), {}).get(metric)
+                columns[m].append(np.nan if value is None else value)
+                cells.append(fmt(value))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| **mean** | " + " | ".join(fmt(float(np.nanmean(v))) for v in columns.values()) + " |")
+    lines.append("\n## Cost (torch, CPU, batch 8, img/s, alternating turns in this run)\n\n| category | "
+                 + " | ".join(rows[0]["throughput"]) + " | train s |\n|" + "---|" * (len(rows[0]["throughput"]) + 2))
+    for row in rows:
+        lines.append(f"| {row['category']} | " + " | ".join(str(v) for v in row["throughput"].values())
+                     + f" | {row['train_seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "real")
+    parser.add_argument("--categories", default="all")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "rd_lite0.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "real")
+    parser.add_argument("--peer-runs", type=Path, default=Path("/tmp/anomalib-peer/runs"))
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="real_textures_rd_lite0")
+    parser.add_argument("--reuse", action="store_true", help="Evaluate existing checkpoints instead of training.")
+    args = parser.parse_args()
+
+    config = load_config(args.config, args.overrides)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    rows = []
+    for category in parse_categories(args.categories):
+        run = args.runs / args.name / category
+        checkpoint = run / "model.ckpt"
+        train_seconds = json.loads((run / "train.json").read_text())["seconds"] if args.reuse else None
+        if not args.reuse:
+            result = train(config, args.data, category, run)
+            train_seconds = round(result.seconds, 1)
+            write_bytes_atomic(run / "train.json", json.dumps({"seconds": train_seconds}).encode())
+        runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
+        measured = {}
+        for name, setting in variants(runtime.model).items():
+            with branch_setting(runtime.model, **setting):
+                row = evaluate(runtime, args.data, category, run / "eval", category).row
+            measured[name] = {k: row[k] for k in METRICS}
+            print(category, name, " ".join(f"{k} {fmt(measured[name][k])}" for k in METRICS), flush=True)
+        sample = load_images(load_dataset(args.data, category).test[:32], runtime.model.input_size)
+        rows.append({"category": category, "variants": measured, "throughput": throughput(runtime.model, sample),
+                     "train_seconds": train_seconds})
+
+    peers = peer_rows(args.peer_runs)
+    machine = machine_info()
+    means = {n: {k: float(np.mean([r["variants"][n][k] for r in rows])) for k in METRICS} for n in rows[0]["variants"]}
+    payload = {"benchmark": args.name, "date": started, "machine": machine, "config": config, "targets": TARGETS,
+               "mean": means, "rows": rows,
+               "peers": [{"model": m, "category": c, **v} for (m, c), v in sorted(peers.items())]}
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(args.results / f"{args.name}.json", json.dumps(payload, indent=2, default=float).encode())
+    text = report(rows, peers, str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
+                  machine, started)
+    write_bytes_atomic(args.results / f"{args.name}.md", text.encode())
+    print(text)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    main()

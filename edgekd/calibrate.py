@@ -126,17 +126,17 @@ def write_thresholds(artifact: Path, backend: str, thresholds: dict, source: str
 
             from edgekd.export.onnx_export import set_mask_threshold
             graph_tmp = artifact.with_name(f".{artifact.name}.calibrate.tmp")
+            staged.append((graph_tmp, artifact))
             model = onnx.load(str(artifact))
             for entry in model.metadata_props:
                 if entry.key == "thresholds":
                     entry.value = json.dumps(thresholds)
             onnx.save(model, str(graph_tmp))
             set_mask_threshold(graph_tmp, thresholds["pixel"])
-            staged.append((graph_tmp, artifact))
         side = sidecar_path(artifact)
         side_tmp = side.with_name(f".{side.name}.calibrate.tmp")
-        side_tmp.write_text(json.dumps(info, indent=2, default=float))
         staged.append((side_tmp, side))
+        side_tmp.write_text(json.dumps(info, indent=2, default=float))
         for tmp, final in staged:
             tmp.replace(final)
     finally:

@@ -183,7 +183,7 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
         # Statistics of normal images (e.g. a patch memory) see each training image as stored and, when training
         # augments, once more as a camera would deliver it.
         normal_views = fit_images if augment == "none" else np.concatenate(
-            [fit_images, augment_batch(fit_images, augment, np.random.default_rng([settings["seed"], -1]))])
+            [fit_images, augment_batch(fit_images, augment, np.random.default_rng([settings["seed"], 2**31]))])
         normal_stats = model.fit_normal(lambda: _batches(normal_views, settings["batch_size"], device),
                                         lambda: _batches(calib, settings["batch_size"], device))
         calibrated = TorchRuntime(model, device=device).infer(calib, settings["batch_size"], progress, "calibrate")

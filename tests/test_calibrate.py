@@ -1,0 +1,137 @@
+"""`edgekd calibrate`: thresholds from good frames of a compressed clip, written atomically with their history."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from edgekd.calibrate import calibrate
+from edgekd.checkpoint import read_checkpoint
+from edgekd.data.layouts import load_dataset
+from edgekd.errors import EdgekdError
+
+
+def _jpeg_folder(samples, folder, quality):
+    """Good parts as a camera with a harsh codec would deliver them: a folder source of JPEG frames."""
+    folder.mkdir(parents=True)
+    for i, sample in enumerate(samples):
+        image = cv2.imread(str(sample.path))
+        cv2.imwrite(str(folder / f"{i:03d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return folder
+
+
+@pytest.fixture
+def clips(synth_root, tmp_path):
+    """Two disjoint clips of good parts: one to calibrate on, one to check the threshold with."""
+    dataset = load_dataset(synth_root, "wood")
+    good = dataset.train  # frames the camera sees on an ordinary day
+    return (_jpeg_folder(good[:20], tmp_path / "calibration_clip", 20),
+            _jpeg_folder(good[20:40], tmp_path / "check_clip", 20))
+
+
+@pytest.mark.slow
+def test_calibration_on_a_compressed_clip_holds_on_another_clip_and_keeps_history(wood_checkpoint, clips, tmp_path):
+    from edgekd.calibrate import collect_normal_scores
+    from edgekd.runtime.torch_backend import TorchRuntime
+    from edgekd.stream.sources import CaptureSettings
+    checkpoint = tmp_path / "model.ckpt"
+    shutil.copy(wood_checkpoint, checkpoint)
+    before = read_checkpoint(checkpoint)["thresholds"]
+    result = calibrate(checkpoint, str(clips[0]), frames=100)
+    assert len(result.scores) == 20 and result.frames_read == 20
+    thresholds = read_checkpoint(checkpoint)["thresholds"]
+    assert thresholds["image"] == pytest.approx(result.thresholds["image"])
+    assert thresholds["image"] > result.scores.max() and thresholds["pixel"] > result.peaks.max()
+    history = read_checkpoint(checkpoint)["thresholds_history"]
+    assert history[-1]["thresholds"]["image"] == pytest.approx(before["image"])
+    assert result.plot.is_file() and cv2.imread(str(result.plot)) is not None
+    # Good frames of another clip from the same camera: at most one is flagged with the calibrated threshold.
+    with TorchRuntime.from_checkpoint(checkpoint, device="cpu") as runtime:
+        other, _, _ = collect_normal_scores(runtime, str(clips[1]), 100, CaptureSettings(None, None, None))
+    assert int((other > thresholds["image"]).sum()) <= 1, (other, thresholds)
+    calibrate(checkpoint, str(clips[1]), frames=100)  # a second calibration adds to the history
+    assert len(read_checkpoint(checkpoint)["thresholds_history"]) == len(history) + 1
+
+
+@pytest.mark.slow
+def test_onnx_calibration_updates_graph_metadata_mask_and_sidecar_together(onnx_exports, clips, tmp_path, monkeypatch):
+    import onnx
+
+    from edgekd.runtime.onnx_backend import OnnxRuntime
+    source = onnx_exports["fp32"]
+    artifact = tmp_path / source.name
+    shutil.copy(source, artifact)
+    shutil.copy(source.with_suffix(".json"), artifact.with_suffix(".json"))
+    original = (artifact.read_bytes(), artifact.with_suffix(".json").read_bytes())
+
+    # A failure while the new pair is prepared (disk full) leaves the old pair untouched and no temp files.
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("edgekd.export.onnx_export.set_mask_threshold", disk_full)
+    with pytest.raises(OSError):
+        calibrate(artifact, str(clips[0]), frames=100)
+    assert (artifact.read_bytes(), artifact.with_suffix(".json").read_bytes()) == original
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    monkeypatch.undo()
+
+    result = calibrate(artifact, str(clips[0]), frames=100)
+    sidecar = json.loads(artifact.with_suffix(".json").read_text())
+    assert sidecar["thresholds"]["image"] == pytest.approx(result.thresholds["image"])
+    assert sidecar["thresholds_history"][-1]["thresholds"]["image"] != sidecar["thresholds"]["image"]
+    meta = {p.key: p.value for p in onnx.load(str(artifact)).metadata_props}
+    assert json.loads(meta["thresholds"])["pixel"] == pytest.approx(result.thresholds["pixel"])
+    # The graph's own mask output now uses the new pixel threshold.
+    import onnxruntime as ort
+    fused = [n for n in onnx.load(str(artifact)).graph.node if n.op_type == "MultiScaleFeatureDiff"]
+    threshold = next(a.f for a in fused[0].attribute if a.name == "threshold")
+    assert threshold == pytest.approx(result.thresholds["pixel"], rel=1e-6)
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    frame = cv2.cvtColor(cv2.imread(str(sorted(clips[0].iterdir())[0])), cv2.COLOR_BGR2RGB)
+    size = session.get_inputs()[0].shape[2:]
+    frame = cv2.resize(frame, (size[1], size[0])).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    amap, _, mask = session.run(None, {"images": frame})
+    assert np.array_equal(mask.astype(bool), amap > result.thresholds["pixel"])
+
+
+def test_too_few_frames_and_bad_arguments_fail_in_one_line(wood_checkpoint, synth_root, tmp_path):
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for sample in load_dataset(synth_root, "wood").train[:3]:
+        shutil.copy(sample.path, folder / sample.path.name)
+    checkpoint = tmp_path / "model.ckpt"
+    shutil.copy(wood_checkpoint, checkpoint)
+    before = checkpoint.read_bytes()
+    with pytest.raises(EdgekdError, match="only 3 frames came from .* at least 10 good frames"):
+        calibrate(checkpoint, str(folder), frames=100)
+    assert checkpoint.read_bytes() == before
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "edgekd.cli", "calibrate", *map(str, args)], capture_output=True,
+                              text=True)
+    both = cli(checkpoint, "--camera", "0", "--source", folder)
+    assert both.returncode == 2 and "exactly one of --camera N or --source" in both.stderr
+    missing = cli(tmp_path / "nope.ckpt", "--source", folder)
+    assert missing.returncode == 2 and "nope.ckpt does not exist" in missing.stderr
+    unplugged = cli(checkpoint, "--camera", "7")
+    assert unplugged.returncode == 2 and "camera" in unplugged.stderr.lower() and "Traceback" not in unplugged.stderr
+    assert checkpoint.read_bytes() == before
+
+
+def test_dry_run_reports_without_writing(wood_checkpoint, clips, tmp_path):
+    checkpoint = tmp_path / "model.ckpt"
+    shutil.copy(wood_checkpoint, checkpoint)
+    before = checkpoint.read_bytes()
+    result = calibrate(checkpoint, str(clips[0]), frames=12, dry_run=True)
+    assert len(result.scores) == 12 and result.written == [] and result.plot.is_file()
+    assert checkpoint.read_bytes() == before
+
+
+def test_a_resume_checkpoint_is_named_as_such(wood_checkpoint):
+    last = wood_checkpoint.with_name("last.ckpt")
+    with pytest.raises(EdgekdError, match="is a resume checkpoint .* use .*model.ckpt"):
+        read_checkpoint(last)
+    assert read_checkpoint(last, resume=True)["epoch"] == 4

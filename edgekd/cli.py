@@ -60,11 +60,14 @@ def data_video(root: Path = typer.Argument(..., help="Dataset root."),
                defect_every: int = typer.Option(10, "--defect-every", min=0, help="A defective part every N frames (0: none)."),
                fps: float = typer.Option(25.0, min=1.0, help="Frame rate written into the file."),
                size: Optional[int] = typer.Option(None, min=16, help="Frame side in pixels (default: the images' size)."),
-               seed: int = typer.Option(0, help="Order of the images.")):
+               seed: int = typer.Option(0, help="Order of the images."),
+               normal_part: str = typer.Option("all", "--normal-part", help="Normal test images used: all, or the "
+                                               "first or second half (a calibration clip and a line video that share "
+                                               "no image).")):
     from edgekd.data.layouts import load_dataset
     from edgekd.data.video import write_line_video
     defects = list(range(defect_every - 1, frames, defect_every)) if defect_every else []
-    write_line_video(load_dataset(root, category), out, frames, defects, fps, size, seed)
+    write_line_video(load_dataset(root, category), out, frames, defects, fps, size, seed, normal_part)
     _echo(f"wrote {out}: {frames} frames at {fps:g} fps, defects at {len(defects)} frames; frame list {Path(out).with_suffix('.json')}")
 
 
@@ -171,12 +174,14 @@ def run(model: Path = typer.Option(..., "--model", help=ARTIFACT_HELP),
         max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
         stats_every: float = typer.Option(5.0, "--stats-every", min=0.0, help="Seconds between stats lines (0: none)."),
         reconnect_timeout: float = typer.Option(0.0, "--reconnect-timeout", min=0.0,
-                                                help="Give up on a lost camera/stream after this many seconds (0: never).")):
+                                                help="Give up on a lost camera/stream after this many seconds (0: never)."),
+        truth: Optional[Path] = typer.Option(None, help="Frame list of a test video ('edgekd data video' writes it): "
+                                             "print detected vs true defect frames at the end.")):
     from edgekd.stream.cli_run import run_stream
     run_stream(model=model, camera=camera, source=source, backend=backend, device=device, show=show,
                save_video=save_video, save_masks=save_masks, jsonl=jsonl, threshold=threshold, min_area=min_area,
                hysteresis=hysteresis, batch=batch, width=width, height=height, fps=fps, max_frames=max_frames,
-               stats_every=stats_every, reconnect_timeout=reconnect_timeout, echo=_echo)
+               stats_every=stats_every, reconnect_timeout=reconnect_timeout, echo=_echo, truth=truth)
 
 
 @app.command(help="Set thresholds from good frames of your own camera or clip; writes them into the artifact.")

@@ -72,4 +72,10 @@ def test_memory_exports_with_parity_stays_fp32_and_builds_an_engine(memory_check
     initializers = {i.name: i for i in graph.graph.initializer}
     weights = [initializers[n.input[1]] for n in memory_convs if n.input[1] in initializers]
     assert weights and all(w.data_type == onnx.TensorProto.FLOAT for w in weights)
+    int8 = export_checkpoint(memory_checkpoint.checkpoint, "int8", out_dir=tmp_path, calib_images=16, force=True)
+    graph = onnx.load(str(int8.artifact))
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    memory_convs = [n for n in graph.graph.node if n.name.startswith("/patch_memory/") and n.op_type == "Conv"]
+    assert memory_convs and all(producers.get(n.input[1]) is None or producers[n.input[1]].op_type != "DequantizeLinear"
+                                for n in memory_convs), "the memory's weights must stay float in INT8"
     builds_engine(fp32.artifact)

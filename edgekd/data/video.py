@@ -15,13 +15,21 @@ from edgekd.data.layouts import Dataset
 from edgekd.errors import EdgekdError
 
 
+NORMAL_PARTS = ("all", "first", "second")
+
+
 def write_line_video(dataset: Dataset, path: str | Path, frames: int, defect_frames: list[int], fps: float = 25.0,
-                     size: int | None = None, seed: int = 0) -> dict:
+                     size: int | None = None, seed: int = 0, normal_part: str = "all") -> dict:
     """Frame i shows a defective test image when i is in `defect_frames`, a normal one otherwise (cycling through
     each pool, shuffled by `seed`). Writes the video (under a .partial name, then renamed) and <video>.json with
-    the frame list; returns that description."""
+    the frame list; returns that description. normal_part 'first' or 'second' takes only that half of the normal
+    test images, so a calibration clip and a line video can share no image."""
     path = Path(path)
+    if normal_part not in NORMAL_PARTS:
+        raise EdgekdError(f"--normal-part '{normal_part}' is unknown: use {', '.join(NORMAL_PARTS)}")
     normal = [s for s in dataset.test if s.label == 0] or dataset.train
+    half = (len(normal) + 1) // 2
+    normal = {"all": normal, "first": normal[:half], "second": normal[half:]}[normal_part]
     defective = [s for s in dataset.test if s.label == 1]
     if not normal or (defect_frames and not defective):
         raise EdgekdError(f"{dataset.root} needs normal and defective test images to make a line video")
@@ -51,7 +59,7 @@ def write_line_video(dataset: Dataset, path: str | Path, frames: int, defect_fra
     finally:
         writer.release()
     partial.replace(path)
-    description = {"video": str(path), "fps": fps, "frames": frames, "size": [height, width],
+    description = {"video": str(path), "fps": fps, "frames": frames, "size": [height, width], "normal_part": normal_part,
                    "defect_frames": sorted(wanted), "listing": listing}
     write_bytes_atomic(path.with_suffix(".json"), json.dumps(description, indent=2).encode())
     return description

@@ -12,6 +12,7 @@ from edgekd.stream.detect import Thresholds, parse_hysteresis
 from edgekd.stream.runner import RunOptions, Runner
 from edgekd.stream.sinks import JsonlSink, MaskSink, VideoSink, WindowSink
 from edgekd.stream.sources import CaptureSettings, open_source
+from edgekd.stream.truth import FrameVerdicts, compare, describe, read_truth
 
 
 def _log(text: str) -> None:
@@ -21,10 +22,12 @@ def _log(text: str) -> None:
 def run_stream(model: Path, camera: int | None, source: str | None, backend: str | None, device: str, show: bool,
                save_video: Path | None, save_masks: Path | None, jsonl: Path | None, threshold: float | None,
                min_area: int, hysteresis: str, batch: int, width: int | None, height: int | None, fps: float | None,
-               max_frames: int | None, stats_every: float, reconnect_timeout: float, echo=print) -> dict:
+               max_frames: int | None, stats_every: float, reconnect_timeout: float, echo=print,
+               truth: Path | None = None) -> dict:
     from edgekd.runtime import open_runtime
     if (camera is None) == (source is None):
         raise EdgekdError("say where frames come from: exactly one of --camera N or --source (file, folder, URL, csi://N)")
+    truth_frames = read_truth(truth) if truth else None
     on_off = parse_hysteresis(hysteresis)
     if show:
         WindowSink.check_display()
@@ -47,6 +50,9 @@ def run_stream(model: Path, camera: int | None, source: str | None, backend: str
             sinks.append(VideoSink(save_video, stream.fps or fps or 25.0))
         if show:
             sinks.append(WindowSink(lambda: runner_ref[0].stop()))
+        verdicts = FrameVerdicts() if truth_frames is not None else None
+        if verdicts:
+            sinks.append(verdicts)
     except BaseException:
         for sink in sinks:
             sink.close()
@@ -72,5 +78,8 @@ def run_stream(model: Path, camera: int | None, source: str | None, backend: str
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         runtime.close()
+    if verdicts:
+        summary["truth"] = compare(truth_frames, verdicts)
+        _log(describe(summary["truth"]))
     echo(json.dumps({"source": stream.description, "model": str(model), "backend": runtime.backend, **summary}))
     return summary

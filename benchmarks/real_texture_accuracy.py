@@ -151,7 +151,7 @@ def main() -> None:
         for name, setting in variants(runtime.model).items():
             with branch_setting(runtime.model, **setting):
                 row = evaluate(runtime, args.data, category, run / "eval", category).row
-            measured[name] = {k: row[k] for k in METRICS}
+            measured[name] = {**{k: row[k] for k in METRICS}, "image_auroc_by_type": row["image_auroc_by_type"]}
             print(category, name, " ".join(f"{k} {fmt(measured[name][k])}" for k in METRICS), flush=True)
         sample = load_images(load_dataset(args.data, category).test[:32], runtime.model.input_size)
         rows.append({"category": category, "variants": measured, "throughput": throughput(runtime.model, sample),

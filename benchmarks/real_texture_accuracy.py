@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -38,11 +39,15 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 @contextlib.contextmanager
-def branch_setting(model, memory_weight: float | None = None, distill_off: bool = False, memory_off: bool = False):
-    """Temporarily weight the branches of a detector with a patch memory (an ablation of one checkpoint)."""
+def branch_setting(model, memory_weight: float | None = None, distill_off: bool = False, memory_off: bool = False,
+                   score: str | None = None):
+    """Temporarily weight the branches of a detector with a patch memory, or score images another way (an
+    ablation of one checkpoint)."""
     saved = (model.memory_weight, model.patch_memory, model.patch_memory.branch_scales.clone()
-             if model.patch_memory is not None else None)
+             if model.patch_memory is not None else None, model.scorer.config)
     try:
+        if score is not None:
+            model.scorer.config = dataclasses.replace(model.scorer.config, score=score)
         if memory_weight is not None:
             model.memory_weight = memory_weight
         if distill_off:
@@ -51,7 +56,7 @@ def branch_setting(model, memory_weight: float | None = None, distill_off: bool 
             model.patch_memory = None
         yield
     finally:
-        model.memory_weight, model.patch_memory = saved[0], saved[1]
+        model.memory_weight, model.patch_memory, model.scorer.config = saved[0], saved[1], saved[3]
         if saved[2] is not None:
             model.patch_memory.branch_scales.copy_(saved[2])
 
@@ -59,8 +64,10 @@ def branch_setting(model, memory_weight: float | None = None, distill_off: bool 
 def variants(model) -> dict:
     if getattr(model, "patch_memory", None) is None:
         return {"default": {}}
-    return {"default": {}, "distill only": {"memory_off": True}, "memory only": {"distill_off": True},
-            "memory weight 0.5": {"memory_weight": 0.5}, "memory weight 2": {"memory_weight": 2.0}}
+    others = {f"memory weight {w:g}": {"memory_weight": w} for w in (0.5, 1.0, 2.0, 4.0) if w != model.memory_weight}
+    return {"default": {}, "distill only": {"memory_off": True}, "memory only": {"distill_off": True}, **others,
+            "top-100 image score": {"score": "topk"},
+            "memory only, top-100 image score": {"distill_off": True, "score": "topk"}}
 
 
 def throughput(model, images: np.ndarray, rounds: int = 3, batch: int = 8) -> dict:

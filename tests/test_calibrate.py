@@ -86,15 +86,28 @@ def test_onnx_calibration_updates_graph_metadata_mask_and_sidecar_together(onnx_
     assert json.loads(meta["thresholds"])["pixel"] == pytest.approx(result.thresholds["pixel"])
     # The graph's own mask output now uses the new pixel threshold.
     import onnxruntime as ort
-    fused = [n for n in onnx.load(str(artifact)).graph.node if n.op_type == "MultiScaleFeatureDiff"]
-    threshold = next(a.f for a in fused[0].attribute if a.name == "threshold")
-    assert threshold == pytest.approx(result.thresholds["pixel"], rel=1e-6)
+    assert _mask_threshold(onnx.load(str(artifact))) == pytest.approx(result.thresholds["pixel"], rel=1e-6)
     session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
     frame = cv2.cvtColor(cv2.imread(str(sorted(clips[0].iterdir())[0])), cv2.COLOR_BGR2RGB)
     size = session.get_inputs()[0].shape[2:]
     frame = cv2.resize(frame, (size[1], size[0])).transpose(2, 0, 1)[None].astype(np.float32) / 255
     amap, _, mask = session.run(None, {"images": frame})
     assert np.array_equal(mask.astype(bool), amap > result.thresholds["pixel"])
+
+
+def _mask_threshold(model) -> float:
+    """The constant the graph's mask output compares the map with: the fused node's attribute, or the Greater's."""
+    import onnx
+    for node in model.graph.node:
+        if node.op_type == "MultiScaleFeatureDiff":
+            found = [a.f for a in node.attribute if a.name == "threshold"]
+            if found:
+                return found[0]
+    greater = next(n for n in model.graph.node if n.op_type == "Greater" and n.input[0] == "anomaly_map")
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                      if n.op_type == "Constant"})
+    return float(constants[greater.input[1]])
 
 
 def test_too_few_frames_and_bad_arguments_fail_in_one_line(wood_checkpoint, synth_root, tmp_path):

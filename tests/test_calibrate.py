@@ -61,7 +61,6 @@ def test_calibration_on_a_compressed_clip_holds_on_another_clip_and_keeps_histor
 def test_onnx_calibration_updates_graph_metadata_mask_and_sidecar_together(onnx_exports, clips, tmp_path, monkeypatch):
     import onnx
 
-    from edgekd.runtime.onnx_backend import OnnxRuntime
     source = onnx_exports["fp32"]
     artifact = tmp_path / source.name
     shutil.copy(source, artifact)

@@ -7,7 +7,8 @@ import pytest
 from edgekd.data.images import read_mask, read_rgb
 from edgekd.data.layouts import load_dataset
 from edgekd.data.loading import load_images_and_masks
-from edgekd.data.synth import CATEGORIES, _rng, parse_categories, render_sample, synthesize
+from edgekd.data.generation import sample_rng as _rng
+from edgekd.data.synth import CATEGORIES, parse_categories, render_sample, synthesize
 from edgekd.errors import EdgekdError
 
 

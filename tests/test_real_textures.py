@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edgekd.data.layouts import load_dataset
-from edgekd.data.real_textures import (AREA_RANGE, CATEGORIES, DEFECTS, _rng, generate, parse_categories,
-                                       render_sample)
+from edgekd.data.generation import sample_rng as _rng
+from edgekd.data.real_textures import AREA_RANGE, CATEGORIES, DEFECTS, generate, parse_categories, render_sample
 from edgekd.errors import EdgekdError
 
 SKIMAGE_CATEGORIES = ["grass", "gravel", "brick"]

@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from edgekd.data.mvtec_writer import Sample, check_writable, write_category
+from edgekd.data.generation import Sample, check_writable, parse_names, sample_rng, write_category
 from edgekd.errors import EdgekdError
 
 Image = np.ndarray  # HxWx3 float32 RGB in [0, 1]
@@ -323,16 +322,7 @@ CATEGORIES: dict[str, Surface | Board] = {
 
 # ------------------------------------------------------------------------------------------------ the set
 def parse_categories(spec: str) -> list[str]:
-    names = list(CATEGORIES) if spec == "all" else [c.strip() for c in spec.split(",") if c.strip()]
-    unknown = [c for c in names if c not in CATEGORIES]
-    if unknown or not names:
-        raise EdgekdError(f"unknown real-texture category '{','.join(unknown) or spec}': choose from "
-                          f"{', '.join(CATEGORIES)} or 'all'")
-    return names
-
-
-def _rng(seed: int, category: str, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(category.encode()), zlib.crc32(split.encode()), index])
+    return parse_names(spec, list(CATEGORIES), "real-texture")
 
 
 def _to_uint8(image: Image) -> np.ndarray:
@@ -342,7 +332,7 @@ def _to_uint8(image: Image) -> np.ndarray:
 def render_sample(category: str, split: str, index: int, seed: int, size: int,
                   defect: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """One image (uint8 RGB) and, for a defect, its mask (bool). Pure function of its arguments."""
-    rng = _rng(seed, category, f"{split}/{defect or 'good'}", index)
+    rng = sample_rng(seed, category, f"{split}/{defect or 'good'}", index)
     image = CATEGORIES[category].render(rng, split, size)
     if defect is None:
         return _to_uint8(image), None

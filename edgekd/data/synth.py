@@ -9,7 +9,6 @@ test/logical_anomalies beside painted ones in test/structural_anomalies. The sam
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,8 +17,7 @@ import cv2
 import numpy as np
 
 from edgekd.data.assembly import ASSEMBLIES, render_assembly
-from edgekd.data.mvtec_writer import Sample, check_writable, write_category
-from edgekd.errors import EdgekdError
+from edgekd.data.generation import Sample, check_writable, parse_names, sample_rng, write_category
 
 Image = np.ndarray  # HxWx3 float32 RGB in [0, 1]
 
@@ -299,24 +297,15 @@ CATEGORIES: dict[str, Category] = {
 
 
 def parse_categories(spec: str) -> list[str]:
-    if spec in ("all", "logical"):
-        return [c for c, kind in CATEGORIES.items() if (spec == "all") or kind.logical]
-    names = [c.strip() for c in spec.split(",") if c.strip()]
-    unknown = [c for c in names if c not in CATEGORIES]
-    if unknown or not names:
-        raise EdgekdError(f"unknown synthetic category '{','.join(unknown) or spec}': choose from "
-                          f"{', '.join(CATEGORIES)}, 'logical' (the assemblies) or 'all'")
-    return names
-
-
-def _rng(seed: int, category: str, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(category.encode()), zlib.crc32(split.encode()), index])
+    if spec == "logical":
+        return [c for c, kind in CATEGORIES.items() if kind.logical]
+    return parse_names(spec, list(CATEGORIES), "synthetic", "'logical' (the assemblies) or 'all'")
 
 
 def render_sample(category: str, split: str, index: int, seed: int, size: int, defect: str | None = None):
     """One image (uint8 RGB) and, for a defect, its mask (bool). Pure function of its arguments."""
     spec = CATEGORIES[category]
-    rng = _rng(seed, category, f"{split}/{defect or 'good'}", index)
+    rng = sample_rng(seed, category, f"{split}/{defect or 'good'}", index)
     if defect in spec.logical:
         image, _, mask = render_assembly(category, rng, size, defect)
         return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), mask

@@ -1,11 +1,13 @@
-"""Writing one dataset category in MVTec AD / LOCO layout: staged in a hidden folder, renamed into place whole,
-so a killed generator never leaves a half-written category behind. Every dataset generator writes through here."""
+"""What every dataset generator (synthetic, real-texture) shares: the per-sample random stream, category names
+from the command line, and writing one category in MVTec AD / LOCO layout, staged in a hidden folder and renamed
+into place whole, so a killed generator never leaves a half-written category behind."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -14,6 +16,20 @@ import numpy as np
 
 from edgekd.data.images import write_image_atomic
 from edgekd.errors import EdgekdError
+
+
+def sample_rng(seed: int, category: str, split: str, index: int) -> np.random.Generator:
+    """The random stream of one sample: the same arguments always draw the same image."""
+    return np.random.default_rng([seed, zlib.crc32(category.encode()), zlib.crc32(split.encode()), index])
+
+
+def parse_names(spec: str, known: list[str], what: str, also: str = "'all'") -> list[str]:
+    """A comma-separated list of known category names (or 'all'), with one clear line for a wrong one."""
+    names = list(known) if spec == "all" else [c.strip() for c in spec.split(",") if c.strip()]
+    unknown = [c for c in names if c not in known]
+    if unknown or not names:
+        raise EdgekdError(f"unknown {what} category '{','.join(unknown) or spec}': choose from {', '.join(known)} or {also}")
+    return names
 
 
 @dataclass

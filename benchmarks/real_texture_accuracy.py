@@ -120,7 +120,9 @@ def report(rows: list[dict], peers: dict, config_name: str, machine: dict, start
                 columns[m].append(np.nan if value is None else value)
                 cells.append(fmt(value))
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("| **mean** | " + " | ".join(fmt(float(np.nanmean(v))) for v in columns.values()) + " |")
+        lines.append("| **mean** | " + " | ".join(
+            fmt(float(np.nanmean(v))) + ("" if not np.isnan(v).any() else f" ({int((~np.isnan(v)).sum())} of {len(v)})")
+            for v in map(np.array, columns.values())) + " |")
     lines.append("\n## Cost (torch, CPU, batch 8, img/s, alternating turns in this run)\n\n| category | "
                  + " | ".join(rows[0]["throughput"]) + " | train s |\n|" + "---|" * (len(rows[0]["throughput"]) + 2))
     for row in rows:
@@ -140,7 +142,19 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="real_textures_rd_lite0")
     parser.add_argument("--reuse", action="store_true", help="Evaluate existing checkpoints instead of training.")
+    parser.add_argument("--report-only", action="store_true", help="Rewrite the report from its JSON, with the peer "
+                        "results there are now.")
     args = parser.parse_args()
+    if args.report_only:
+        payload = json.loads((args.results / f"{args.name}.json").read_text())
+        peers = peer_rows(args.peer_runs)
+        payload["peers"] = [{"model": m, "category": c, **v} for (m, c), v in sorted(peers.items())]
+        write_bytes_atomic(args.results / f"{args.name}.json", json.dumps(payload, indent=2, default=float).encode())
+        config_name = str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config)
+        text = report(payload["rows"], peers, config_name, payload["machine"], payload["date"])
+        write_bytes_atomic(args.results / f"{args.name}.md", text.encode())
+        print(text)
+        return
 
     config = load_config(args.config, args.overrides)
     started = time.strftime("%Y-%m-%d %H:%M")

@@ -124,15 +124,15 @@ def write_thresholds(artifact: Path, backend: str, thresholds: dict, source: str
         if backend == "onnxruntime":
             import onnx
 
-            from edgekd.export.onnx_export import set_mask_threshold
+            from edgekd.export import onnx_export
             graph_tmp = artifact.with_name(f".{artifact.name}.calibrate.tmp")
             staged.append((graph_tmp, artifact))
             model = onnx.load(str(artifact))
             for entry in model.metadata_props:
                 if entry.key == "thresholds":
                     entry.value = json.dumps(thresholds)
+            onnx_export.write_mask_threshold(model, thresholds["pixel"])
             onnx.save(model, str(graph_tmp))
-            set_mask_threshold(graph_tmp, thresholds["pixel"])
         side = sidecar_path(artifact)
         side_tmp = side.with_name(f".{side.name}.calibrate.tmp")
         staged.append((side_tmp, side))

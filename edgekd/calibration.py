@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekd.errors import EdgekdError
-
 from edgekd.metrics import f1_max
 
 

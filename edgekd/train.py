@@ -135,8 +135,8 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
         images = load_images(dataset.train, model.input_size, progress, "load images")
         fit_images, val_images = images[fit_idx], images[val_idx]
         # Augmented images change every step, so their teacher features cannot be cached.
-        features = TeacherFeatureCache(model, fit_images, device, 0.0 if augment != "none" else settings["feature_cache_gb"],
-                                       settings["batch_size"], progress)
+        features = TeacherFeatureCache(model, fit_images, device, settings["feature_cache_gb"], settings["batch_size"],
+                                       progress) if augment == "none" else None
         batch_size = min(settings["batch_size"], len(fit_images))
         steps = len(fit_images) // batch_size  # drop the ragged last batch: BatchNorm dislikes tiny batches
         # Linear warm-up of the learning rate over the first warmup_epochs (ViTKD's SGD at lr 0.2 needs it).

@@ -70,7 +70,7 @@ def test_onnx_calibration_updates_graph_metadata_mask_and_sidecar_together(onnx_
     # A failure while the new pair is prepared (disk full) leaves the old pair untouched and no temp files.
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr("edgekd.export.onnx_export.set_mask_threshold", disk_full)
+    monkeypatch.setattr("onnx.save", disk_full)
     with pytest.raises(OSError):
         calibrate(artifact, str(clips[0]), frames=100)
     assert (artifact.read_bytes(), artifact.with_suffix(".json").read_bytes()) == original

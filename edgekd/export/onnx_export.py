@@ -50,11 +50,16 @@ def float32_nodes(graph: onnx.GraphProto) -> list[str]:
 
 
 def set_mask_threshold(path: Path, threshold: float) -> None:
-    """Rewrite the constant that the graph's `mask` output compares the anomaly map with (the fused node's
-    `threshold` attribute, or the Greater constant of an unfused graph)."""
+    """Rewrite the mask threshold of the ONNX file at `path` (see write_mask_threshold)."""
     model = onnx.load(str(path))
+    write_mask_threshold(model, threshold)
+    onnx.save(model, str(path))
+
+
+def write_mask_threshold(model: onnx.ModelProto, threshold: float) -> None:
+    """Rewrite, in memory, the constant that the graph's `mask` output compares the anomaly map with (the fused
+    node's `threshold` attribute, or the Greater constant of an unfused graph); no mask output, no change."""
     if set_threshold(model, threshold):
-        onnx.save(model, str(path))
         return
     producers = {out: node for node in model.graph.node for out in node.output}
     greater = [n for n in model.graph.node if n.op_type == "Greater" and n.input[0] == "anomaly_map"]
@@ -68,7 +73,6 @@ def set_mask_threshold(path: Path, threshold: float) -> None:
         tensor = producers[name].attribute[0].t
     dtype = onnx.numpy_helper.to_array(tensor).dtype
     tensor.CopyFrom(onnx.numpy_helper.from_array(np.array(threshold, dtype=dtype), name=tensor.name))
-    onnx.save(model, str(path))
 
 
 def set_metadata(path: Path, fields: dict) -> None:

@@ -22,7 +22,7 @@ setup: $(STAMP)
 # defects at known frames, printing detected vs true defect frames.
 demo: setup
 	$(BIN)/edgekd data synth $(DATA) --categories $(CATEGORY) --seed 0 --overwrite
-	$(BIN)/edgekd train --config configs/rd_lite0.yaml --data $(DATA) --category $(CATEGORY) --out $(RUN)
+	$(BIN)/edgekd train --config configs/rd_lite0.yaml --data $(DATA) --category $(CATEGORY) --out $(RUN) --overwrite
 	$(BIN)/edgekd eval $(RUN)/model.ckpt --data $(DATA) --category $(CATEGORY)
 	$(BIN)/edgekd predict $(RUN)/model.ckpt $(DATA)/$(CATEGORY)/test/good/000.png \
 		$(DATA)/$(CATEGORY)/test/scratch/000.png $(DATA)/$(CATEGORY)/test/hole/000.png --out $(RUN)/preds

@@ -72,7 +72,7 @@ def main() -> None:
     rows = []
     args.results.mkdir(parents=True, exist_ok=True)
     for category in categories:
-        result = train(config, args.data, category, args.runs / category)
+        result = train(config, args.data, category, args.runs / category, overwrite=True)
         started = time.time()
         evaluation = evaluate(TorchRuntime.from_checkpoint(result.checkpoint), args.data, category,
                               args.runs / category / "eval", category)

@@ -26,12 +26,14 @@ import torch
 from edgekd.atomic import write_bytes_atomic
 from edgekd.config import load_config
 from edgekd.data.layouts import load_dataset
+from edgekd.data.images import to_model_input
 from edgekd.data.loading import load_images
 from edgekd.data.real_textures import parse_categories
 from edgekd.evaluate import evaluate
 from edgekd.machine import machine_info
+from edgekd.models.patch_memory import BALANCES, branch_scales, normal_maxima
 from edgekd.runtime.torch_backend import TorchRuntime
-from edgekd.train import train
+from edgekd.train import split_normals, train
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"image_auroc": 0.95, "pixel_auroc": 0.97, "aupro": 0.92}
@@ -40,7 +42,7 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 @contextlib.contextmanager
 def branch_setting(model, memory_weight: float | None = None, distill_off: bool = False, memory_off: bool = False,
-                   score: str | None = None):
+                   score: str | None = None, scales: torch.Tensor | None = None):
     """Temporarily weight the branches of a detector with a patch memory, or score images another way (an
     ablation of one checkpoint)."""
     saved = (model.memory_weight, model.patch_memory, model.patch_memory.branch_scales.clone()
@@ -50,6 +52,8 @@ def branch_setting(model, memory_weight: float | None = None, distill_off: bool 
             model.scorer.config = dataclasses.replace(model.scorer.config, score=score)
         if memory_weight is not None:
             model.memory_weight = memory_weight
+        if scales is not None:
+            model.patch_memory.branch_scales.copy_(scales)
         if distill_off:
             model.patch_memory.branch_scales[0] = math.inf  # distill_map / inf = 0
         if memory_off:
@@ -61,13 +65,40 @@ def branch_setting(model, memory_weight: float | None = None, distill_off: bool 
             model.patch_memory.branch_scales.copy_(saved[2])
 
 
-def variants(model) -> dict:
+def variants(model, maxima: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """The default and its ablations; with the held-out maxima also the other way to balance the branches."""
     if getattr(model, "patch_memory", None) is None:
         return {"default": {}}
     others = {f"memory weight {w:g}": {"memory_weight": w} for w in (0.5, 1.0, 2.0, 4.0) if w != model.memory_weight}
+    if maxima is not None:
+        other = next(b for b in BALANCES if b != model.memory_balance)
+        weight = 2.0 if other == "maximum" else 1.0  # each rule with the weight it was tuned with
+        others[f"balance {other}, weight {weight:g}"] = {"scales": branch_scales(*maxima, other), "memory_weight": weight}
     return {"default": {}, "distill only": {"memory_off": True}, "memory only": {"distill_off": True}, **others,
             "top-100 image score": {"score": "topk"},
             "memory only, top-100 image score": {"distill_off": True, "score": "topk"}}
+
+
+def held_out_maxima(model, config: dict, data: Path, category: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Branch maxima on the same held-out normal images training calibrated on."""
+    settings = config["train"]
+    dataset = load_dataset(data, category, seed=settings["seed"])
+    _, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
+    images = load_images([dataset.train[i] for i in val_idx], model.input_size)
+
+    def batches():
+        for start in range(0, len(images), 8):
+            yield torch.from_numpy(to_model_input(images[start:start + 8]))
+    return normal_maxima(model, batches)
+
+
+def refit_scales(model, config: dict, maxima: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """--reuse --refit-scales: the checkpoint's networks and memory, its branches balanced by the config's rule and
+    weight (the only step of training that rule changes)."""
+    options = config.get("model_options", {})
+    model.memory_balance = options.get("memory_balance", "spread")
+    model.memory_weight = float(options.get("memory_weight", 1.0))
+    model.patch_memory.branch_scales.copy_(branch_scales(*maxima, model.memory_balance))
 
 
 def throughput(model, images: np.ndarray, rounds: int = 3, batch: int = 8) -> dict:
@@ -98,7 +129,8 @@ def fmt(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
-def report(rows: list[dict], peers: dict, config_name: str, machine: dict, started: str) -> str:
+def report(rows: list[dict], peers: dict, config_name: str, machine: dict, started: str,
+           refit_scales: bool = False) -> str:
     names = list(rows[0]["variants"])
     peer_models = sorted({m for m, _ in peers})
     lines = [f"# Real-texture benchmark: `{config_name}` beside anomalib\n",
@@ -106,6 +138,9 @@ def report(rows: list[dict], peers: dict, config_name: str, machine: dict, start
              "Data: `python benchmarks/real_textures.py` (seed 0; 108 training images after the 10% held out for "
              "calibration, 40 normal and 56 defective test images per category). Values in %; anomalib 2.7 with the "
              "same Lite0 teacher, its own metrics (../shared/peers/anomalib).\n"]
+    if refit_scales:
+        lines.append("Checkpoints reused from an earlier training run with the same networks and memory; only the "
+                     "branch balance was refitted on the held-out images by this config's rule (`--refit-scales`).\n")
     for metric in METRICS:
         header = ["category"] + [f"edgekd {n}" for n in names] + [f"anomalib {m}" for m in peer_models]
         lines.append(f"\n## {metric.replace('_', ' ')}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
@@ -142,6 +177,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="real_textures_rd_lite0")
     parser.add_argument("--reuse", action="store_true", help="Evaluate existing checkpoints instead of training.")
+    parser.add_argument("--refit-scales", action="store_true", help="With --reuse: balance the branches by the "
+                        "config's memory_balance and memory_weight instead of the checkpoint's.")
     parser.add_argument("--report-only", action="store_true", help="Rewrite the report from its JSON, with the peer "
                         "results there are now.")
     args = parser.parse_args()
@@ -151,7 +188,8 @@ def main() -> None:
         payload["peers"] = [{"model": m, "category": c, **v} for (m, c), v in sorted(peers.items())]
         write_bytes_atomic(args.results / f"{args.name}.json", json.dumps(payload, indent=2, default=float).encode())
         config_name = str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config)
-        text = report(payload["rows"], peers, config_name, payload["machine"], payload["date"])
+        text = report(payload["rows"], peers, config_name, payload["machine"], payload["date"],
+                      payload.get("refit_scales", False))
         write_bytes_atomic(args.results / f"{args.name}.md", text.encode())
         print(text)
         return
@@ -164,12 +202,16 @@ def main() -> None:
         checkpoint = run / "model.ckpt"
         train_seconds = json.loads((run / "train.json").read_text())["seconds"] if args.reuse else None
         if not args.reuse:
-            result = train(config, args.data, category, run)
+            result = train(config, args.data, category, run, overwrite=True)
             train_seconds = round(result.seconds, 1)
             write_bytes_atomic(run / "train.json", json.dumps({"seconds": train_seconds}).encode())
         runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
+        model = runtime.model
+        maxima = held_out_maxima(model, config, args.data, category) if getattr(model, "patch_memory", None) else None
+        if args.refit_scales and maxima is not None:
+            refit_scales(model, config, maxima)
         measured = {}
-        for name, setting in variants(runtime.model).items():
+        for name, setting in variants(model, maxima).items():
             with branch_setting(runtime.model, **setting):
                 row = evaluate(runtime, args.data, category, run / "eval", category).row
             measured[name] = {**{k: row[k] for k in METRICS}, "image_auroc_by_type": row["image_auroc_by_type"]}
@@ -182,12 +224,13 @@ def main() -> None:
     machine = machine_info()
     means = {n: {k: float(np.mean([r["variants"][n][k] for r in rows])) for k in METRICS} for n in rows[0]["variants"]}
     payload = {"benchmark": args.name, "date": started, "machine": machine, "config": config, "targets": TARGETS,
+               "reused_checkpoints": args.reuse, "refit_scales": args.refit_scales,
                "mean": means, "rows": rows,
                "peers": [{"model": m, "category": c, **v} for (m, c), v in sorted(peers.items())]}
     args.results.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(args.results / f"{args.name}.json", json.dumps(payload, indent=2, default=float).encode())
     text = report(rows, peers, str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
-                  machine, started)
+                  machine, started, args.refit_scales)
     write_bytes_atomic(args.results / f"{args.name}.md", text.encode())
     print(text)
 

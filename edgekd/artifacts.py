@@ -46,17 +46,54 @@ def write_sidecar(artifact: str | Path, info: dict) -> Path:
     return path
 
 
+def _remake(artifact: str | Path) -> str:
+    return ("rebuild it with 'edgekd build-engine MODEL.onnx'" if Path(artifact).suffix.lower() in (".engine", ".plan")
+            else "re-export it with 'edgekd export model.ckpt'")
+
+
 def read_sidecar(artifact: str | Path) -> dict:
     path = sidecar_path(artifact)
     if not path.is_file():
-        raise EdgekdError(f"{artifact} has no sidecar {path}: re-export it with 'edgekd export' (the sidecar holds "
-                          "its input size, normalisation and thresholds)")
+        raise EdgekdError(f"{artifact} has no sidecar {path}: {_remake(artifact)} (the sidecar holds its input size, "
+                          "normalisation and thresholds, and both files travel together)")
     try:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgekdError(f"sidecar {path} is not valid JSON ({exc.__class__.__name__}): re-export the artifact") from None
+        raise EdgekdError(f"sidecar {path} is not valid JSON ({exc.__class__.__name__}): {_remake(artifact)}") from None
     if not isinstance(info, dict) or info.get("format") != SIDECAR_FORMAT:
-        raise EdgekdError(f"{path} is not an edgekd sidecar: re-export the artifact with 'edgekd export'")
+        raise EdgekdError(f"{path} is not an edgekd sidecar: {_remake(artifact)}")
     if info.get("format_version", 0) > SIDECAR_VERSION:
         raise EdgekdError(f"sidecar {path} is newer than this edgekd ({__version__}) understands: upgrade edgekd")
     return info
+
+
+# Fields the exporter stamps into the ONNX file itself (metadata_props) and that must agree with its sidecar: a
+# sidecar copied from another model would otherwise bring its thresholds, input size or colour order along.
+STAMPED_FIELDS = ("model", "precision", "layout", "input_size", "color", "thresholds", "source_sha256")
+
+
+def stamped_fields(info: dict) -> dict:
+    """What the ONNX file carries about itself, taken from a sidecar-shaped description."""
+    return {"model": info["model"], "precision": info["precision"], "layout": info["layout"],
+            "input_size": info["input_size"], "color": info["input"]["color"],
+            "thresholds": info["thresholds"], "source_sha256": info["source_checkpoint"]["sha256"]}
+
+
+def check_onnx_matches_sidecar(artifact: str | Path, info: dict, metadata: dict[str, str]) -> None:
+    """Compare the ONNX file's own metadata with its sidecar; one line naming the first disagreement."""
+    if not metadata.get("edgekd_version"):
+        raise EdgekdError(f"{artifact} carries no edgekd metadata, so its sidecar cannot be checked against it: "
+                          f"{_remake(artifact)}")
+    try:
+        expected = stamped_fields(info)
+    except (KeyError, TypeError):
+        raise EdgekdError(f"sidecar {sidecar_path(artifact)} lacks fields edgekd writes: {_remake(artifact)}") from None
+    for key in STAMPED_FIELDS:
+        raw = metadata.get(key)
+        try:
+            stamped = raw if key in ("model", "precision", "layout", "color", "source_sha256") else json.loads(raw)
+        except (TypeError, json.JSONDecodeError):
+            stamped = raw
+        if stamped != expected[key]:
+            raise EdgekdError(f"{artifact} and its sidecar {sidecar_path(artifact)} disagree on {key} (file: {stamped!r}, "
+                              f"sidecar: {expected[key]!r}): they come from different exports; {_remake(artifact)}")

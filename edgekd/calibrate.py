@@ -20,6 +20,7 @@ from edgekd.artifacts import read_sidecar, sidecar_path
 from edgekd.atomic import write_bytes_atomic
 from edgekd.calibration import ADVISED_NORMAL, MIN_NORMAL, ThresholdRule, score_statistics, thresholds_from_normal
 from edgekd.errors import EdgekdError
+from edgekd.outputs import check_output_file, remove_stale_temps
 from edgekd.stream.detect import Thresholds
 from edgekd.stream.runner import RunOptions, Runner
 from edgekd.stream.sinks import Sink
@@ -116,6 +117,7 @@ def write_thresholds(artifact: Path, backend: str, thresholds: dict, source: str
         update_checkpoint(artifact, thresholds=thresholds, thresholds_history=history)
         return previous, [artifact]
     info = read_sidecar(artifact)
+    remove_stale_temps(artifact.parent, [artifact.name, sidecar_path(artifact).name])  # a killed run's temps
     previous = info.get("thresholds")
     info = {**info, "thresholds": thresholds,
             "thresholds_history": list(info.get("thresholds_history", [])) + [_history_entry(previous, source)]}
@@ -150,11 +152,12 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
               dry_run: bool = False, log=lambda text: None) -> Calibration:
     from edgekd.runtime import open_runtime
     artifact = Path(artifact)
-    plot = plot or artifact.with_name(f"{artifact.stem}.calibration.png")
-    if plot.exists() and plot.is_dir():
-        raise EdgekdError(f"--plot {plot} is a folder: give a .png file path")
+    plot = check_output_file(plot or artifact.with_name(f"{artifact.stem}.calibration.png"), "--plot", (".png",))
+    if not dry_run:
+        check_output_file(sidecar_path(artifact) if artifact.suffix != ".ckpt" else artifact, "the artifact")
     with open_runtime(artifact, backend, device) as runtime:
-        kind, current = runtime.backend, dict(runtime.thresholds or {})
+        # The stored values, unchecked: calibrating is how a NaN threshold gets replaced.
+        kind, current = runtime.backend, dict(runtime.info.get("thresholds") or {})
         scores, peaks, read = collect_normal_scores(runtime, source, frames, settings or CaptureSettings(None, None, None),
                                                     log=log)
     if len(scores) < MIN_NORMAL:

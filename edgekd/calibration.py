@@ -77,3 +77,25 @@ def thresholds_from_labels(labels: np.ndarray, scores: np.ndarray, masks: np.nda
         flat_masks, flat_maps = flat_masks[pick], flat_maps[pick]
     _, pixel = f1_max(flat_masks, flat_maps)
     return {"method": "f1", "image": image, "pixel": pixel}
+
+
+def check_thresholds(thresholds: dict | None, artifact: str = "this model") -> dict:
+    """Thresholds a verdict may use: each of image/pixel absent or a finite number. A NaN threshold compares False
+    with every score, so it would call every defect normal; it is refused, never used."""
+    thresholds = dict(thresholds or {})
+    for key in ("image", "pixel"):
+        value = thresholds.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise EdgekdError(f"{artifact} holds an unusable {key} threshold ({value!r}): it would hide defects; set "
+                              f"thresholds with 'edgekd calibrate {artifact} --source <clip of good parts>'")
+    return thresholds
+
+
+def check_threshold_override(value: float | None) -> float | None:
+    """--threshold from the command line: a finite number, or refused (NaN would call every defect normal)."""
+    if value is not None and not math.isfinite(value):
+        raise EdgekdError(f"--threshold {value} is not a finite number: pass a score such as 0.8, or leave it out to "
+                          "use the model's calibrated thresholds")
+    return value

@@ -28,8 +28,8 @@ def build_model(config: dict, pretrained_teacher: bool = True) -> AnomalyModel:
                             input_size=size)
     try:
         return cls(teacher, size, ScoringConfig.from_dict(config["scoring"]), **config.get("model_options", {}))
-    except TypeError as exc:
-        raise EdgekdError(f"model_options for '{config['model']}' are invalid: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a width of 0 or a string where a number goes
+        raise EdgekdError(f"model_options for '{config['model']}' are invalid: {str(exc).splitlines()[0]}") from None
 
 
 def save_checkpoint(path: str | Path, model: AnomalyModel, config: dict, **extra) -> Path:

@@ -33,7 +33,9 @@ def data_synth(root: Path = typer.Argument(..., help="Folder to write categories
                per_defect: int = typer.Option(8, "--per-defect", min=1, help="Test images per defect type."),
                overwrite: bool = typer.Option(False, help="Replace categories that already exist.")):
     from edgekd.data.synth import parse_categories, synthesize
+    from edgekd.outputs import check_output_folder
     from edgekd.progress import make_progress
+    check_output_folder(root, "dataset folder")
     names = parse_categories(categories)
     with make_progress() as progress:
         written = synthesize(root, names, seed, size, train, test_good, per_defect, overwrite, progress)
@@ -45,11 +47,21 @@ def data_info(root: Path = typer.Argument(..., help="Dataset root."),
               category: Optional[str] = typer.Option(None, help="Category sub-folder (MVTec layouts).")):
     from collections import Counter
 
+    from edgekd.data.checks import check_files
     from edgekd.data.layouts import load_dataset
+    from edgekd.progress import make_progress
     dataset = load_dataset(root, category)
     defects = Counter(s.defect for s in dataset.test)
     _echo(f"{dataset.root}: layout {dataset.layout}, {len(dataset.train)} normal training images, "
           f"{len(dataset.test)} test images ({', '.join(f'{k} {v}' for k, v in sorted(defects.items()))})")
+    with make_progress() as progress:
+        problems = check_files(dataset, progress)
+    for problem in problems[:20]:
+        typer.echo(f"problem: {problem}", err=True)
+    if problems:
+        raise EdgekdError(f"{len(problems)} file problem(s) in {dataset.root} (first: {problems[0]}): fix or remove "
+                          "those files before training or evaluating")
+    _echo("every image decodes and every mask matches its image")
 
 
 @data_app.command("video", help="Make a production-line video from a dataset's test images, defects at chosen frames.")
@@ -66,6 +78,9 @@ def data_video(root: Path = typer.Argument(..., help="Dataset root."),
                                                "no image).")):
     from edgekd.data.layouts import load_dataset
     from edgekd.data.video import write_line_video
+    from edgekd.outputs import check_output_file
+    from edgekd.stream.sinks import VIDEO_OUT_SUFFIXES
+    check_output_file(out, "video", VIDEO_OUT_SUFFIXES)
     defects = list(range(defect_every - 1, frames, defect_every)) if defect_every else []
     write_line_video(load_dataset(root, category), out, frames, defects, fps, size, seed, normal_part)
     _echo(f"wrote {out}: {frames} frames at {fps:g} fps, defects at {len(defects)} frames; frame list {Path(out).with_suffix('.json')}")
@@ -80,7 +95,8 @@ def train(config: Optional[Path] = typer.Option(None, help="YAML config (see con
           epochs: Optional[int] = typer.Option(None, min=1, help="Shortcut for --set train.epochs=N."),
           device: Optional[str] = typer.Option(None, help="Shortcut for --set train.device=..."),
           weights: Optional[Path] = typer.Option(None, help="Teacher weights file (default: offline wheel / hub cache)."),
-          resume: bool = typer.Option(False, help="Continue from <out>/last.ckpt.")):
+          resume: bool = typer.Option(False, help="Continue from <out>/last.ckpt."),
+          overwrite: bool = typer.Option(False, help="Replace a model.ckpt already in --out.")):
     from edgekd.config import load_config
     from edgekd.train import train as run_training
     overrides = list(set_)
@@ -89,9 +105,10 @@ def train(config: Optional[Path] = typer.Option(None, help="YAML config (see con
     overrides += [f"teacher_weights={weights}"] if weights else []
     cfg = load_config(config, overrides)
     out = out or Path("runs") / (category or Path(data).name)
-    result = run_training(cfg, data, category, out, resume)
+    result = run_training(cfg, data, category, out, resume, overwrite)
     t = result.thresholds
-    _echo(f"trained {cfg['model']} ({cfg['teacher']}) for {result.epochs} epochs on {result.device} in "
+    resumed = f" (resumed after epoch {result.resumed_at})" if result.resumed_at else ""
+    _echo(f"trained {cfg['model']} ({cfg['teacher']}) for {result.epochs_run} epochs{resumed} on {result.device} in "
           f"{result.seconds:.0f}s, final loss {result.final_loss:.4f}")
     _echo(f"thresholds from {t['n']} held-out normal images: image {t['image']:.4f}, pixel {t['pixel']:.4f}")
     for warning in result.warnings:
@@ -111,30 +128,44 @@ def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One
           out: Optional[Path] = typer.Option(None, help="Results folder (default <artifact folder>/eval)."),
           batch_size: int = BATCH, device: str = DEVICE, backend: Optional[str] = BACKEND,
           save_threshold: bool = typer.Option(False, help="Store F1-optimal thresholds from these labels in the checkpoint.")):
-    from edgekd.calibration import thresholds_from_labels
-    from edgekd.checkpoint import update_checkpoint
-    from edgekd.evaluate import evaluate, markdown_table, write_results
+    from edgekd.calibrate import write_thresholds
+    from edgekd.calibration import check_thresholds, thresholds_from_labels
+    from edgekd.data.layouts import load_dataset
+    from edgekd.evaluate import evaluate, markdown_table, one_class_note, write_results
+    from edgekd.outputs import check_output_folder
     from edgekd.progress import make_progress
     from edgekd.runtime import open_runtime
-    out = out or (artifacts[0].parent / "eval")
-    rows = []
+    import numpy as np
+    out = check_output_folder(out or (artifacts[0].parent / "eval"), "--out")
+    rows, saved = [], []
     with make_progress() as progress:
         for path in artifacts:
             with open_runtime(path, backend, device) as runtime:
-                if save_threshold and runtime.backend != "torch":
-                    raise EdgekdError(f"--save-threshold updates checkpoints, and {path} is not one: "
-                                      "save into the model.ckpt, then export again")
-                result = evaluate(runtime, data, category or runtime.info.get("category"), out, str(path), progress,
-                                  batch_size)
+                which = category or runtime.info.get("category")
+                if save_threshold:
+                    if runtime.backend != "torch":
+                        raise EdgekdError(f"--save-threshold updates checkpoints, and {path} is not one: "
+                                          "save into the model.ckpt, then export again")
+                    labels = np.array([s.label for s in load_dataset(data, which).test])
+                    if note := one_class_note(labels, which or str(data)):
+                        raise EdgekdError(f"--save-threshold needs defective and normal test images, but {note}; "
+                                          f"{path} keeps its thresholds (use 'edgekd calibrate' with good frames)")
+                result = evaluate(runtime, data, which, out, str(path), progress, batch_size)
             rows.append({**result.row, "backend": runtime.backend, "precision": runtime.info.get("precision")})
             if save_threshold:
-                update_checkpoint(path, thresholds=thresholds_from_labels(result.labels, result.scores,
-                                                                          result.masks, result.maps))
+                found = thresholds_from_labels(result.labels, result.scores, result.masks, result.maps)
+                check_thresholds(found, f"the F1-optimal thresholds found for {path}")
+                write_thresholds(path, "torch", found, f"edgekd eval --save-threshold on {data}")
+                saved.append(path)
     json_path, md_path = write_results(rows, out)
     _echo(markdown_table(rows))
+    for row in rows:
+        if "note" in row:
+            typer.echo(f"note: {row['note']}", err=True)
     _echo(f"results: {json_path}, {md_path}; montages: {', '.join(r['montage'] for r in rows)}")
-    if save_threshold:
-        _echo("stored F1-optimal thresholds in " + ", ".join(map(str, artifacts)))
+    if saved:
+        _echo("stored F1-optimal thresholds in " + ", ".join(map(str, saved))
+              + " (the previous ones are kept in thresholds_history)")
 
 
 @app.command(help="Score images with any model: a mask and an overlay per image.")
@@ -143,15 +174,23 @@ def predict(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
             out: Path = typer.Option(Path("preds"), help="Output folder."),
             threshold: Optional[float] = typer.Option(None, help="Override the image and pixel threshold."),
             batch_size: int = BATCH, device: str = DEVICE, backend: Optional[str] = BACKEND):
+    from edgekd.calibration import check_threshold_override
+    from edgekd.outputs import check_output_folder
     from edgekd.predict import predict_images
     from edgekd.runtime import open_runtime
-    override = {"image": threshold, "pixel": threshold} if threshold is not None else None
+    check_output_folder(out, "--out")
+    override = {"image": threshold, "pixel": threshold} if check_threshold_override(threshold) is not None else None
     with open_runtime(artifact, backend, device) as runtime:
-        records = predict_images(runtime, images, out, batch_size, override)
+        records, failures = predict_images(runtime, images, out, batch_size, override)
     for r in records:
         verdict = "ANOMALOUS" if r["anomalous"] else "normal"
         _echo(f"{r['image']}: score {r['score']:.4f} {verdict} ({r['defect_pixels']} defect pixels) -> {r['overlay']}")
+        if "warning" in r:
+            typer.echo(f"warning: {r['image']}: {r['warning']}", err=True)
     _echo(f"wrote masks, overlays and predictions.json to {out} ({runtime.backend})")
+    if failures:
+        raise EdgekdError(f"{len(failures)} of {len(images)} images could not be read (listed under 'failed' in "
+                          f"{out / 'predictions.json'}), first: {failures[0]['error']}")
 
 
 @app.command(help="Stream frames through a model: live defect masks, events, video; camera, file, stream or folder.")
@@ -299,7 +338,7 @@ def main() -> None:
         app()
     except EdgekdError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -1,8 +1,11 @@
-"""Run configuration: YAML file + `--set key.sub=value` overrides, validated against the defaults below."""
+"""Run configuration: YAML file + `--set key.sub=value` overrides, validated against the defaults and the value
+rules below (the one place that says what a valid value is; train, `--set` and every config file pass here)."""
 
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -25,6 +28,163 @@ DEFAULTS: dict = {
     "threshold": {"method": "robust", "quantile": 0.99, "margin": 3.0},
 }
 _FREE_FORM = {"model_options"}  # validated by the model family itself
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one config value may be: a kind, an inclusive/exclusive range, a set of choices, or None."""
+    kind: str  # int, float, str, bool, floats (a list of floats)
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed (a learning rate of 0 trains nothing)
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    nullable: bool = False
+    length: int | None = None  # floats: exact list length
+
+    def describe(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        what = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false",
+                "floats": f"a list of {self.length or ''} numbers".replace("  ", " ")}[self.kind]
+        if self.low is not None and self.high is not None:
+            what += f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            what += f" {'>' if self.low_open else '>='} {self.low:g}"
+        return what + (" or null" if self.nullable else "")
+
+
+RULES: dict[str, Rule] = {
+    "model": Rule("str"),
+    "teacher": Rule("str"),
+    "teacher_weights": Rule("str", nullable=True),
+    "scoring.combine": Rule("str", choices=("add", "mul", "max", "weighted")),
+    "scoring.weights": Rule("floats", low=0, nullable=True),
+    "scoring.sigma": Rule("float", 0, 64),
+    "scoring.score": Rule("str", choices=("max", "topk")),
+    "scoring.topk": Rule("int", 1, 1 << 24),
+    "scoring.eps": Rule("float", 0, 1, low_open=True),
+    "train.epochs": Rule("int", 1, 100_000),
+    "train.batch_size": Rule("int", 1, 4096),
+    "train.optimizer": Rule("str", choices=("adam", "sgd")),
+    "train.lr": Rule("float", 0, 10, low_open=True),
+    "train.betas": Rule("floats", 0, 1, high_open=True, length=2),
+    "train.momentum": Rule("float", 0, 1, high_open=True),
+    "train.weight_decay": Rule("float", 0, 1),
+    "train.warmup_epochs": Rule("float", 0, 100_000),
+    "train.grad_clip": Rule("float", 0, 1e6, low_open=True, nullable=True),
+    "train.augment": Rule("str", choices=("none", "camera")),
+    "train.val_fraction": Rule("float", 0, 0.5),
+    "train.seed": Rule("int", 0, 2**32 - 1),
+    "train.device": Rule("str"),
+    "train.amp": Rule("bool"),
+    "train.feature_cache_gb": Rule("float", 0, 1024),
+    "threshold.method": Rule("str", choices=("robust", "k_sigma")),
+    "threshold.quantile": Rule("float", 0.5, 1),
+    "threshold.margin": Rule("float", 0, 100),
+}
+INPUT_SIZE_STEP = 32  # every family downsamples by 32 and rebuilds each scale by doubling
+
+
+def _as_number(key: str, value, rule: Rule):
+    """YAML 1.1 (PyYAML) reads 1e-4 as text; a number written that way is still a number."""
+    if isinstance(value, str) and rule.kind in ("int", "float"):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise EdgekdError(f"config value {key}={value!r} is not a number: it must be {rule.describe()}") from None
+    return value
+
+
+def _check_number(key: str, value, rule: Rule):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EdgekdError(f"config value {key}={value!r} must be {rule.describe()}")
+    if not math.isfinite(value):
+        raise EdgekdError(f"config value {key}={value} is not finite: it must be {rule.describe()}")
+    if rule.kind == "int":
+        if float(value) != int(value):
+            raise EdgekdError(f"config value {key}={value} must be {rule.describe()}")
+        value = int(value)
+    else:
+        value = float(value)
+    too_low = rule.low is not None and (value <= rule.low if rule.low_open else value < rule.low)
+    too_high = rule.high is not None and (value >= rule.high if rule.high_open else value > rule.high)
+    if too_low or too_high:
+        raise EdgekdError(f"config value {key}={value:g} is out of range: it must be {rule.describe()}")
+    return value
+
+
+def check_value(key: str, value, rule: Rule):
+    """The value, converted to its kind, or a one-line error naming the key, the value and what is allowed."""
+    if value is None:
+        if rule.nullable:
+            return None
+        raise EdgekdError(f"config value {key} is empty: it must be {rule.describe()}")
+    if rule.kind == "bool":
+        if not isinstance(value, bool):
+            raise EdgekdError(f"config value {key}={value!r} must be true or false")
+        return value
+    if rule.kind == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise EdgekdError(f"config value {key}={value!r} must be {rule.describe()}")
+        if rule.choices and value not in rule.choices:
+            raise EdgekdError(f"config value {key}={value!r} is unknown: it must be {rule.describe()}")
+        return value
+    if rule.kind == "floats":
+        if not isinstance(value, (list, tuple)) or (rule.length and len(value) != rule.length) or not value:
+            raise EdgekdError(f"config value {key}={value!r} must be {rule.describe()}")
+        item = Rule("float", rule.low, rule.high, rule.low_open, rule.high_open)
+        return [_check_number(key, _as_number(key, v, item), item) for v in value]
+    return _check_number(key, _as_number(key, value, rule), rule)
+
+
+def _check_input_size(value) -> int | list[int]:
+    sides = value if isinstance(value, (list, tuple)) else [value]
+    rule = Rule("int", INPUT_SIZE_STEP * 2, 4096)
+    if len(sides) not in (1, 2):
+        raise EdgekdError(f"config value input_size={value!r} must be one side or [height, width]")
+    sides = [check_value("input_size", v, rule) for v in sides]
+    if any(side % INPUT_SIZE_STEP for side in sides):
+        raise EdgekdError(f"config value input_size={value!r} must be a multiple of {INPUT_SIZE_STEP} "
+                          f"(e.g. 224 or 256): the networks downsample by {INPUT_SIZE_STEP}")
+    return sides[0] if not isinstance(value, (list, tuple)) else sides
+
+
+def validate(config: dict) -> dict:
+    """A copy of `config` with every value checked and converted (e.g. '1e-4' -> 0.0001)."""
+    config = copy.deepcopy(config)
+    for key, rule in RULES.items():
+        section, _, name = key.rpartition(".")
+        holder = config[section] if section else config
+        holder[name] = check_value(key, holder[name], rule)
+    config["input_size"] = _check_input_size(config["input_size"])
+    if not isinstance(config["model_options"], dict):
+        raise EdgekdError("config key 'model_options' must be a mapping")
+    config["model_options"] = {k: _check_option(k, v) for k, v in config["model_options"].items()}
+    return config
+
+
+SIZE_OPTIONS = ("width", "embed", "widths", "channels", "dim", "heads", "groups", "size")
+
+
+def _check_option(key: str, value):
+    """Family options are the family's to interpret, but every number among them is finite and not negative, and
+    a layer size is at least 1 (a width of 0 builds a network that only fails at its first step)."""
+    where = f"model_options.{key}"
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c.isdigit() for c in value) and value.strip()[0] in "+-.0123456789" else value
+        except ValueError:
+            pass
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if not math.isfinite(item) or item < 0:
+            raise EdgekdError(f"config value {where}={value!r} must be finite and >= 0")
+        if any(key.endswith(s) for s in SIZE_OPTIONS) and not key.endswith("memory_size") and item < 1:
+            raise EdgekdError(f"config value {where}={value!r} is a layer size: it must be >= 1")
+    return value
 
 
 def _merge(base: dict, update: dict, path: str = "") -> dict:
@@ -68,4 +228,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for key in reversed(keys):
             nested = {key: nested}
         config = _merge(config, nested)
-    return config
+    return validate(config)

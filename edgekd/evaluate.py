@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -64,6 +65,14 @@ class Evaluation:
     maps: np.ndarray
 
 
+def one_class_note(labels: np.ndarray, category: str) -> str | None:
+    """Why AUROC, AUPRO and F1 are n/a: they compare defective with normal images, and one kind is missing."""
+    if labels.size and labels.min() == labels.max():
+        kind = "defective" if labels.max() == 0 else "normal"
+        return f"the test split of {category} has no {kind} images, so AUROC, AUPRO and F1 cannot be measured"
+    return None
+
+
 def evaluate(runtime: Runtime, data: str | Path, category: str | None, out: Path, name: str, progress=None,
              batch_size: int = 16) -> Evaluation:
     """Any artifact (checkpoint, ONNX, engine) through its runtime: the same metrics for all of them."""
@@ -73,9 +82,13 @@ def evaluate(runtime: Runtime, data: str | Path, category: str | None, out: Path
     maps, scores = prediction.maps, prediction.scores
     labels = np.array([s.label for s in dataset.test])
     thresholds = runtime.thresholds
-    metrics = compute_metrics(labels, scores, masks, maps, thresholds.get("image"))
+    with warnings.catch_warnings():  # one class only: the metrics are NaN, and the note below says why
+        warnings.simplefilter("ignore", RuntimeWarning)
+        metrics = compute_metrics(labels, scores, masks, maps, thresholds.get("image"))
     row = {"name": name, "category": dataset.category, "layout": dataset.layout, **metrics,
            "image_auroc_by_type": auroc_by_type(dataset, labels, scores)}
+    if missing := one_class_note(labels, dataset.category):
+        row["note"] = missing
 
     picks = _montage_rows(dataset, labels, scores)
     pixel_threshold = thresholds.get("pixel", float(np.percentile(maps, 99)))
@@ -93,7 +106,9 @@ def _fmt(value) -> str:
 
 
 def mean_row(rows: list[dict]) -> dict:
-    return {k: float(np.nanmean([r[k] for r in rows])) if rows else math.nan for k in METRIC_COLUMNS}
+    with warnings.catch_warnings():  # a metric that is n/a in every row stays n/a
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {k: float(np.nanmean([r[k] for r in rows])) if rows else math.nan for k in METRIC_COLUMNS}
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -23,6 +23,7 @@ from edgekd.data.layouts import load_dataset
 from edgekd.data.loading import load_images
 from edgekd.device import resolve_device
 from edgekd.errors import EdgekdError
+from edgekd.outputs import check_output_folder, remove_stale_temps
 from edgekd.progress import make_progress
 from edgekd.runtime.torch_backend import TorchRuntime
 
@@ -36,6 +37,11 @@ class TrainResult:
     thresholds: dict
     device: str
     warnings: list[str]
+    resumed_at: int = 0  # epochs already done when --resume picked the run up
+
+    @property
+    def epochs_run(self) -> int:
+        return self.epochs - self.resumed_at
 
 
 def seed_everything(seed: int) -> None:
@@ -106,14 +112,33 @@ def _check_resumable(state: dict, config: dict, path: Path) -> None:
                               f"{config.get(key)!r}; use a new --out folder or drop --resume")
 
 
-def train(config: dict, data: str | Path, category: str | None, out: str | Path, resume: bool = False) -> TrainResult:
+MIN_TRAIN_IMAGES = 3  # at least one to fit on and two held out to calibrate on
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Before anything is loaded: the run folder can be written, a finished model in it is not replaced unasked,
+    and what a killed run left half-written is gone (a whole last.ckpt stays for --resume)."""
+    check_output_folder(out, "train --out")
+    remove_stale_temps(out, ["last.ckpt", "model.ckpt"])
+    if not resume and not overwrite and (out / "model.ckpt").exists():
+        raise EdgekdError(f"{out / 'model.ckpt'} already exists: pass --overwrite to replace it, --resume to continue "
+                          f"that run, or another --out")
+
+
+def train(config: dict, data: str | Path, category: str | None, out: str | Path, resume: bool = False,
+          overwrite: bool = False) -> TrainResult:
     settings = config["train"]
     augment = check_augment(settings["augment"])
     seed_everything(settings["seed"])
     out = Path(out)
+    check_run_folder(out, resume, overwrite)
     dataset = load_dataset(data, category, seed=settings["seed"])
     device = resolve_device(settings["device"])
     model = build_model(config).to(device)
+    if len(dataset.train) < MIN_TRAIN_IMAGES:
+        raise EdgekdError(f"{dataset.root} has {len(dataset.train)} normal training image(s); training needs at least "
+                          f"{MIN_TRAIN_IMAGES} (some to fit on, others held out to set the thresholds), and dozens to "
+                          "be reliable")
     fit_idx, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
     started = time.time()
     last_path, final_path = out / "last.ckpt", out / "model.ckpt"
@@ -124,12 +149,16 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
     start_epoch, epoch_loss = 0, math.nan
     if resume:
         if not last_path.is_file():
-            raise EdgekdError(f"nothing to resume: {last_path} does not exist (train without --resume first)")
+            raise EdgekdError(f"nothing to resume: {last_path} does not exist (a run writes it after its first whole "
+                              "epoch; train without --resume)")
         state = read_checkpoint(last_path, resume=True)
         _check_resumable(state, config, last_path)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, epoch_loss = state["epoch"], state["loss"]
+        if start_epoch >= settings["epochs"] and final_path.exists():
+            raise EdgekdError(f"nothing to resume: {last_path} already has all {start_epoch} epochs and {final_path} "
+                              f"is written; raise --epochs above {start_epoch} to train longer")
 
     with make_progress() as progress:
         images = load_images(dataset.train, model.input_size, progress, "load images")
@@ -202,4 +231,5 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
                               "data": str(Path(data).resolve()), "category_arg": category,
                               "layout": dataset.layout, "n_fit": len(fit_images), "n_calibration": len(calib),
                               **({"normal_fit": normal_stats} if normal_stats else {})})
-    return TrainResult(final_path, settings["epochs"], epoch_loss, seconds, thresholds, str(device), warnings)
+    return TrainResult(final_path, settings["epochs"], epoch_loss, seconds, thresholds, str(device), warnings,
+                       start_epoch)

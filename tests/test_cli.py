@@ -42,8 +42,11 @@ def test_synth_train_eval_predict_end_to_end(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n not really")
     result = edgekd("predict", run / "model.ckpt", images[0], broken, "--out", tmp_path / "preds2")
+    # One unreadable file fails alone: the others are predicted, the run says so in one line and exits non-zero.
     assert result.returncode == 2 and f"image {broken} cannot be decoded" in result.stderr
-    assert not (tmp_path / "preds2").exists()  # nothing half-written
+    assert "1 of 2 images could not be read" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    written = json.loads((tmp_path / "preds2" / "predictions.json").read_text())
+    assert len(written["predictions"]) == 1 and written["failed"][0]["image"] == str(broken)
     result = edgekd("export", run / "model.ckpt", "--precision", "fp16", "--out", tmp_path / "export")
     assert result.returncode == 0, result.stderr
     assert "verified: parity" in result.stdout and "next: edgekd eval" in result.stdout

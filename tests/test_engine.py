@@ -9,10 +9,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgekd.artifacts import read_sidecar, write_sidecar
+from edgekd.artifacts import read_sidecar, stamped_fields, write_sidecar
 from edgekd.engine.builder import build_engine, parse_batch
 from edgekd.engine.gpu import gpu_count
 from edgekd.errors import EdgekdError
+from edgekd.export.onnx_export import set_metadata
 from edgekd.runtime import open_runtime
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,9 @@ def test_parse_failure_names_the_node_and_op(onnx_exports, tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)])
     path = tmp_path / "odd.onnx"
     onnx.save(model, str(path))
-    write_sidecar(path, read_sidecar(onnx_exports["fp32"]))
+    info = read_sidecar(onnx_exports["fp32"])
+    write_sidecar(path, info)
+    set_metadata(path, {"edgekd_version": info["edgekd_version"], **stamped_fields(info)})  # a file and sidecar that agree
     with pytest.raises(EdgekdError, match=r"cannot parse .*odd\.onnx: node 'mystery_node' \(op Frobnicate\)"):
         build_engine(path, tmp_path / "engines", flavour="tensorrt_rtx")
 

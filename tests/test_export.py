@@ -20,7 +20,8 @@ def test_fp32_export_matches_pytorch(exports, wood_checkpoint):
     out, results = exports
     fp32 = results["fp32"]
     assert fp32.artifact == out / "wood.fp32.onnx" and fp32.parity.passed
-    assert fp32.parity.max_abs_map_diff < 1e-4 and fp32.parity.score_rank_agreement > 0.999
+    # Relative to the map's range: the fused map's units depend on how its branches are balanced.
+    assert fp32.parity.max_abs_map_diff < 1e-5 * fp32.parity.map_range and fp32.parity.score_rank_agreement > 0.999
     info = read_sidecar(fp32.artifact)
     assert info["precision"] == "fp32" and info["input"]["color"] == "RGB" and info["input_size"] == [128, 128]
     assert info["model"] == "rd" and info["opset"] == 17 and len(info["source_checkpoint"]["sha256"]) == 64

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from edgekd.config import load_config
-from edgekd.models.patch_memory import PatchMemory, greedy_coreset
+from edgekd.errors import EdgekdError
+from edgekd.models.patch_memory import PatchMemory, branch_scales, greedy_coreset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -38,6 +39,25 @@ def test_memory_distance_is_the_nearest_neighbour_distance_of_the_pooled_embeddi
     assert float(memory([f[:1] for f in feats]).min()) >= 0
 
 
+def test_branches_are_balanced_by_the_spread_of_their_normal_maxima():
+    # The distillation map's normal maxima scatter by 25% of their level, the memory's by 2%: each branch is divided
+    # by its own scatter, so both bring the same normal noise into the fused map and the steadier one counts more.
+    distill = torch.tensor([0.5, 0.7, 0.9, 0.6, 0.8])
+    memory = torch.tensor([20.0, 20.4, 20.8, 20.2, 20.6])
+    spread = branch_scales(distill, memory, "spread")
+    assert torch.allclose(spread, torch.stack([distill.std(), memory.std()]))
+    assert float(memory.mean() / spread[1]) > 3 * float(distill.mean() / spread[0])
+    maximum = branch_scales(distill, memory, "maximum")
+    assert torch.allclose(maximum, torch.stack([distill.mean(), memory.mean()]))
+    # Held-out images that agree by chance do not make a branch's divisor vanish: floored at 1% of the mean.
+    flat = branch_scales(distill, torch.full((5,), 20.0), "spread")
+    assert float(flat[1]) == pytest.approx(0.2)
+    from edgekd.checkpoint import build_model
+    with pytest.raises(EdgekdError, match="memory_balance must be one of spread, maximum"):
+        build_model(load_config(CONFIGS / "rd_lite0.yaml", ["model_options.memory_balance=median"]),
+                    pretrained_teacher=False)
+
+
 @pytest.fixture(scope="module")
 def memory_checkpoint(synth_root, tmp_path_factory):
     from edgekd.train import train
@@ -54,6 +74,7 @@ def test_memory_is_filled_and_scaled_by_training_and_finds_defects(memory_checkp
     memory = runtime.model.patch_memory
     assert bool(memory.filled) and memory.bank.abs().sum() > 0
     assert torch.all(memory.branch_scales > 0) and not torch.equal(memory.branch_scales, torch.ones(2))
+    assert runtime.model.memory_balance == "spread" and runtime.payload["training"]["normal_fit"]["memory_balance"] == "spread"
     fit = runtime.payload["training"]["normal_fit"]
     assert fit["memory_items"] == 256 and fit["memory_patches_seen"] == 2 * 36 * 16 * 16  # each image twice: augmented
     row = evaluate(runtime, synth_root, "wood", tmp_path, "wood").row

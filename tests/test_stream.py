@@ -17,7 +17,7 @@ import pytest
 from edgekd.data.images import read_mask
 from edgekd.data.layouts import load_dataset
 from edgekd.data.video import write_line_video
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, RunIncomplete
 from edgekd.stream.cli_run import run_stream
 from edgekd.stream.detect import Hysteresis, Thresholds, defect_regions, parse_hysteresis
 from edgekd.stream.runner import DONE, _NewestQueue
@@ -137,10 +137,14 @@ def test_signal_closes_outputs_cleanly(onnx_exports, synth_root, tmp_path, sig):
             time.sleep(0.2)
         process.send_signal(sig)
         out, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err
+    # Outputs closed whole, and the exit says the run was cut short (130 for Ctrl-C, 143 for SIGTERM).
+    assert process.returncode == 128 + sig, err
     assert "finishing the frames in flight" in err and " fps |" in err  # the periodic stats line ran too
+    assert f"error: stopped by {signal.Signals(sig).name}" in err.strip().splitlines()[-1]
     events = _events(events_path)  # every line is whole JSON
-    assert len(events) >= 25 and json.loads(out.strip().splitlines()[-1])["processed"] == len(events)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert len(events) >= 25 and summary["processed"] == len(events)
+    assert summary["stopped_by"] == signal.Signals(sig).name and summary["complete"] is False
     capture = cv2.VideoCapture(str(video))
     assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == len(events)
     assert not (tmp_path / "out.partial.mp4").exists()
@@ -164,10 +168,13 @@ def test_full_disk_stops_that_sink_and_detection_goes_on(onnx_exports, line_vide
     description, _ = line_video
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full on this system")
-    masks = tmp_path / "masks"
-    summary = _run(onnx_exports["fp32"], description["video"], tmp_path, jsonl=Path("/dev/full"), save_masks=masks,
-                   threshold=0.0)
+    masks, printed = tmp_path / "masks", []
+    with pytest.raises(RunIncomplete, match="--jsonl /dev/full failed .No space left on device., so the run's outputs"):
+        _run(onnx_exports["fp32"], description["video"], tmp_path, jsonl=Path("/dev/full"), save_masks=masks,
+             threshold=0.0, echo=printed.append)
+    summary = json.loads(printed[-1])  # the summary is printed before the non-zero exit
     assert summary["processed"] == 48 and len(list(masks.iterdir())) == 48
+    assert summary["lost_outputs"][0]["output"] == "--jsonl /dev/full" and summary["complete"] is False
     err = capsys.readouterr().err
     assert "--jsonl /dev/full stopped (No space left on device); detection and the other outputs go on" in err
 

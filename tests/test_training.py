@@ -75,6 +75,6 @@ def test_sgd_with_warm_up_follows_its_schedule_across_a_resume(synth_root, tmp_p
     cfg["train"]["epochs"] = 3
     train(cfg, synth_root, "wood", tmp_path, resume=True)  # the schedule goes on where it stopped
     assert abs(read_checkpoint(tmp_path / "last.ckpt", resume=True)["optimizer"]["param_groups"][0]["lr"] - 0.01) < 1e-9
-    with pytest.raises(EdgekdError, match="train.optimizer 'rmsprop' is unknown"):
+    with pytest.raises(EdgekdError, match="train.optimizer='rmsprop' is unknown: it must be one of adam, sgd"):
         train(load_config(CONFIGS / "rd_lite0.yaml", FAST_RD + ["train.optimizer=rmsprop"]), synth_root, "wood",
               tmp_path / "other")

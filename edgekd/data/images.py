@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -13,6 +17,30 @@ from edgekd.errors import EdgekdError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_decoder():
+    """libpng and libjpeg print their own complaints ("libpng error: ...") straight to file descriptor 2; edgekd
+    says what is wrong with the file in one line instead, so their lines are dropped while a file decodes."""
+    with _STDERR_LOCK:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def decode(path: Path, flags: int) -> np.ndarray | None:
+    with quiet_decoder():
+        return cv2.imread(str(path), flags)
+
+
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -22,7 +50,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise EdgekdError(f"image {path} does not exist: check the path")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = decode(path, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise EdgekdError(f"image {path} cannot be decoded (corrupt or not an image): replace or remove the file")
     if image.dtype == np.uint16:
@@ -38,7 +66,7 @@ def read_mask(paths: list[Path] | tuple[Path, ...], shape: tuple[int, int], imag
     """Union of one or more mask files (MVTec LOCO has several per image) as HxW bool."""
     mask = np.zeros(shape, dtype=bool)
     for path in paths:
-        layer = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        layer = decode(path, cv2.IMREAD_GRAYSCALE)
         if layer is None:
             raise EdgekdError(f"mask {path} cannot be decoded (missing or corrupt): replace the file")
         if layer.shape != tuple(shape):

@@ -91,9 +91,13 @@ def load_dataset(root: str | Path, category: str | None = None, seed: int = 0, t
     root = Path(root).expanduser()
     if not root.is_dir():
         raise EdgekdError(f"dataset folder {root} does not exist: create it with 'edgekd data synth {root}' or fix --data")
-    base = root / category if category else root
+    is_dataset = lambda folder: (folder / "train").is_dir() or (folder / "normal").is_dir()
+    if category and not (root / category).is_dir() and root.name == category and is_dataset(root):
+        base = root  # --data already points at the category folder
+    else:
+        base = root / category if category else root
     if category and not base.is_dir():
-        found = sorted(d.name for d in root.iterdir() if (d / "train").is_dir() or (d / "normal").is_dir())
+        found = sorted(d.name for d in root.iterdir() if d.is_dir() and is_dataset(d))
         hint = f"categories here: {', '.join(found)}" if found else _EXPECTED
         raise EdgekdError(f"category '{category}' not found in {root}: {hint}")
     if (base / "train").is_dir():
@@ -101,6 +105,9 @@ def load_dataset(root: str | Path, category: str | None = None, seed: int = 0, t
     elif (base / "normal").is_dir():
         dataset = _load_folder(base, category or base.name, seed, test_fraction)
     else:
+        found = sorted(d.name for d in base.iterdir() if d.is_dir() and is_dataset(d))
+        if found:
+            raise EdgekdError(f"{base} holds several categories ({', '.join(found)}): pick one with --category")
         raise EdgekdError(f"{base} is not a dataset: {_EXPECTED}")
     if not dataset.train:
         raise EdgekdError(f"{base} has no normal training images: add images to its train/good (or normal/) folder")

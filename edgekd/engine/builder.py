@@ -10,12 +10,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgekd.artifacts import read_sidecar, write_sidecar
+from edgekd.artifacts import check_onnx_matches_sidecar, read_sidecar, write_sidecar
 from edgekd.backbones.weights import sha256_of
 from edgekd.atomic import write_bytes_atomic
 from edgekd.engine.gpu import gpu_description
 from edgekd.engine.trt import TensorRT, load_tensorrt
 from edgekd.errors import EdgekdError
+from edgekd.outputs import check_output_file, check_output_folder
 
 
 @dataclass
@@ -113,10 +114,23 @@ def _tensor_info(tensor) -> dict:
     return {"name": tensor.name, "shape": list(tensor.shape), "dtype": str(tensor.dtype).split(".")[-1]}
 
 
+def check_onnx_file(onnx_path: Path, info: dict) -> None:
+    """A readable ONNX model that matches its sidecar, before TensorRT parses it (whose own words for garbage
+    are "Network must have at least one output")."""
+    import onnx
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise EdgekdError(f"{onnx_path} is not a readable ONNX file ({exc.__class__.__name__}): re-export it with "
+                          "'edgekd export model.ckpt'") from None
+    check_onnx_matches_sidecar(onnx_path, info, {entry.key: entry.value for entry in model.metadata_props})
+
+
 def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int, int, int], workspace_gb: float,
                     timing_cache: Path | None, dla_core: int | None, flavour: str | None = None,
                     plugin: bool | None = None) -> EngineResult:
     info = read_sidecar(onnx_path)
+    check_onnx_file(onnx_path, info)
     precision = info.get("precision", "fp32")
     if info.get("int8_for", "tensorrt") != "tensorrt":
         raise EdgekdError(f"{onnx_path} is an INT8 export for onnxruntime (uint8 activations with zero points, which "
@@ -173,7 +187,8 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
     if cache is not None:
         write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     outputs = [_tensor_info(network.get_output(i)) for i in range(network.num_outputs)]
-    sidecar = {**info, "kind": "engine", "onnx": {"path": str(onnx_path), "sha256": sha256_of(onnx_path)},
+    sidecar = {**info, "kind": "engine", "engine_sha256": sha256_of(engine_path),
+               "onnx": {"path": str(onnx_path), "sha256": sha256_of(onnx_path)},
                "tensorrt": {"flavour": trt.flavour, "version": trt.version, "strongly_typed": strongly_typed},
                "built_on_gpu": gpu_description(), "dla_core": dla_core,
                "profile": {"batch": {"min": batch[0], "opt": batch[1], "max": batch[2]}, "shapes": shapes},
@@ -191,8 +206,13 @@ def build_engine(source: str | Path, out_dir: str | Path = "engines", precision:
                  progress=None, plugin: bool | None = None) -> EngineResult:
     """A checkpoint is exported to ONNX at `precision` first (with its parity and accuracy checks); an ONNX
     file is built at the precision it was exported with."""
-    source, out_dir = Path(source), Path(out_dir)
+    source, out_dir = Path(source), check_output_folder(out_dir, "--out")
     sizes = parse_batch(batch)
+    if timing_cache is not None:
+        check_output_file(timing_cache, "--timing-cache")
+        if load_tensorrt(flavour).flavour != "tensorrt":
+            raise EdgekdError("--timing-cache is for full TensorRT, and this build uses TensorRT-RTX, which keeps no "
+                              "timing cache: drop --timing-cache")
     if source.suffix == ".ckpt":
         from edgekd.export.exporter import export_checkpoint
         source = export_checkpoint(source, precision, out_dir=export_dir, progress=progress).artifact

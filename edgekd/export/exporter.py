@@ -4,6 +4,7 @@ against PyTorch on real images and, for reduced precision, gated on test-split a
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.artifacts import describe_checkpoint, write_sidecar
+from edgekd.artifacts import describe_checkpoint, stamped_fields, write_sidecar
 from edgekd.calibration import ThresholdRule, score_statistics, thresholds_from_normal
 from edgekd.checkpoint import load_checkpoint
 from edgekd.data.images import to_model_input
@@ -23,6 +24,7 @@ from edgekd.evaluate import compute_metrics
 from edgekd.export.onnx_export import FUSED_OP_FORMS, OPSET, export_graphs, set_mask_threshold, set_metadata
 from edgekd.export.parity import ParityReport, compare
 from edgekd.export.quantize import INT8_TARGETS, quantize_int8
+from edgekd.outputs import check_output_folder
 from edgekd.runtime.onnx_backend import OnnxRuntime
 from edgekd.runtime.torch_backend import TorchRuntime
 from edgekd.train import split_normals
@@ -113,15 +115,38 @@ def _accuracy_drop(reference, candidate, dataset: Dataset, precision: str, progr
             "test_images": int(len(labels))}
 
 
+STAGING_PREFIX = ".export-"
+
+
+def remove_dead_staging(out_dir: Path) -> None:
+    """Staging folders of exports that were killed (their process is gone); a running export's stays."""
+    for folder in out_dir.glob(f"{STAGING_PREFIX}*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stamp(graphs: dict[str, Path], info: dict) -> None:
+    """The same description in each graph's own metadata and in its sidecar (runtimes compare the two)."""
+    for role, path in graphs.items():
+        set_metadata(path, {"edgekd_version": info["edgekd_version"], "role": role,
+                            "normalization": info["input"]["normalization"], **stamped_fields(info)})
+        write_sidecar(path, {**info, "role": role})
+
+
 def _publish(graphs: dict[str, Path], info: dict, staging: Path, out_dir: Path) -> list[Path]:
     """Stamp metadata and sidecars, then move every file out of staging: all of an export appears, or none."""
-    for role, path in graphs.items():
-        set_metadata(path, {"edgekd_version": info["edgekd_version"], "model": info["model"],
-                            "precision": info["precision"], "layout": info["layout"], "role": role,
-                            "input_size": info["input_size"], "color": "RGB",
-                            "normalization": info["input"]["normalization"], "thresholds": info["thresholds"],
-                            "source_sha256": info["source_checkpoint"]["sha256"]})
-        write_sidecar(path, {**info, "role": role})
+    _stamp(graphs, info)
     final = []
     for path in sorted(staging.iterdir()):
         path.replace(out_dir / path.name)
@@ -142,16 +167,21 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
         raise EdgekdError(f"--int8-for '{int8_for}' is unknown: use one of {', '.join(INT8_TARGETS)}")
     if fused_op not in FUSED_OP_FORMS:
         raise EdgekdError(f"--fused-op '{fused_op}' is unknown: use one of {', '.join(FUSED_OP_FORMS)}")
+    if int8_for != "tensorrt" and precision != "int8":
+        raise EdgekdError(f"--int8-for {int8_for} applies to --precision int8 only, and this export is {precision}: "
+                          "drop --int8-for or export int8")
     checkpoint = Path(checkpoint)
+    out_dir = check_output_folder(out_dir, "--out")
     model, payload = load_checkpoint(checkpoint)
     dataset = dataset_for(payload, data, category)
-    out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(out_dir)
     # The onnxruntime INT8 form gets its own name so it never overwrites the TensorRT one beside it.
     flavour = "-ort" if precision == "int8" and int8_for == "onnxruntime" else ""
     stem = f"{name or default_name(checkpoint)}.{precision}{flavour}"
     pixel_threshold = (payload.get("thresholds") or {}).get("pixel")
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir))
     try:
         if precision == "int8":
             (staging / "fp32").mkdir()
@@ -169,8 +199,7 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
                 "outputs": ["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else [])}
         if layout == "split":
             info["graphs"] = {role: path.name for role, path in graphs.items()}
-        for role, path in graphs.items():
-            write_sidecar(path, {**info, "role": role})
+        _stamp(graphs, info)
         artifact = graphs.get("detector", graphs.get("student"))
 
         reference = TorchRuntime(model, device="cpu")
@@ -204,3 +233,5 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
         return ExportResult(out_dir / artifact.name, final, parity, deltas, refused, dataset.root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a refused or failed export leaves no empty folder behind

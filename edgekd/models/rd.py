@@ -6,12 +6,15 @@ strided embedding, so the decoder can only rebuild what normal images look like.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from edgekd.models.base import AnomalyModel
 from edgekd.models.blocks import ResidualBlock, conv_bn_relu, up_conv_bn_relu
-from edgekd.models.patch_memory import PatchMemory, fit_patch_memory
+from edgekd.errors import EdgekdError
+from edgekd.models.patch_memory import BALANCES, PatchMemory, fit_patch_memory
 from edgekd.models.registry import register
 from edgekd.scoring import image_score
 
@@ -69,12 +72,18 @@ class ReverseDistillation(AnomalyModel):
 
     def __init__(self, teacher, input_size, scoring, width: int = 96, embed: int = 192,
                  decoder_widths: tuple[int, int, int] = (32, 64, 128), memory_size: int = 0,
-                 memory_weight: float = 1.0, **options):
+                 memory_weight: float = 1.0, memory_balance: str = "spread", **options):
         super().__init__(teacher, input_size, scoring, **options)
         self.bottleneck = OneClassBottleneck(teacher.channels, width, embed)
         self.decoder = StudentDecoder(teacher.channels, embed, list(decoder_widths))
         self.patch_memory = PatchMemory(teacher.channels, int(memory_size)) if memory_size else None
         self.memory_weight = float(memory_weight)
+        if not math.isfinite(self.memory_weight) or self.memory_weight < 0:
+            raise EdgekdError(f"model_options.memory_weight must be a finite number >= 0, not {memory_weight!r}")
+        if memory_balance not in BALANCES:
+            raise EdgekdError(f"model_options.memory_balance must be one of {', '.join(BALANCES)}, "
+                              f"not {memory_balance!r}")
+        self.memory_balance = memory_balance
 
     def student_features(self, images, teacher_feats):
         return self.decoder(self.bottleneck(teacher_feats))

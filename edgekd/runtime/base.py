@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekd.calibration import check_thresholds
 from edgekd.data.images import to_model_input
 from edgekd.scoring import threshold_mask
 
@@ -26,7 +27,19 @@ class Runtime(ABC):
     def __init__(self, info: dict):
         self.info = info  # sidecar-shaped description: input_size, thresholds, score_stats, model, ...
         self.input_size = tuple(info["input_size"])
-        self.thresholds = info.get("thresholds") or {}
+
+    @property
+    def thresholds(self) -> dict:
+        """The artifact's thresholds, checked on every use (a NaN would call every defect normal)."""
+        return check_thresholds(self.info.get("thresholds"), self.label)
+
+    @thresholds.setter
+    def thresholds(self, value: dict) -> None:
+        self.info["thresholds"] = value
+
+    @property
+    def label(self) -> str:
+        return str(self.info.get("artifact") or self.info.get("checkpoint") or "this model")
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

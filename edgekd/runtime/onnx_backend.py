@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.artifacts import read_sidecar
+from edgekd.artifacts import check_onnx_matches_sidecar, read_sidecar
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime
 
@@ -40,7 +40,7 @@ class OnnxRuntime(Runtime):
         path = Path(path)
         if not path.is_file():
             raise EdgekdError(f"ONNX file {path} does not exist: create it with 'edgekd export'")
-        info = read_sidecar(path)
+        info = {**read_sidecar(path), "artifact": str(path)}
         super().__init__(info)
         providers = PROVIDERS.get("cpu" if device == "auto" else device.split(":")[0])
         if providers is None:
@@ -50,6 +50,7 @@ class OnnxRuntime(Runtime):
             self.student = _session(path.parent / info["graphs"]["student"], providers)
         else:
             self.teacher, self.student = None, _session(path, providers)
+        check_onnx_matches_sidecar(path, info, self.student.get_modelmeta().custom_metadata_map)
         self.student_inputs = [i.name for i in self.student.get_inputs()]
         self.teacher_outputs = [o.name for o in self.teacher.get_outputs()] if self.teacher else []
 

@@ -11,15 +11,28 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.artifacts import read_sidecar
+from edgekd.artifacts import read_sidecar, sidecar_path
+from edgekd.backbones.weights import sha256_of
 from edgekd.engine.gpu import gpu_description
 from edgekd.engine.trt import load_tensorrt
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime
 
 
+def check_engine_matches_sidecar(path: Path, info: dict) -> None:
+    """The plan is the one its sidecar describes (a copied sidecar, a half-copied or replaced plan are caught here,
+    before TensorRT reads a byte of it)."""
+    expected = info.get("engine_sha256")
+    if expected and sha256_of(path) != expected:
+        source = info.get("onnx", {}).get("path", "MODEL.onnx")
+        raise EdgekdError(f"engine {path} does not match its sidecar {sidecar_path(path)} (different checksum): the "
+                          f"plan was replaced, truncated or paired with another sidecar; rebuild it with "
+                          f"'edgekd build-engine {source}'")
+
+
 def check_engine_compatible(path: Path, info: dict) -> None:
     """Raise a clear error when the engine cannot run here; called before TensorRT deserialises anything."""
+    check_engine_matches_sidecar(path, info)
     built = info.get("tensorrt") or {}
     trt = load_tensorrt(built.get("flavour"))
     if built.get("version") and built["version"] != trt.version:
@@ -196,7 +209,7 @@ class TensorRTRuntime(Runtime):
         path = Path(path)
         if not path.is_file():
             raise EdgekdError(f"engine {path} does not exist: build it with 'edgekd build-engine'")
-        info = read_sidecar(path)
+        info = {**read_sidecar(path), "artifact": str(path)}
         super().__init__(info)
         check_engine_compatible(path, info)
         trt = load_tensorrt(info["tensorrt"]["flavour"]).module

@@ -7,10 +7,11 @@ import signal
 import sys
 from pathlib import Path
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, RunIncomplete
 from edgekd.stream.detect import Thresholds, parse_hysteresis
 from edgekd.stream.runner import RunOptions, Runner
-from edgekd.stream.sinks import JsonlSink, MaskSink, VideoSink, WindowSink
+from edgekd.outputs import check_output_file, check_output_folder
+from edgekd.stream.sinks import VIDEO_OUT_SUFFIXES, JsonlSink, MaskSink, VideoSink, WindowSink
 from edgekd.stream.sources import CaptureSettings, open_source
 from edgekd.stream.truth import FrameVerdicts, compare, describe, read_truth
 
@@ -27,6 +28,13 @@ def run_stream(model: Path, camera: int | None, source: str | None, backend: str
     from edgekd.runtime import open_runtime
     if (camera is None) == (source is None):
         raise EdgekdError("say where frames come from: exactly one of --camera N or --source (file, folder, URL, csi://N)")
+    # Every output place is checked before the model loads (a bad path fails now, not at the first frame).
+    if jsonl:
+        check_output_file(jsonl, "--jsonl")
+    if save_video:
+        check_output_file(save_video, "--save-video", VIDEO_OUT_SUFFIXES)
+    if save_masks:
+        check_output_folder(save_masks, "--save-masks")
     truth_frames = read_truth(truth) if truth else None
     on_off = parse_hysteresis(hysteresis)
     if show:
@@ -49,7 +57,7 @@ def run_stream(model: Path, camera: int | None, source: str | None, backend: str
         if save_video:
             sinks.append(VideoSink(save_video, stream.fps or fps or 25.0))
         if show:
-            sinks.append(WindowSink(lambda: runner_ref[0].stop()))
+            sinks.append(WindowSink(lambda: runner_ref[0].stop("window closed")))
         verdicts = FrameVerdicts() if truth_frames is not None else None
         if verdicts:
             sinks.append(verdicts)
@@ -67,7 +75,7 @@ def run_stream(model: Path, camera: int | None, source: str | None, backend: str
         if runner.stopping:  # a second Ctrl-C: stop waiting for in-flight frames
             raise KeyboardInterrupt
         _log(f"info: {signal.Signals(number).name}: finishing the frames in flight and closing the outputs")
-        runner.stop()
+        runner.stop(signal.Signals(number).name)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     _log(f"info: {stream.description} -> {model} ({runtime.backend}), thresholds image {thresholds.image:.4g} "
@@ -82,4 +90,11 @@ def run_stream(model: Path, camera: int | None, source: str | None, backend: str
         summary["truth"] = compare(truth_frames, verdicts)
         _log(describe(summary["truth"]))
     echo(json.dumps({"source": stream.description, "model": str(model), "backend": runtime.backend, **summary}))
+    if summary["lost_outputs"]:
+        lost = summary["lost_outputs"][0]
+        raise RunIncomplete(f"{lost['output']} failed ({lost['error']}), so the run's outputs are incomplete "
+                            "(see lost_outputs in the summary): free space or fix the path and run again")
+    if summary["stopped_by"] and summary["stopped_by"].startswith("SIG"):
+        raise RunIncomplete(f"stopped by {summary['stopped_by']} after {summary['processed']} frames: the outputs hold "
+                            "those frames only", 128 + int(signal.Signals[summary["stopped_by"]]))
     return summary

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edgekd.calibration import check_threshold_override
 from edgekd.errors import EdgekdError
 from edgekd.scoring import threshold_mask
 
@@ -32,7 +33,7 @@ class Thresholds:
     @classmethod
     def resolve(cls, artifact_thresholds: dict | None, override: float | None) -> "Thresholds":
         """--threshold overrides both (as in `edgekd predict`); otherwise the artifact's own."""
-        if override is not None:
+        if check_threshold_override(override) is not None:
             return cls(float(override), float(override))
         known = artifact_thresholds or {}
         if known.get("image") is None or known.get("pixel") is None:

@@ -48,6 +48,7 @@ class _Frame:
     position: float | None
     image: np.ndarray
     captured: float  # perf_counter at capture
+    name: str | None = None  # the file a folder source read it from
     tensor: np.ndarray | None = None
     amap: np.ndarray | None = None
     score: float = 0.0
@@ -95,14 +96,19 @@ class Runner:
         self.vmin, self.vmax = colour_range(runtime.info.get("score_stats"), options.thresholds.pixel)
         self.hysteresis = Hysteresis(*options.hysteresis)
         self.active_sinks = list(sinks)
+        self.stopped_by: str | None = None  # what stopped the run before its source ended (a signal, the window)
+        self.lost_outputs: list[dict] = []  # sinks that failed and were stopped, with the reason
 
     # -- control ----------------------------------------------------------------------------------------------
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def stop(self) -> None:
-        """Stop capturing; frames already in flight are finished and the sinks closed cleanly."""
+    def stop(self, reason: str | None = None) -> None:
+        """Stop capturing; frames already in flight are finished and the sinks closed cleanly. `reason` (a signal's
+        name) goes into the summary: a run cut short is not a complete one."""
+        if reason and self.stopped_by is None:
+            self.stopped_by = reason
         self._stopping.set()
 
     def _put(self, box, item) -> bool:
@@ -143,7 +149,7 @@ class Runner:
             if read.status == OK:
                 self.stats.stage("capture", time.perf_counter() - started)
                 self.stats.count("captured")
-                frame = _Frame(index, time.time(), read.timestamp, read.image, time.perf_counter())
+                frame = _Frame(index, time.time(), read.timestamp, read.image, time.perf_counter(), read.name)
                 index += 1
                 if not self._put(out, frame):
                     return
@@ -219,7 +225,8 @@ class Runner:
             regions, mask = defect_regions(frame.amap, options.thresholds.pixel, frame.image.shape[:2], options.min_area)
             defective = frame_is_defective(frame.score, regions, options.thresholds, options.min_area)
             result = Result(frame.index, frame.timestamp, frame.position, frame.image, frame.amap, mask, frame.score,
-                            defective, self.hysteresis.update(defective), regions if defective else [])
+                            defective, self.hysteresis.update(defective), regions if defective else [],
+                            name=frame.name)
             result.latency_ms = 1e3 * (time.perf_counter() - frame.captured)
             self.stats.stage("postprocess", time.perf_counter() - started)
             if not self._put(out, (result, frame.captured)):
@@ -243,12 +250,15 @@ class Runner:
 
     def _drop_sink(self, sink: Sink, exc: BaseException) -> None:
         self.active_sinks.remove(sink)
-        self.log(f"error: {sink.name} stopped ({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}); "
-                 "detection and the other outputs go on")
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        kept = None
         try:
-            sink.close()
+            kept = sink.abandon()
         except OSError:
             pass
+        self.lost_outputs.append({"output": sink.name, "error": reason, **({"kept": str(kept)} if kept else {})})
+        self.log(f"error: {sink.name} stopped ({reason}); detection and the other outputs go on"
+                 + (f"; what was written is kept as {kept}" if kept else ""))
 
     # -- the run --------------------------------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -288,4 +298,5 @@ class Runner:
             if isinstance(self.failure, EdgekdError):
                 raise self.failure
             raise EdgekdError(f"the run stopped: {type(self.failure).__name__}: {self.failure}") from self.failure
-        return self.stats.snapshot()
+        return {**self.stats.snapshot(), "stopped_by": self.stopped_by, "lost_outputs": self.lost_outputs,
+                "complete": self.stopped_by is None and not self.lost_outputs}

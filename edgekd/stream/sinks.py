@@ -32,9 +32,11 @@ class Result:
     regions: list[Region] = field(default_factory=list)
     latency_ms: float = 0.0
     fps: float = 0.0
+    name: str | None = None  # source file, for folder sources
+
 
     def event(self) -> dict:
-        return {"frame": self.index, "time": round(self.timestamp, 6),
+        return {"frame": self.index, **({"file": self.name} if self.name else {}), "time": round(self.timestamp, 6),
                 **({"position_s": round(self.position, 4)} if self.position is not None else {}),
                 "score": round(float(self.score), 6), "defective": self.defective,
                 "verdict": "defect" if self.verdict else "ok", "regions": [r.to_dict() for r in self.regions],
@@ -51,26 +53,40 @@ class Sink:
     def close(self) -> None:
         pass
 
+    def abandon(self) -> Path | None:
+        """After a failed write: stop, leave nothing that looks whole but is not; returns what was kept, if any."""
+        self.close()
+        return None
+
 
 class JsonlSink(Sink):
-    """One JSON object per frame; each line goes out in one write and is flushed, so the file never ends in half a
-    line and can be tailed while the line runs."""
+    """One JSON object per frame, written straight to the file descriptor: a line that cannot be written whole
+    (disk full) is cut back off, so the file only ever holds whole lines and can be tailed while the line runs."""
 
     def __init__(self, path: Path):
         self.path, self.name = Path(path), f"--jsonl {path}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "w", encoding="utf-8")
+        self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.whole = 0  # bytes of whole lines in the file
 
     def write(self, result, overlay_bgr):
-        self.file.write(json.dumps(result.event()) + "\n")
-        self.file.flush()
+        line = (json.dumps(result.event()) + "\n").encode()
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(self.fd, self.whole)
+            except OSError:
+                pass  # a device such as /dev/full cannot be truncated; it holds nothing either
+            raise
+        self.whole += len(line)
 
     def close(self):
-        if not self.file.closed:
-            try:
-                self.file.close()
-            except OSError:
-                pass  # already reported when the write failed
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
 
 class MaskSink(Sink):
@@ -88,6 +104,9 @@ class MaskSink(Sink):
         write_image_atomic(self.folder / f"frame_{result.index:08d}.png", mask)
 
 
+VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi")
+
+
 class VideoSink(Sink):
     """The annotated stream as a video. It is written under a .partial name and renamed when closed, so a
     crash never leaves a file that looks finished but does not play."""
@@ -102,7 +121,7 @@ class VideoSink(Sink):
     def write(self, result, overlay_bgr):
         if self.writer is None:
             h, w = overlay_bgr.shape[:2]
-            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"))
+            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
             self.writer = cv2.VideoWriter(str(self.partial), fourcc, self.fps, (w, h))
             if not self.writer.isOpened():
                 raise OSError(f"cannot open a video writer for {self.path} (use .mp4 or .avi)")
@@ -115,6 +134,13 @@ class VideoSink(Sink):
             self.writer.release()
             self.writer = None
             os.replace(self.partial, self.path)
+
+    def abandon(self) -> Path | None:
+        """The video stays under its .partial name: it ends where the disk filled and may not play to the end."""
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+        return self.partial if self.partial.exists() else None
 
 
 class WindowSink(Sink):

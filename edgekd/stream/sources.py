@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgekd.data.images import list_images
+from edgekd.data.images import decode, list_images
 from edgekd.errors import EdgekdError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv"}
@@ -26,6 +26,7 @@ GSTREAMER_FIX = ("OpenCV from pip has no GStreamer: on a Jetson use JetPack's Op
                  "with -DWITH_GSTREAMER=ON")
 
 OK, CORRUPT, END, LOST = "ok", "corrupt", "end", "lost"
+MAX_FAILED_READS = 250  # failed reads in a row after which a file counts as ended (about 10 s of video)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Read:
     status: str  # OK, CORRUPT, END or LOST
     image: np.ndarray | None = None  # BGR uint8 (H,W,3) when OK
     timestamp: float | None = None  # seconds into a file, when the source knows
+    name: str | None = None  # the image file, for folder sources
 
 
 @dataclass(frozen=True)
@@ -113,11 +115,23 @@ class CaptureSource(Source):
     def read(self) -> Read:
         ok, image = self.capture.read()
         if not ok:
-            return Read(LOST if self.live else END)
+            return Read(LOST) if self.live else self._after_failed_read()
+        self.failed_in_a_row = 0
         if not valid_frame(image):
             return Read(CORRUPT)
         position = None if self.live else self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         return Read(OK, image, position)
+
+    def _after_failed_read(self) -> Read:
+        """A file that fails to decode before its last frame has a damaged patch, not an end: skip one frame past
+        it (a seek re-syncs the demuxer) and count it corrupt; the end is the frame count, or a long run of failures."""
+        total = self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        position = self.capture.get(cv2.CAP_PROP_POS_FRAMES)
+        self.failed_in_a_row = getattr(self, "failed_in_a_row", 0) + 1
+        if total <= 0 or position >= total - 1 or self.failed_in_a_row > MAX_FAILED_READS:
+            return Read(END)
+        self.capture.set(cv2.CAP_PROP_POS_FRAMES, position + 1)
+        return Read(CORRUPT)
 
     def close(self) -> None:
         if self.capture is not None:
@@ -158,8 +172,8 @@ class FolderSource(Source):
             return Read(END)
         path = self.paths[self.position]
         self.position += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        return Read(OK, image, None) if valid_frame(image) else Read(CORRUPT)
+        image = decode(path, cv2.IMREAD_COLOR)
+        return Read(OK, image, None, path.name) if valid_frame(image) else Read(CORRUPT, name=path.name)
 
 
 def csi_pipeline(sensor: int, settings: CaptureSettings) -> str:

@@ -10,6 +10,7 @@ Two targets want different activations:
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -58,7 +59,11 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
             return batch
 
     prepared = out_path.with_name(out_path.stem + ".prep.onnx")
+    root, level = logging.getLogger(), logging.getLogger().level
     try:
+        # onnxruntime's quantizer logs on the root logger ("Axis 1 is out-of-range for weight ...": 1-D weights
+        # it quantizes per tensor instead); those lines are not the user's to act on.
+        root.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # no ORT graph optimisation here: it would inline the fused scoring op (edgekd::MultiScaleFeatureDiff)
@@ -74,5 +79,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
                             extra_options={"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True,
                                            "QuantizeBias": False})  # TensorRT takes no INT32 bias Q/DQ
     finally:
+        root.setLevel(level)
         prepared.unlink(missing_ok=True)
     return out_path

@@ -1,0 +1,174 @@
+"""Speed, memory and accuracy of benchmark rows, measured so that they hold on a noisy machine.
+
+Every row is warmed up, then timed in interleaved rounds (A B C A B C ...): a slow spell of the machine hits all
+rows alike, so their ratios hold even when absolute figures drift. Latency is per call of the row's batch size.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.bench.plan import FAILED, OK, Row
+from edgekd.data.images import to_model_input
+from edgekd.errors import EdgekdError
+
+
+def rss_mb() -> float | None:
+    """Resident memory of this process now (Linux /proc), in MiB."""
+    return _status_field("VmRSS")
+
+
+def peak_rss_mb() -> float | None:
+    return _status_field("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Linux resets VmHWM (the peak) when 5 is written to clear_refs: each row's peak is then its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_field(name: str) -> float | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def gpu_peak_mb(backend: str) -> float | None:
+    """Peak GPU memory of torch rows (the caching allocator knows it); None elsewhere."""
+    if backend != "torch":
+        return None
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def batch_input(images: np.ndarray, batch: int) -> np.ndarray:
+    """A model-input batch of real frames (repeated when the sample is smaller than the batch)."""
+    picks = np.arange(batch) % len(images)
+    return to_model_input(images[picks])
+
+
+def warm_up(row: Row, runtime, images: np.ndarray, calls: int = 3) -> None:
+    """First calls allocate, compile and tune; they are not timed. Peak memory is taken over these calls."""
+    import torch
+    batch = batch_input(images, row.batch)
+    base = rss_mb()
+    reset = reset_peak_rss()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(calls):
+        runtime.run(batch)
+    peak = peak_rss_mb() if reset else None
+    # The row's own memory: what loading its artifact added, plus the most its calls needed on top of that.
+    work = max(0.0, peak - base) if peak is not None and base is not None else None
+    load = row.results.get("load_rss_mb")
+    row.results["work_rss_mb"] = round(work, 1) if work is not None else None
+    row.results["mem_mb"] = round((load or 0.0) + work, 1) if work is not None else None
+    gpu = gpu_peak_mb(row.backend)
+    row.results["gpu_peak_mb"] = round(gpu, 1) if gpu is not None else None
+
+
+def interleaved_timing(rows: list[Row], runtimes: dict, images: np.ndarray, rounds: int, seconds_per_turn: float,
+                       progress=None, task=None) -> None:
+    """Each round gives every row one turn of about `seconds_per_turn`; the latency of every call is kept."""
+    samples: dict = {row.key: [] for row in rows}
+    round_medians: dict = {row.key: [] for row in rows}
+    batches = {row.key: batch_input(images, row.batch) for row in rows}
+    for _ in range(rounds):
+        for row in rows:
+            runtime, batch = runtimes[row.key], batches[row.key]
+            turn, turn_ends = [], time.perf_counter() + seconds_per_turn
+            while True:
+                started = time.perf_counter()
+                runtime.run(batch)
+                now = time.perf_counter()
+                turn.append(now - started)
+                if now >= turn_ends:
+                    break
+            samples[row.key] += turn
+            round_medians[row.key].append(float(np.median(turn)))
+            if progress is not None:
+                progress.advance(task)
+    for row in rows:
+        latency = np.array(samples[row.key]) * 1e3
+        p50 = float(np.percentile(latency, 50))
+        medians = np.array(round_medians[row.key])
+        # The run's own noise: how far the per-round medians of this row spread, relative to their median.
+        noise = float((medians.max() - medians.min()) / np.median(medians)) if medians.size > 1 else None
+        row.results.update({"ms_p50": round(p50, 3), "ms_p99": round(float(np.percentile(latency, 99)), 3),
+                            "calls": int(latency.size), "fps": round(row.batch * 1e3 / p50, 2),
+                            "noise": round(noise, 4) if noise is not None else None})
+
+
+def accuracy(runtime, data: Path, category: str | None, out: Path, name: str, batch: int) -> dict:
+    """Image AUROC, pixel AUROC and AUPRO on the test split, as `edgekd eval` computes them."""
+    from edgekd.evaluate import evaluate
+    row = evaluate(runtime, data, category, out, name, batch_size=batch).row
+    return {k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
+
+
+def add_ratios(rows: list[Row], references: tuple[str, ...]) -> None:
+    """fps / fps of the reference family's row with the same backend, precision and batch (same rounds)."""
+    by_family = {}
+    for row in rows:
+        if row.status == OK:
+            by_family.setdefault((row.model.family, row.backend, row.precision, row.batch), row)
+    for row in rows:
+        for family in references:
+            reference = by_family.get((family, row.backend, row.precision, row.batch))
+            value = None
+            if row.status == OK and reference is not None and reference.results.get("fps"):
+                value = round(row.results["fps"] / reference.results["fps"], 3)
+            row.results[f"x_{family}"] = value
+
+
+def add_drops(rows: list[Row]) -> None:
+    """Points each metric lost against the same model's FP32 row (same backend, else torch)."""
+    fp32 = {}
+    for row in rows:
+        if row.status == OK and row.precision == "fp32" and "image_auroc" in row.results:
+            fp32.setdefault((row.model.name, row.backend), row)
+            fp32.setdefault((row.model.name, "any"), row)
+    for row in rows:
+        if row.status != OK or "image_auroc" not in row.results:
+            continue
+        reference = fp32.get((row.model.name, row.backend)) or fp32.get((row.model.name, "any"))
+        if reference is not None and reference is not row:
+            row.results["drop_points"] = {k: round(100 * (reference.results[k] - row.results[k]), 3)
+                                          for k in ("image_auroc", "pixel_auroc", "aupro")}
+
+
+def end_to_end(runtime, source: str, batch: int, jsonl: Path) -> dict:
+    """Decode -> preprocess -> infer -> postprocess -> JSONL through `edgekd run`'s runner: its frames per second."""
+    from edgekd.stream.detect import Thresholds
+    from edgekd.stream.runner import RunOptions, Runner
+    from edgekd.stream.sinks import JsonlSink
+    from edgekd.stream.sources import open_source
+    stream = open_source(source)
+    sink = JsonlSink(jsonl)
+    thresholds = Thresholds.resolve(runtime.thresholds, None) if runtime.thresholds.get("image") is not None \
+        else Thresholds(float("inf"), float("inf"))
+    summary = Runner(stream, runtime, [sink], RunOptions(thresholds, max_batch=batch, stats_every=0.0),
+                     log=lambda text: None).run()
+    if not summary.get("processed"):
+        raise EdgekdError(f"--source {source} delivered no frames")
+    return {"e2e_fps": summary["mean_fps"], "e2e_frames": summary["processed"]}
+
+
+def mark_failed(row: Row, exc: BaseException) -> None:
+    message = str(exc) if isinstance(exc, EdgekdError) else f"{type(exc).__name__}: {exc}"
+    row.fail(FAILED, message)

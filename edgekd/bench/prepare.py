@@ -1,0 +1,91 @@
+"""The artifact each benchmark row runs: the checkpoint itself, an ONNX export or a TensorRT engine, made with
+`edgekd export` / `build-engine` (their parity and accuracy gates included) and cached by checkpoint checksum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekd.artifacts import read_sidecar
+from edgekd.backbones.weights import sha256_of
+from edgekd.bench.plan import FAILED, SKIPPED, Model
+from edgekd.engine.gpu import gpu_count
+from edgekd.errors import EdgekdError
+
+
+class NotRunnable(Exception):
+    """This row cannot run here; the message is its one-line reason."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+def _cached(path: Path, checkpoint_sha: str) -> bool:
+    """An earlier export of the same checkpoint (its sidecar names the checkpoint's checksum)."""
+    if not path.is_file():
+        return False
+    try:
+        return read_sidecar(path)["source_checkpoint"]["sha256"] == checkpoint_sha
+    except (EdgekdError, KeyError, TypeError):
+        return False
+
+
+def onnx_for(model: Model, precision: str, int8_for: str, cache: Path, data: Path | None, category: str | None,
+             max_drop: float) -> Path:
+    from edgekd.export.exporter import export_checkpoint
+    folder = cache / model.name
+    suffix = "-ort" if precision == "int8" and int8_for == "onnxruntime" else ""
+    target = folder / f"{model.name}.{precision}{suffix}.onnx"
+    if _cached(target, sha256_of(model.checkpoint)):
+        return target
+    try:
+        return export_checkpoint(model.checkpoint, precision, out_dir=folder, name=model.name, data=data,
+                                 category=category, max_drop=max_drop,
+                                 int8_for=int8_for if precision == "int8" else "tensorrt").artifact
+    except EdgekdError as exc:
+        raise NotRunnable(FAILED, str(exc)) from None
+
+
+def artifact_for(model: Model, backend: str, precision: str, max_batch: int, cache: Path, data: Path | None,
+                 category: str | None, max_drop: float) -> Path:
+    """The file a runtime opens for this (model, backend, precision), or NotRunnable with the reason."""
+    if model.error is not None:
+        raise NotRunnable(FAILED, model.error)
+    if model.fixed is not None:
+        if backend == "tensorrt" and gpu_count() == 0:
+            raise NotRunnable(SKIPPED, "a TensorRT engine runs on an NVIDIA GPU and none is visible here")
+        return model.fixed
+    if backend == "torch":
+        if precision == "int8":
+            raise NotRunnable(SKIPPED, "torch rows run the checkpoint; edgekd's INT8 runs in onnxruntime or TensorRT")
+        if precision == "fp16" and gpu_count() == 0:
+            raise NotRunnable(SKIPPED, "torch FP16 needs an NVIDIA GPU and none is visible")
+        return model.checkpoint
+    if backend == "onnxruntime":
+        return onnx_for(model, precision, "onnxruntime", cache, data, category, max_drop)
+    if gpu_count() == 0:
+        raise NotRunnable(SKIPPED, "a TensorRT engine runs on an NVIDIA GPU and none is visible here")
+    from edgekd.engine.builder import build_engine
+    source = onnx_for(model, precision, "tensorrt", cache, data, category, max_drop)
+    folder = cache / model.name / "engines"  # beside the ONNX, an engine's sidecar would replace the ONNX's
+    engine = folder / f"{source.stem}.engine"
+    if engine.is_file():
+        info = read_sidecar(engine)
+        if info.get("onnx", {}).get("sha256") == sha256_of(source) and \
+                int(info.get("profile", {}).get("batch", {}).get("max", 0)) >= max_batch:
+            return engine
+    try:
+        return build_engine(source, folder, precision, f"1,{max_batch},{max_batch}").engine
+    except EdgekdError as exc:
+        raise NotRunnable(FAILED, f"engine build failed: {exc}") from None
+
+
+def check_engine_batches(engine: Path, batches: list[int]) -> None:
+    """An engine given as it is runs only the batch sizes of its optimisation profile."""
+    profile = read_sidecar(engine).get("profile", {}).get("batch", {})
+    largest = profile.get("max")
+    too_big = [b for b in batches if largest is not None and b > int(largest)]
+    if too_big:
+        raise EdgekdError(f"--batch {max(too_big)} is above the largest batch of {engine}'s profile ({largest}): "
+                          f"rebuild it with 'edgekd build-engine ... --batch 1,{max(too_big)},{max(too_big)}' or "
+                          f"lower --batch")

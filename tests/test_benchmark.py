@@ -1,0 +1,124 @@
+"""`edgekd benchmark`: rows, interleaved timing, ratio columns against rd and dskd, failed rows, reports, --compare."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgekd.artifacts import SIDECAR_FORMAT
+
+
+def run_main(capsys, monkeypatch, *args) -> tuple[int, str, str]:
+    from edgekd import cli as cli_module
+    monkeypatch.setattr(sys, "argv", ["edgekd", *map(str, args)])
+    code = 0
+    try:
+        cli_module.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def two_reports(synth_root, tmp_path_factory):
+    """rd and dskd trained briefly by the benchmark itself, onnxruntime FP32 and INT8 at batch 1; the INT8 gate set
+    so strict that every INT8 export is refused (a failed row, deterministically). Then a second run compared
+    against the first."""
+    import subprocess
+    work = tmp_path_factory.mktemp("bench")
+    common = ["--data", synth_root, "--category", "wood", "--backends", "onnxruntime", "--precisions", "fp32,int8",
+              "--batch", "1", "--rounds", "2", "--turn-seconds", "0.05", "--max-drop", "-1"]
+    first = subprocess.run([sys.executable, "-m", "edgekd.cli", "benchmark", "--families", "rd,dskd", "--train",
+                            "--epochs", "1", "--set", "input_size=64", "--set", "train.batch_size=8",
+                            "--out", work / "first", *map(str, common)], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    checkpoints = [work / "runs" / f / "model.ckpt" for f in ("rd", "dskd")]
+    second = subprocess.run([sys.executable, "-m", "edgekd.cli", "benchmark", *map(str, checkpoints),
+                             "--out", work / "second", "--compare", work / "first" / "report.json",
+                             *map(str, common)], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    return work
+
+
+def test_report_files_rows_and_ratio_columns(two_reports):
+    folder = two_reports / "first"
+    for name in ("report.md", "report.json", "report.csv", "fps_vs_accuracy.png", "latency.png"):
+        assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
+    report = json.loads((folder / "report.json").read_text())
+    rows = {(r["model"], r["precision"]): r for r in report["rows"]}
+    assert len(report["rows"]) == 4 and report["environment"]["onnxruntime"]["version"]
+    rd, dskd = rows[("rd", "fp32")], rows[("dskd", "fp32")]
+    for row in (rd, dskd):
+        assert row["status"] == "ok" and row["fps"] > 0 and row["ms_p99"] >= row["ms_p50"] > 0
+        assert 0.0 <= row["image_auroc"] <= 1.0 and row["size_mb"] > 0 and row["calls"] >= 2
+    assert rd["x_rd"] == 1.0 and dskd["x_dskd"] == 1.0
+    assert dskd["x_rd"] == pytest.approx(dskd["fps"] / rd["fps"], rel=1e-2)
+    assert rd["x_dskd"] == pytest.approx(rd["fps"] / dskd["fps"], rel=1e-2)
+    # The INT8 rows failed at the export gate, with the gate's reason, and the others went on.
+    for family in ("rd", "dskd"):
+        failed = rows[(family, "int8")]
+        assert failed["status"] == "failed" and "int8 export refused" in failed["reason"] and "fps" not in failed
+    markdown = (folder / "report.md").read_text()
+    assert "## Rows that did not run" in markdown and "| rd | rd | onnxruntime | fp32 | 1 | ok |" in markdown
+    with open(folder / "report.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+
+
+def test_compare_against_an_earlier_report(two_reports):
+    report = json.loads((two_reports / "second" / "report.json").read_text())
+    compared = {c["row"]: c for c in report["comparison"]}
+    assert set(compared) == {"rd onnxruntime fp32 1", "dskd onnxruntime fp32 1"}
+    for entry in compared.values():
+        assert entry["verdict"] in ("same", "faster", "SLOWER") and entry["speed_slack"] >= 0.05
+        assert entry["image_auroc_change"] == pytest.approx(0.0, abs=1e-6)  # same checkpoints, same exports
+    assert "## Against the earlier report" in (two_reports / "second" / "report.md").read_text()
+
+
+def test_regression_verdicts_follow_the_runs_noise():
+    from edgekd.bench.report import compare
+    earlier = {"rows": [{"model": "m", "backend": "onnxruntime", "precision": "fp32", "batch": 1, "status": "ok",
+                         "fps": 100.0, "noise": 0.01, "image_auroc": 0.95}]}
+    now = lambda fps, noise, auroc: [{"model": "m", "backend": "onnxruntime", "precision": "fp32", "batch": 1,
+                                      "status": "ok", "fps": fps, "noise": noise, "image_auroc": auroc}]
+    assert compare(now(97.0, 0.01, 0.95), earlier)[0]["verdict"] == "same"  # within 5%
+    assert compare(now(80.0, 0.01, 0.95), earlier)[0]["verdict"] == "SLOWER"
+    assert compare(now(80.0, 0.15, 0.95), earlier)[0]["verdict"] == "same"  # this run was too noisy to tell
+    assert compare(now(100.0, 0.01, 0.93), earlier)[0]["verdict"] == "LESS ACCURATE"
+
+
+def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
+    engine = tmp_path / "wood.fp16.engine"
+    engine.write_bytes(b"plan")
+    engine.with_suffix(".json").write_text(json.dumps({
+        "format": SIDECAR_FORMAT, "format_version": 1, "model": "rd", "precision": "fp16", "input_size": [64, 64],
+        "profile": {"batch": {"min": 1, "opt": 4, "max": 4}}}))
+    cases = [
+        ([], "nothing to benchmark"),
+        (["--families", "rd,foo", "--train", "--data", tmp_path], "foo is not a model family"),
+        ([engine, "--backends", "onnxruntime,cuda"], "cuda is not one of torch, onnxruntime, tensorrt"),
+        ([engine, "--precisions", "fp64"], "fp64 is not one of fp32, fp16, int8"),
+        ([engine, "--batch", "1,0"], "--batch '1,0' must be batch sizes"),
+        ([engine, "--batch", "1,8"], "--batch 8 is above the largest batch of"),
+        ([tmp_path / "missing.ckpt"], "does not exist"),
+        (["--families", "rd", "--train"], "--train needs --families"),
+        ([engine, "--compare", tmp_path / "old.json"], "--compare"),
+    ]
+    for args, fragment in cases:
+        code, _, err = run_main(capsys, monkeypatch, "benchmark", *args, "--out", tmp_path / "report")
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], (args, err)
+    assert not (tmp_path / "report").exists()
+
+
+def test_rows_cover_every_combination_and_fixed_artifacts_only_their_own():
+    from edgekd.bench.plan import Model, plan_rows
+    ckpt = Model("a", "rd", Path("a.ckpt"))
+    engine = Model("b", "rd", None, Path("b.engine"), "tensorrt", "fp16")
+    rows = plan_rows([ckpt, engine], ["onnxruntime", "tensorrt"], ["fp32", "int8"], [1, 8])
+    assert len([r for r in rows if r.model is ckpt]) == 8
+    assert {(r.backend, r.precision) for r in rows if r.model is engine} == {("tensorrt", "fp16")}

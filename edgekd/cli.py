@@ -359,6 +359,7 @@ def benchmark(artifacts: List[Path] = typer.Argument(None, help="model.ckpt file
     from edgekd.bench.prepare import check_engine_batches
     from edgekd.bench.report import read_report, write_report
     from edgekd.bench.run import Settings, run_benchmark
+    from edgekd.bench.tegrastats import TegraStats
     from edgekd.machine import environment_info
     from edgekd.outputs import check_output_folder
     from edgekd.progress import make_progress
@@ -386,10 +387,10 @@ def benchmark(artifacts: List[Path] = typer.Argument(None, help="model.ckpt file
                                 epochs, list(set_), log)
     settings = Settings(chosen_backends, chosen_precisions, batches, data, category, rounds, turn_seconds, device,
                         source, max_drop, not skip_accuracy)
-    with make_progress() as progress:
+    with make_progress() as progress, TegraStats() as tegrastats:
         outcome = run_benchmark(models, settings, out, cache, progress, log)
-    report = write_report(out, outcome.rows, environment_info(), outcome.started, outcome.seconds, outcome.notes,
-                          earlier)
+    environment = {**environment_info(), "tegrastats": tegrastats.summary()}
+    report = write_report(out, outcome.rows, environment, outcome.started, outcome.seconds, outcome.notes, earlier)
     _echo((out / "report.md").read_text())
     _echo(f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.csv'}"
           + (f"; plots: {', '.join(report['plots'])}" if report["plots"] else ""))

@@ -122,3 +122,15 @@ def test_rows_cover_every_combination_and_fixed_artifacts_only_their_own():
     rows = plan_rows([ckpt, engine], ["onnxruntime", "tensorrt"], ["fp32", "int8"], [1, 8])
     assert len([r for r in rows if r.model is ckpt]) == 8
     assert {(r.backend, r.precision) for r in rows if r.model is engine} == {("tensorrt", "fp16")}
+
+
+def test_tegrastats_lines_of_orin_and_nano_are_read():
+    from edgekd.bench.tegrastats import parse_line, summarise
+    orin = ("12-02-2026 10:00:00 RAM 3000/30536MB (lfb 5x4MB) SWAP 0/15268MB (cached 0MB) CPU [2%@729,1%@729] "
+            "EMC_FREQ 0% GR3D_FREQ 61% cpu@48.5C soc2@46.3C gpu@51.1C tj@52.0C VDD_GPU_SOC 4596mW/3596mW "
+            "VDD_CPU_CV 399mW/399mW VIN_SYS_5V0 7722mW/6722mW")
+    nano = "RAM 1500/3964MB CPU [10%@1479,off,off,off] GR3D_FREQ 99%@921 PLL@33C CPU@36.5C GPU@34C POM_5V_IN 5123/4800"
+    a, b = parse_line(orin), parse_line(nano)
+    assert a == {"power_mw": 7722, "rail": "VIN_SYS_5V0", "max_temp_c": 52.0, "gpu_load_pct": 61}
+    assert b["power_mw"] == 5123 and b["max_temp_c"] == 36.5 and b["gpu_load_pct"] == 99
+    assert summarise([a, b])["power_mw_max"] == 7722 and summarise([]) is None

@@ -147,3 +147,32 @@ def test_a_resume_checkpoint_is_named_as_such(wood_checkpoint):
     with pytest.raises(EdgekdError, match="is a resume checkpoint .* use .*model.ckpt"):
         read_checkpoint(last)
     assert read_checkpoint(last, resume=True)["epoch"] == 4
+
+
+@pytest.mark.slow
+def test_mpeg4_video_shifts_normal_scores_and_calibrating_on_that_video_holds(wood_checkpoint, synth_root, tmp_path):
+    """The same good parts score differently once a video codec has been through them; thresholds set on one clip of
+    that video hold on another clip of the same line."""
+    from edgekd.calibrate import collect_normal_scores
+    from edgekd.data.loading import load_images
+    from edgekd.data.video import write_line_video
+    from edgekd.runtime.torch_backend import TorchRuntime
+    from edgekd.stream.sources import CaptureSettings
+    dataset = load_dataset(synth_root, "wood")
+    clips = [write_line_video(dataset, tmp_path / f"{part}.mp4", 40, [], normal_part=part)
+             for part in ("first", "second")]
+    checkpoint = tmp_path / "model.ckpt"
+    shutil.copy(wood_checkpoint, checkpoint)
+    by_path = {str(s.path): s for s in dataset.test}
+    with TorchRuntime.from_checkpoint(checkpoint, device="cpu") as runtime:
+        video, _, _ = collect_normal_scores(runtime, clips[0]["video"], 40, CaptureSettings(None, None, None))
+        frames = [by_path[entry["image"]] for entry in clips[0]["listing"]]
+        png = runtime.infer(load_images(frames, runtime.input_size)).scores
+    # Frame by frame, the codec moves every score; the PNG files' own spread is the yardstick.
+    spread = float(np.percentile(png, 75) - np.percentile(png, 25)) or float(png.std())
+    assert len(video) == len(png) == 40 and float(np.abs(video - png).mean()) > 0.05 * spread
+    result = calibrate(checkpoint, clips[0]["video"], frames=100)
+    assert result.thresholds["image"] > video.max()
+    with TorchRuntime.from_checkpoint(checkpoint, device="cpu") as runtime:
+        other, _, _ = collect_normal_scores(runtime, clips[1]["video"], 40, CaptureSettings(None, None, None))
+    assert int((other > result.thresholds["image"]).sum()) <= 1, (other, result.thresholds)

@@ -38,9 +38,12 @@ def two_reports(synth_root, tmp_path_factory):
                             "--out", work / "first", *map(str, common)], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     checkpoints = [work / "runs" / f / "model.ckpt" for f in ("rd", "dskd")]
+    from edgekd.data.layouts import load_dataset
+    from edgekd.data.video import write_line_video
+    video = write_line_video(load_dataset(synth_root, "wood"), work / "line.mp4", 12, [5], size=64)["video"]
     second = subprocess.run([sys.executable, "-m", "edgekd.cli", "benchmark", *map(str, checkpoints),
                              "--out", work / "second", "--compare", work / "first" / "report.json",
-                             *map(str, common)], capture_output=True, text=True)
+                             "--source", video, *map(str, common)], capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     return work
 
@@ -77,6 +80,10 @@ def test_compare_against_an_earlier_report(two_reports):
         assert entry["verdict"] in ("same", "faster", "SLOWER") and entry["speed_slack"] >= 0.05
         assert entry["image_auroc_change"] == pytest.approx(0.0, abs=1e-6)  # same checkpoints, same exports
     assert "## Against the earlier report" in (two_reports / "second" / "report.md").read_text()
+    # --source: each row also ran the video through edgekd run's runner, decode to JSONL.
+    for row in report["rows"]:
+        if row["status"] == "ok":
+            assert row["e2e_frames"] == 12 and row["e2e_fps"] > 0
 
 
 def test_regression_verdicts_follow_the_runs_noise():

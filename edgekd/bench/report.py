@@ -18,7 +18,7 @@ from edgekd.data.images import write_image_atomic
 from edgekd.errors import EdgekdError
 
 COLUMNS = ("model", "family", "backend", "precision", "batch", "status", "size_mb", "image_auroc", "pixel_auroc",
-           "aupro", "ms_p50", "ms_p99", "fps", "x_rd", "x_dskd", "mem_mb", "reason")
+           "aupro", "ms_p50", "ms_p99", "fps", "x_rd", "x_dskd", "mem_mb", "e2e_fps", "reason")
 ACCURACY_SLACK = 0.5  # points of image AUROC / AUPRO a later run may lose before it counts as a regression
 MIN_SPEED_SLACK = 0.05  # at least 5%: two runs on one machine rarely agree closer
 

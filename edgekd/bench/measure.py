@@ -16,46 +16,6 @@ from edgekd.data.images import to_model_input
 from edgekd.errors import EdgekdError
 
 
-def rss_mb() -> float | None:
-    """Resident memory of this process now (Linux /proc), in MiB."""
-    return _status_field("VmRSS")
-
-
-def peak_rss_mb() -> float | None:
-    return _status_field("VmHWM")
-
-
-def reset_peak_rss() -> bool:
-    """Linux resets VmHWM (the peak) when 5 is written to clear_refs: each row's peak is then its own."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_field(name: str) -> float | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(name + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def gpu_peak_mb(backend: str) -> float | None:
-    """Peak GPU memory of torch rows (the caching allocator knows it); None elsewhere."""
-    if backend != "torch":
-        return None
-    import torch
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.max_memory_allocated() / 2**20
-
-
 def batch_input(images: np.ndarray, batch: int) -> np.ndarray:
     """A model-input batch of real frames (repeated when the sample is smaller than the batch)."""
     picks = np.arange(batch) % len(images)
@@ -63,22 +23,26 @@ def batch_input(images: np.ndarray, batch: int) -> np.ndarray:
 
 
 def warm_up(row: Row, runtime, images: np.ndarray, calls: int = 3) -> None:
-    """First calls allocate, compile and tune; they are not timed. Peak memory is taken over these calls."""
-    import torch
+    """First calls allocate, compile and tune; they are not timed."""
     batch = batch_input(images, row.batch)
-    base = rss_mb()
-    reset = reset_peak_rss()
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
     for _ in range(calls):
         runtime.run(batch)
-    peak = peak_rss_mb() if reset else None
-    # The row's own memory: what loading its artifact added, plus the most its calls needed on top of that.
-    work = max(0.0, peak - base) if peak is not None and base is not None else None
-    load = row.results.get("load_rss_mb")
-    row.results["work_rss_mb"] = round(work, 1) if work is not None else None
-    row.results["mem_mb"] = round((load or 0.0) + work, 1) if work is not None else None
-    gpu = gpu_peak_mb(row.backend)
+
+
+def probe_memory(row: Row, device: str) -> None:
+    """Peak resident memory (and GPU memory for torch) of the row's artifact at its batch size, in a process of its
+    own: what loading it and running its calls take above an interpreter with edgekd imported."""
+    import json
+    import subprocess
+    import sys
+    try:
+        done = subprocess.run([sys.executable, "-m", "edgekd.bench.memprobe", str(row.artifact), row.backend, device,
+                               str(row.batch)], capture_output=True, text=True, timeout=600)
+        measured = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        measured = {}
+    row.results["mem_mb"] = measured.get("mem_mb")
+    gpu = measured.get("gpu_peak_mb")
     row.results["gpu_peak_mb"] = round(gpu, 1) if gpu is not None else None
 
 

@@ -59,7 +59,8 @@ def markdown(records: list[dict], environment: dict, outcome_notes: list[str], s
     lines = [f"# edgekd benchmark\n", f"Run {started}, {seconds:.0f} s. Speed: median and p99 latency per call of the "
              "row's batch size, FPS = batch / median latency, all rows timed in the same interleaved rounds; "
              "x rd / x dskd = this row's FPS over the rd / dskd row with the same backend, precision and batch. "
-             "mem_mb: resident memory the row's artifact added when loaded plus the most its calls needed on top. "
+             "mem_mb: peak resident memory of the row's artifact at its batch size, in a process of its own, above "
+             "an interpreter with edgekd imported. "
              "Accuracy: the test split, as `edgekd eval` measures it.\n", "## Where it ran\n", *where, "",
              "## Rows\n", header, "|" + "---|" * (len(COLUMNS) - 1)]
     for record in records:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.bench.measure import (accuracy, add_drops, add_ratios, end_to_end, interleaved_timing, mark_failed,
-                                  rss_mb, warm_up)
+                                  probe_memory, warm_up)
 from edgekd.bench.plan import FAILED, INTERRUPTED, OK, REFERENCES, Model, Row, plan_rows
 from edgekd.bench.prepare import NotRunnable, artifact_for
 from edgekd.errors import EdgekdError
@@ -82,14 +82,11 @@ def run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Pat
                 data, category = _dataset_of(model, settings)
                 path = artifact_for(model, backend, precision, max(r.batch for r in members), cache, data,
                                     category, settings.max_drop)
-                before = rss_mb()
                 runtime = open_runtime(path, backend, settings.device)
                 opened.append(runtime)
-                grown = rss_mb() - before if before is not None else None
                 for row in members:
                     row.artifact, row.status = path, OK
                     row.results["artifact_mb"] = round(path.stat().st_size / 2**20, 2)
-                    row.results["load_rss_mb"] = round(grown, 1) if grown is not None else None
                     runtimes[row.key] = runtime
             except NotRunnable as exc:
                 for row in members:
@@ -112,6 +109,11 @@ def run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Pat
                 except Exception as exc:  # a runtime that fails on this batch size fails its row only
                     mark_failed(row, exc)
                     ready.remove(row)
+                if progress:
+                    progress.advance(task)
+            task = progress.add_task("memory (a process per row)", total=len(ready)) if progress else None
+            for row in ready:
+                probe_memory(row, settings.device)
                 if progress:
                     progress.advance(task)
             task = progress.add_task("timing (interleaved)", total=settings.rounds * len(ready)) if progress else None

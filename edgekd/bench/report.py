@@ -115,13 +115,27 @@ def fps_vs_accuracy_png(records: list[dict], path: Path) -> Path | None:
     auroc = np.array([100 * p["image_auroc"] for p in points])
     fx0, fx1 = fps.min() - 0.1, fps.max() + 0.1
     ay0, ay1 = max(0.0, auroc.min() - 2), min(100.0, auroc.max() + 1) + 1e-6
-    for p, f, a in zip(points, fps, auroc):
+    placed: list[tuple[int, int]] = []
+    fastest = {}  # one label per model, at its fastest row: labels on every point would cover each other
+    for index, p in enumerate(points):
+        if p["model"] not in fastest or p["fps"] > points[fastest[p["model"]]]["fps"]:
+            fastest[p["model"]] = index
+    for index, (p, f, a) in enumerate(zip(points, fps, auroc)):
         x = int(60 + (f - fx0) / (fx1 - fx0) * (width - 100))
         y = int(height - 50 - (a - ay0) / (ay1 - ay0) * (height - 110))
         colour = {"rd": (0, 0, 220), "dskd": (220, 80, 0)}.get(p["family"], (60, 60, 60))
-        cv2.circle(image, (x, y), 6, colour, -1, cv2.LINE_AA)
-        cv2.putText(image, f"{p['model']} {p['backend'][:4]} {p['precision']} b{p['batch']}", (x + 8, y - 6),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1, cv2.LINE_AA)
+        if p["precision"] == "fp32":  # FP32 a ring, FP16 and INT8 a dot; batch 1 small, larger batches large
+            cv2.circle(image, (x, y), 4 if p["batch"] == 1 else 7, colour, 2, cv2.LINE_AA)
+        else:
+            cv2.circle(image, (x, y), 4 if p["batch"] == 1 else 7, colour, -1, cv2.LINE_AA)
+        if fastest[p["model"]] == index:
+            ly = y - 8
+            while any(abs(x - px) < 70 and abs(ly - py) < 14 for px, py in placed):
+                ly -= 14  # stack labels of neighbouring points instead of printing them over each other
+            placed.append((x, ly))
+            cv2.putText(image, p["model"], (x + 9, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+    cv2.putText(image, "ring: fp32, dot: fp16/int8; small: batch 1, large: larger batch", (60, height - 62),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1, cv2.LINE_AA)
     for value in np.linspace(ay0, ay1, 5):
         y = int(height - 50 - (value - ay0) / (ay1 - ay0) * (height - 110))
         cv2.putText(image, f"{value:.1f}", (15, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)

@@ -141,3 +141,32 @@ def test_tegrastats_lines_of_orin_and_nano_are_read():
     assert a == {"power_mw": 7722, "rail": "VIN_SYS_5V0", "max_temp_c": 52.0, "gpu_load_pct": 61}
     assert b["power_mw"] == 5123 and b["max_temp_c"] == 36.5 and b["gpu_load_pct"] == 99
     assert summarise([a, b])["power_mw_max"] == 7722 and summarise([]) is None
+
+
+def test_ctrl_c_writes_the_report_of_the_rows_finished(two_reports):
+    import signal
+    import subprocess
+    import threading
+    import time
+    checkpoints = [two_reports / "runs" / f / "model.ckpt" for f in ("rd", "dskd")]
+    out = two_reports / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "benchmark", *map(str, checkpoints),
+                                "--backends", "onnxruntime", "--precisions", "fp32", "--batch", "1", "--rounds", "200",
+                                "--turn-seconds", "0.2", "--out", str(out), "--cache", str(two_reports / "artifacts")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(process.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sum("prepared" in line for line in seen) < 2:
+        time.sleep(0.2)
+    time.sleep(3.0)  # into the interleaved timing (200 rounds would take minutes)
+    process.send_signal(signal.SIGINT)
+    out_text = process.stdout.read()
+    process.wait(timeout=120)
+    reader.join(timeout=10)
+    assert process.returncode == 130, "".join(seen)
+    report = json.loads((out / "report.json").read_text())
+    assert {r["status"] for r in report["rows"]} == {"interrupted"} and "interrupted by Ctrl-C" in report["notes"][0]
+    assert "error: interrupted: the report holds the rows finished before Ctrl-C" in "".join(seen)
+    assert "# edgekd benchmark" in out_text

@@ -89,9 +89,9 @@ def check_onnx_matches_sidecar(artifact: str | Path, info: dict, metadata: dict[
     except (KeyError, TypeError):
         raise EdgekdError(f"sidecar {sidecar_path(artifact)} lacks fields edgekd writes: {_remake(artifact)}") from None
     for key in STAMPED_FIELDS:
-        raw = metadata.get(key)
+        raw = metadata.get(key)  # set_metadata stores text as it is and everything else as JSON
         try:
-            stamped = raw if key in ("model", "precision", "layout", "color", "source_sha256") else json.loads(raw)
+            stamped = raw if isinstance(expected[key], str) else json.loads(raw)
         except (TypeError, json.JSONDecodeError):
             stamped = raw
         if stamped != expected[key]:

@@ -128,6 +128,8 @@ def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One
           out: Optional[Path] = typer.Option(None, help="Results folder (default <artifact folder>/eval)."),
           batch_size: int = BATCH, device: str = DEVICE, backend: Optional[str] = BACKEND,
           save_threshold: bool = typer.Option(False, help="Store F1-optimal thresholds from these labels in the checkpoint.")):
+    import numpy
+
     from edgekd.calibrate import write_thresholds
     from edgekd.calibration import check_thresholds, thresholds_from_labels
     from edgekd.data.layouts import load_dataset
@@ -135,7 +137,6 @@ def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One
     from edgekd.outputs import check_output_folder
     from edgekd.progress import make_progress
     from edgekd.runtime import open_runtime
-    import numpy as np
     out = check_output_folder(out or (artifacts[0].parent / "eval"), "--out")
     rows, saved = [], []
     with make_progress() as progress:
@@ -146,7 +147,7 @@ def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One
                     if runtime.backend != "torch":
                         raise EdgekdError(f"--save-threshold updates checkpoints, and {path} is not one: "
                                           "save into the model.ckpt, then export again")
-                    labels = np.array([s.label for s in load_dataset(data, which).test])
+                    labels = numpy.array([s.label for s in load_dataset(data, which).test])
                     if note := one_class_note(labels, which or str(data)):
                         raise EdgekdError(f"--save-threshold needs defective and normal test images, but {note}; "
                                           f"{path} keeps its thresholds (use 'edgekd calibrate' with good frames)")

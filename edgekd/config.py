@@ -164,16 +164,16 @@ def validate(config: dict) -> dict:
     return config
 
 
-SIZE_OPTIONS = ("width", "embed", "widths", "channels", "dim", "heads", "groups", "size")
+SIZE_OPTIONS = ("width", "embed", "widths", "channels", "dim", "heads", "groups")
 
 
 def _check_option(key: str, value):
     """Family options are the family's to interpret, but every number among them is finite and not negative, and
     a layer size is at least 1 (a width of 0 builds a network that only fails at its first step)."""
     where = f"model_options.{key}"
-    if isinstance(value, str):
+    if isinstance(value, str) and any(c.isdigit() for c in value):  # '1e-4' in YAML is text
         try:
-            value = float(value) if any(c.isdigit() for c in value) and value.strip()[0] in "+-.0123456789" else value
+            value = float(value)
         except ValueError:
             pass
     items = value if isinstance(value, (list, tuple)) else [value]
@@ -182,7 +182,7 @@ def _check_option(key: str, value):
             continue
         if not math.isfinite(item) or item < 0:
             raise EdgekdError(f"config value {where}={value!r} must be finite and >= 0")
-        if any(key.endswith(s) for s in SIZE_OPTIONS) and not key.endswith("memory_size") and item < 1:
+        if key.endswith(SIZE_OPTIONS) and item < 1:
             raise EdgekdError(f"config value {where}={value!r} is a layer size: it must be >= 1")
     return value
 

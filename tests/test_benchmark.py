@@ -8,20 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_main
 
 from edgekd.artifacts import SIDECAR_FORMAT
-
-
-def run_main(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    from edgekd import cli as cli_module
-    monkeypatch.setattr(sys, "argv", ["edgekd", *map(str, args)])
-    code = 0
-    try:
-        cli_module.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,9 @@
 """The command line as a user runs it: real subprocesses, real files, one-line errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-
-
-def edgekd(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**__import__("os").environ, "EDGEKD_OFFLINE": "1"})
+from cli_runner import edgekd
 
 
 def test_help_lists_every_command():

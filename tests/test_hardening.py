@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,29 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
+from cli_runner import edgekd, run_main
+
 from edgekd.config import load_config
 from edgekd.errors import EdgekdError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def cli(*args, cwd=None, timeout=600):
-    """The installed command line in a fresh process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env={**os.environ, "EDGEKD_OFFLINE": "1"})
-
-
-def run_main(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    """The same entry point in this process (fast enough for a matrix of dozens of cases)."""
-    from edgekd import cli as cli_module
-    monkeypatch.setattr(sys, "argv", ["edgekd", *map(str, args)])
-    code = 0
-    try:
-        cli_module.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_ends_in_error(code: int, err: str, *fragments: str) -> None:
@@ -132,7 +113,7 @@ def test_a_nan_threshold_stored_in_a_checkpoint_is_refused_and_calibrate_replace
     update_checkpoint(broken, thresholds={"image": float("nan"), "pixel": 0.5})
     with open_runtime(broken) as runtime, pytest.raises(EdgekdError, match="unusable image threshold"):
         Thresholds.resolve(runtime.thresholds, None)
-    result = cli("calibrate", broken, "--source", synth_root / "wood" / "test" / "good")
+    result = edgekd("calibrate", broken, "--source", synth_root / "wood" / "test" / "good")
     assert result.returncode == 0, result.stderr
     with open_runtime(broken) as runtime:
         assert np.isfinite(runtime.thresholds["image"])
@@ -288,7 +269,7 @@ def test_a_video_sink_that_fails_leaves_no_file_under_its_final_name(tmp_path):
 
 def test_jsonl_from_a_folder_names_the_files(wood_checkpoint, synth_root, tmp_path):
     folder = synth_root / "wood" / "test" / "crack"
-    result = cli("run", "--model", wood_checkpoint, "--source", folder, "--jsonl", tmp_path / "e.jsonl",
+    result = edgekd("run", "--model", wood_checkpoint, "--source", folder, "--jsonl", tmp_path / "e.jsonl",
                  "--stats-every", "0")
     assert result.returncode == 0, result.stderr
     names = [json.loads(line)["file"] for line in (tmp_path / "e.jsonl").read_text().splitlines()]
@@ -335,11 +316,11 @@ def test_export_leftovers_are_cleaned_and_a_refused_export_leaves_no_folder(wood
 
 def test_next_lines_printed_by_train_and_export_work(synth_root, tmp_path):
     run = tmp_path / "run"
-    result = cli("train", "--data", synth_root, "--category", "wood", "--out", run, "--epochs", "1",
+    result = edgekd("train", "--data", synth_root, "--category", "wood", "--out", run, "--epochs", "1",
                  "--set", "input_size=64", "--set", "model_options.memory_size=0", "--set", "train.augment=none")
     assert result.returncode == 0, result.stderr
     commands = [line.split("next:", 1)[1].strip() for line in result.stdout.splitlines() if "next:" in line]
-    result = cli("export", run / "model.ckpt", "--out", tmp_path / "export")
+    result = edgekd("export", run / "model.ckpt", "--out", tmp_path / "export")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("next:"))
@@ -353,7 +334,7 @@ def test_next_lines_printed_by_train_and_export_work(synth_root, tmp_path):
         pass  # build-engine's own tests cover it where TensorRT(-RTX) is installed
     for command in commands:
         words = command.split()[1:]
-        result = cli(*words, "--out", tmp_path / "eval", cwd=tmp_path)
+        result = edgekd(*words, "--out", tmp_path / "eval", cwd=tmp_path)
         assert result.returncode == 0, f"{command}: {result.stderr}"
 
 

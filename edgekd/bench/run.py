@@ -55,10 +55,9 @@ def _dataset_of(model: Model, settings: Settings) -> tuple[Path, str | None]:
     return Path(training["data"]), training.get("category_arg") or training.get("category")
 
 
-def _sample_images(models: list[Model], settings: Settings, size: tuple[int, int]):
+def _sample_images(data: Path, category: str | None, size: tuple[int, int]):
     from edgekd.data.layouts import load_dataset
     from edgekd.data.loading import load_images
-    data, category = _dataset_of(next((m for m in models if m.checkpoint is not None), models[0]), settings)
     return load_images(load_dataset(data, category).test[:32], size)
 
 
@@ -72,6 +71,13 @@ def run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Pat
         groups.setdefault((row.model.name, row.backend, row.precision), []).append(row)
     runtimes, opened = {}, []
     outcome = Outcome(rows, started, 0.0)
+    trained_on: dict = {}  # each checkpoint is read once for where it was trained, not once per row group
+
+    def dataset_of(model: Model) -> tuple[Path, str | None]:
+        if model.checkpoint not in trained_on:
+            trained_on[model.checkpoint] = _dataset_of(model, settings)
+        return trained_on[model.checkpoint]
+
     try:
         task = progress.add_task("prepare", total=len(groups)) if progress else None
         for (_, backend, precision), members in groups.items():
@@ -79,7 +85,7 @@ def run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Pat
             try:
                 if model.error is not None:
                     raise NotRunnable(FAILED, model.error)
-                data, category = _dataset_of(model, settings)
+                data, category = dataset_of(model)
                 path = artifact_for(model, backend, precision, max(r.batch for r in members), cache, data,
                                     category, settings.max_drop)
                 runtime = open_runtime(path, backend, settings.device)
@@ -101,7 +107,8 @@ def run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Pat
 
         ready = [row for row in rows if row.status == OK]
         if ready:
-            images = _sample_images(models, settings, runtimes[ready[0].key].input_size)
+            sampled = next((m for m in models if m.checkpoint is not None), models[0])
+            images = _sample_images(*dataset_of(sampled), runtimes[ready[0].key].input_size)
             task = progress.add_task("warm up", total=len(ready)) if progress else None
             for row in list(ready):
                 try:
@@ -123,7 +130,7 @@ def run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Pat
             for row in ready if settings.accuracy else []:
                 group = (row.model.name, row.backend, row.precision)
                 if group not in measured_accuracy:
-                    data, category = _dataset_of(row.model, settings)
+                    data, category = dataset_of(row.model)
                     name = f"{row.model.name}-{row.backend}-{row.precision}"
                     measured_accuracy[group] = accuracy(runtimes[row.key], data, category, out / "eval" / name,
                                                         name, min(row.batch, 16))

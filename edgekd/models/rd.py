@@ -11,9 +11,9 @@ import math
 import torch
 from torch import nn
 
+from edgekd.errors import EdgekdError
 from edgekd.models.base import AnomalyModel
 from edgekd.models.blocks import ResidualBlock, conv_bn_relu, up_conv_bn_relu
-from edgekd.errors import EdgekdError
 from edgekd.models.patch_memory import BALANCES, PatchMemory, fit_patch_memory
 from edgekd.models.registry import register
 from edgekd.scoring import image_score

@@ -34,7 +34,6 @@ class Result:
     fps: float = 0.0
     name: str | None = None  # source file, for folder sources
 
-
     def event(self) -> dict:
         return {"frame": self.index, **({"file": self.name} if self.name else {}), "time": round(self.timestamp, 6),
                 **({"position_s": round(self.position, 4)} if self.position is not None else {}),

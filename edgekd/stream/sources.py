@@ -90,6 +90,7 @@ class CaptureSource(Source):
     def __init__(self, target, api: int, description: str, live: bool, settings: CaptureSettings = CaptureSettings()):
         self.target, self.api, self.description, self.live, self.settings = target, api, description, live, settings
         self.capture: cv2.VideoCapture | None = None
+        self.failed_in_a_row = 0  # failed reads since the last good frame (files only)
 
     def _failure(self) -> str:
         return f"{self.description} could not be opened: check the path or address and that it plays (e.g. ffplay)"
@@ -127,7 +128,7 @@ class CaptureSource(Source):
         it (a seek re-syncs the demuxer) and count it corrupt; the end is the frame count, or a long run of failures."""
         total = self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
         position = self.capture.get(cv2.CAP_PROP_POS_FRAMES)
-        self.failed_in_a_row = getattr(self, "failed_in_a_row", 0) + 1
+        self.failed_in_a_row += 1
         if total <= 0 or position >= total - 1 or self.failed_in_a_row > MAX_FAILED_READS:
             return Read(END)
         self.capture.set(cv2.CAP_PROP_POS_FRAMES, position + 1)

@@ -1,0 +1,26 @@
+"""The edgekd command line as the tests drive it: in a fresh process, or through the same entry point in this one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def edgekd(*args, cwd=None, timeout=None) -> subprocess.CompletedProcess:
+    """`edgekd ARGS` in a fresh process, as a user runs it (no weight downloads)."""
+    return subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env={**os.environ, "EDGEKD_OFFLINE": "1"})
+
+
+def run_main(capsys, monkeypatch, *args) -> tuple[int, str, str]:
+    """The same entry point (`edgekd.cli.main`) in this process: fast enough for a matrix of dozens of cases."""
+    from edgekd import cli as cli_module
+    monkeypatch.setattr(sys, "argv", ["edgekd", *map(str, args)])
+    code = 0
+    try:
+        cli_module.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

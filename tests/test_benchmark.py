@@ -159,3 +159,13 @@ def test_ctrl_c_writes_the_report_of_the_rows_finished(two_reports):
     assert {r["status"] for r in report["rows"]} == {"interrupted"} and "interrupted by Ctrl-C" in report["notes"][0]
     assert "error: interrupted: the report holds the rows finished before Ctrl-C" in "".join(seen)
     assert "# edgekd benchmark" in out_text
+
+
+def test_torch_rows_run_the_checkpoint_in_fp32_only():
+    from edgekd.bench.plan import Model
+    from edgekd.bench.prepare import NotRunnable, artifact_for
+    model = Model("a", "rd", Path("runs/a/model.ckpt"))
+    assert artifact_for(model, "torch", "fp32", 8, Path("cache"), None, None, 1.0) == model.checkpoint
+    for precision in ("fp16", "int8"):  # on a GPU too: the row would otherwise measure FP32 under another label
+        with pytest.raises(NotRunnable, match=f"torch rows run the checkpoint in FP32; edgekd's {precision.upper()}"):
+            artifact_for(model, "torch", precision, 8, Path("cache"), None, None, 1.0)

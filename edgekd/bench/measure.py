@@ -30,7 +30,7 @@ def warm_up(row: Row, runtime, images: np.ndarray, calls: int = 3) -> None:
 
 
 def probe_memory(row: Row, device: str) -> None:
-    """Peak resident memory (and GPU memory for torch) of the row's artifact at its batch size, in a process of its
+    """Peak resident memory (and GPU memory, on a GPU) of the row's artifact at its batch size, in a process of its
     own: what loading it and running its calls take above an interpreter with edgekd imported."""
     import json
     import subprocess

@@ -139,6 +139,18 @@ def test_save_threshold_refuses_a_test_set_without_defects_and_keeps_the_thresho
     assert "RuntimeWarning" not in err
 
 
+def test_a_killed_calibrations_temp_files_are_removed_by_the_next(fp32_pair, synth_root, tmp_path):
+    from edgekd.calibrate import calibrate
+    onnx_path = tmp_path / fp32_pair.name
+    shutil.copy(fp32_pair, onnx_path)
+    shutil.copy(fp32_pair.with_suffix(".json"), onnx_path.with_suffix(".json"))
+    stale = [tmp_path / f".{name}.calibrate.tmp" for name in (onnx_path.name, onnx_path.with_suffix(".json").name)]
+    for path in stale:
+        path.write_bytes(b"half")  # what SIGKILL between staging and renaming leaves
+    calibrate(onnx_path, str(synth_root / "wood" / "test" / "good"), frames=100)
+    assert not any(path.exists() for path in stale)
+
+
 def test_an_onnx_paired_with_another_exports_sidecar_is_refused(fp32_pair, exports, tmp_path):
     from edgekd.runtime import open_runtime
     onnx_path = tmp_path / fp32_pair.name
@@ -351,6 +363,9 @@ def test_misleading_cases_now_point_the_right_way(wood_checkpoint, exports, synt
     random_onnx = tmp_path / "random.onnx"
     random_onnx.write_bytes(os.urandom(256))
     shutil.copy(onnx_path.with_suffix(".json"), random_onnx.with_suffix(".json"))
+    one_image = tmp_path / "one" / "normal"
+    one_image.mkdir(parents=True)
+    shutil.copy(image, one_image / "a.png")
     cases = [
         (["predict", ckpt_as_onnx, image], "is a PyTorch checkpoint, not an ONNX graph", "rename it to .ckpt"),
         (["predict", onnx_as_ckpt, image], "is an ONNX graph, not a PyTorch checkpoint", "rename it to .onnx"),
@@ -361,10 +376,17 @@ def test_misleading_cases_now_point_the_right_way(wood_checkpoint, exports, synt
         (["train", "--data", synth_root], "holds several categories (washer, wood)", "--category"),
         (["export", wood_checkpoint, "--precision", "fp16", "--int8-for", "onnxruntime"], "--int8-for onnxruntime",
          "--precision int8 only"),
+        (["train", "--data", tmp_path / "one"], "has 1 normal training image(s); training needs at least 3"),
     ]
+    from edgekd.engine.trt import load_tensorrt
+    try:
+        if load_tensorrt().flavour == "tensorrt_rtx":  # a timing cache exists on full TensorRT only
+            cases.append((["build-engine", onnx_path, "--timing-cache", tmp_path / "t.cache"],
+                          "--timing-cache is for full TensorRT", "drop --timing-cache"))
+    except EdgekdError:
+        pass  # no TensorRT of either flavour here: build-engine's own tests say so
     for args, *fragments in cases:
-        code, _, err = run_main(capsys, monkeypatch, *args, "--out", tmp_path / "o") if args[0] != "build-engine" \
-            else run_main(capsys, monkeypatch, *args, "--out", tmp_path / "engines")
+        code, _, err = run_main(capsys, monkeypatch, *args, "--out", tmp_path / "o")
         assert_one_line_error(code, err, *[f for f in fragments if f])
 
 

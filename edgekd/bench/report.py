@@ -42,19 +42,27 @@ def _cell(value, column: str) -> str:
     return str(value)
 
 
+def where_it_ran(env: dict) -> list[str]:
+    """The machine, one Markdown bullet per part, from machine.environment_info()."""
+    gpu, nvidia, trt, ort = env.get("gpu"), env.get("nvidia"), env.get("tensorrt"), env.get("onnxruntime")
+    gpu_text = f"{gpu['name']} (sm {gpu['compute_capability']})" if gpu else "none"
+    if nvidia:
+        gpu_text += f", driver {nvidia['driver']}"
+    lines = [f"- CPU: {env.get('cpu')} ({env.get('cores')} cores), torch {env.get('torch')} "
+             f"({env.get('torch_threads')} threads), Python {env.get('python')}",
+             f"- GPU: {gpu_text}, CUDA {env.get('cuda') or '-'}",
+             f"- TensorRT: {trt['flavour'] + ' ' + trt['version'] if trt else 'not installed'}",
+             f"- onnxruntime: {ort['version'] + ' (' + ', '.join(ort['providers']) + ')' if ort else 'not installed'}"]
+    if env.get("jetson"):
+        lines.append(f"- Jetson: {env['jetson']}")
+    if env.get("tegrastats"):
+        lines.append(f"- tegrastats during the run: {env['tegrastats']}")
+    return lines
+
+
 def markdown(records: list[dict], environment: dict, outcome_notes: list[str], started: str, seconds: float,
              comparison: list[dict] | None = None) -> str:
-    env = environment
-    where = [f"- CPU: {env.get('cpu')} ({env.get('cores')} cores), torch {env.get('torch')} "
-             f"({env.get('torch_threads')} threads), Python {env.get('python')}",
-             f"- GPU: {env['gpu']['name'] + ' (sm ' + env['gpu']['compute_capability'] + ')' if env.get('gpu') else 'none'}"
-             + (f", driver {env['nvidia']['driver']}" if env.get("nvidia") else "") + f", CUDA {env.get('cuda') or '-'}",
-             f"- TensorRT: {env['tensorrt']['flavour'] + ' ' + env['tensorrt']['version'] if env.get('tensorrt') else 'not installed'}",
-             f"- onnxruntime: {env['onnxruntime']['version'] + ' (' + ', '.join(env['onnxruntime']['providers']) + ')' if env.get('onnxruntime') else 'not installed'}"]
-    if env.get("jetson"):
-        where.append(f"- Jetson: {env['jetson']}")
-    if env.get("tegrastats"):
-        where.append(f"- tegrastats during the run: {env['tegrastats']}")
+    where = where_it_ran(environment)
     header = "| " + " | ".join(c for c in COLUMNS if c != "reason") + " |"
     lines = [f"# edgekd benchmark\n", f"Run {started}, {seconds:.0f} s. Speed: median and p99 latency per call of the "
              "row's batch size, FPS = batch / median latency, all rows timed in the same interleaved rounds; "

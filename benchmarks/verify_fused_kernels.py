@@ -39,13 +39,20 @@ def cases(emulate: bool):
         ("weighted/topk, k > pixels", FusedOpSpec((24, 20), combine="weighted", weights=(0.3, 1.2, 0.5), sigma=2.0,
                                                    score="topk", topk=10_000), odd, 2),
         ("map smaller than blur radius", FusedOpSpec((9, 6), sigma=4.0), odd[:1], 5),
+        ("grid stride 8, weighted/topk/mask", FusedOpSpec((48, 40), combine="weighted", weights=(1.0, 0.5, 2.0),
+                                                           sigma=6.0, score="topk", topk=50, threshold=0.5,
+                                                           map_stride=8), odd, 3),
     ]
     if emulate:  # the emulation runs a host thread per CUDA thread: keep Lite0 sizes small there
         return small + [("Lite0 RD scales, 64 px", FusedOpSpec((64, 64), threshold=0.6),
+                         [(24, 16, 16), (40, 8, 8), (112, 4, 4)], 2),
+                        ("Lite0 RD scales, 64 px, grid stride 4", FusedOpSpec((64, 64), threshold=0.6, map_stride=4),
                          [(24, 16, 16), (40, 8, 8), (112, 4, 4)], 2)]
-    return small + [("Lite0 RD, 256 px, batch 8", FusedOpSpec((256, 256), threshold=0.6), LITE0_256, 8),
-                    ("Lite0 RD, 256 px, batch 8, top-100", FusedOpSpec((256, 256), score="topk", topk=100), LITE0_256, 8),
-                    ("Lite0 RD, 256 px, batch 1", FusedOpSpec((256, 256), threshold=0.6), LITE0_256, 1)]
+    return small + [("Lite0 RD, 256 px, batch 8", FusedOpSpec((256, 256), threshold=0.6, map_stride=4), LITE0_256, 8),
+                    ("Lite0 RD, 256 px, batch 8, top-100",
+                     FusedOpSpec((256, 256), score="topk", topk=100, map_stride=4), LITE0_256, 8),
+                    ("Lite0 RD, 256 px, batch 1", FusedOpSpec((256, 256), threshold=0.6, map_stride=4), LITE0_256, 1),
+                    ("Lite0 RD, 256 px, batch 8, output-size form", FusedOpSpec((256, 256), threshold=0.6), LITE0_256, 8)]
 
 
 def random_features(shapes, batch: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:

@@ -18,7 +18,8 @@ DEFAULTS: dict = {
     "teacher_weights": None,  # explicit weights file; otherwise the offline wheel / torch hub cache
     "input_size": 256,
     "model_options": {},  # family-specific constructor arguments
-    "scoring": {"combine": "add", "weights": None, "sigma": 4.0, "score": "max", "topk": 100, "eps": 1e-8},
+    "scoring": {"combine": "add", "weights": None, "sigma": 4.0, "score": "max", "topk": 100, "eps": 1e-8,
+                "map_stride": 4},
     "train": {
         "epochs": 30, "batch_size": 16, "optimizer": "adam", "lr": 0.005, "betas": [0.5, 0.999], "momentum": 0.9,
         "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None,
@@ -64,6 +65,7 @@ RULES: dict[str, Rule] = {
     "scoring.score": Rule("str", choices=("max", "topk")),
     "scoring.topk": Rule("int", 1, 1 << 24),
     "scoring.eps": Rule("float", 0, 1, low_open=True),
+    "scoring.map_stride": Rule("int", 1, 32),  # and a power of two: edgekd/scoring.py MAP_STRIDES
     "train.epochs": Rule("int", 1, 100_000),
     "train.batch_size": Rule("int", 1, 4096),
     "train.optimizer": Rule("str", choices=("adam", "sgd")),

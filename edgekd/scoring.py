@@ -1,8 +1,14 @@
 """The multi-scale feature difference: THE definition of how edgekd turns teacher/student features into an
 anomaly map, an image score and a mask. Training loss, evaluation, export and every runtime call this module.
 
-Per scale: 1 - cosine over channels (accumulated in FP32) -> bilinear upsample to the output size ->
-combine across scales (add, mul, max, weighted) -> separable Gaussian blur -> image score (max or top-k mean).
+Per scale: 1 - cosine over channels (accumulated in FP32) -> bilinear resize to the scoring grid (the output
+size divided by `map_stride`) -> combine across scales (add, mul, max, weighted) -> separable Gaussian blur on the
+grid (sigma given in output pixels, divided by the stride) -> one bilinear upsample to the output size -> image
+score (max or top-k mean) of that map.
+
+The grid is the finest teacher scale by default (stride 4): the combination and the blur then touch 1/16 of the
+pixels they did at output size (stride 1, the form every artifact written before `map_stride` existed uses), for
+the same accuracy on the real-texture benchmark (benchmarks/results/scoring_grid.md).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from edgekd.errors import EdgekdError
 
 COMBINE_MODES = ("add", "mul", "max", "weighted")
 SCORE_MODES = ("max", "topk")
+MAP_STRIDES = (1, 2, 4, 8, 16, 32)  # input sizes are multiples of 32, so each divides the output size
+LEGACY_MAP_STRIDE = 1  # what a stored scoring dict without `map_stride` means: artifacts from before it existed
 
 
 @dataclass(frozen=True)
@@ -29,12 +37,16 @@ class ScoringConfig:
     score: str = "max"
     topk: int = 100  # pixels averaged for score='topk'
     eps: float = 1e-8
+    map_stride: int = 4  # output pixels per scoring-grid pixel: where scales are combined and blurred
 
     def __post_init__(self):
         if self.combine not in COMBINE_MODES:
             raise EdgekdError(f"scoring.combine '{self.combine}' is unknown: use one of {', '.join(COMBINE_MODES)}")
         if self.score not in SCORE_MODES:
             raise EdgekdError(f"scoring.score '{self.score}' is unknown: use one of {', '.join(SCORE_MODES)}")
+        if self.map_stride not in MAP_STRIDES:
+            raise EdgekdError(f"scoring.map_stride {self.map_stride!r} is not allowed: use one of "
+                              f"{', '.join(map(str, MAP_STRIDES))}")
         if self.sigma < 0 or self.topk < 1:
             raise EdgekdError("scoring.sigma must be >= 0 and scoring.topk >= 1")
         if self.weights is not None:
@@ -42,7 +54,10 @@ class ScoringConfig:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "ScoringConfig":
+        """From a config or a stored artifact; one stored without `map_stride` was scored (and its thresholds set)
+        at output size, so it keeps that form."""
         values = dict(values or {})
+        values.setdefault("map_stride", LEGACY_MAP_STRIDE)
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise EdgekdError(f"unknown scoring option(s) {', '.join(sorted(unknown))}: "
@@ -67,6 +82,16 @@ def distillation_loss(teacher: list[torch.Tensor], student: list[torch.Tensor],
     """Training loss: the same per-scale 1 - cos as the anomaly map, averaged over pixels, summed over scales."""
     per_scale = torch.stack([cosine_distance(t, s, eps).mean() for t, s in zip(teacher, student)])
     return (per_scale * weights).sum() if weights is not None else per_scale.sum()
+
+
+def grid_size(output_size: tuple[int, int], map_stride: int) -> tuple[int, int]:
+    """The scoring grid: the output size divided by the map stride (at least one pixel each way)."""
+    return max(1, output_size[0] // map_stride), max(1, output_size[1] // map_stride)
+
+
+def grid_sigma(sigma: float, map_stride: int) -> float:
+    """The blur sigma on the grid, for `sigma` in output pixels (in FP32, the precision every other form uses)."""
+    return float(np.float32(np.float32(sigma) / np.float32(map_stride)))
 
 
 def blur_radius(sigma: float) -> int:
@@ -120,6 +145,12 @@ def threshold_mask(amap, threshold: float):
     return above.astype(np.uint8) if isinstance(above, np.ndarray) else above.to(torch.uint8)
 
 
+def resize(amap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, align_corners=False: what every form of the op implements. Always a resize, even to the same
+    size, so a graph traced on one feature size holds for every other (ONNX function bodies, dynamic shapes)."""
+    return F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
+
+
 class FeatureDiff(nn.Module):
     """Teacher/student feature lists -> (anomaly map (B,1,H,W) FP32, image score (B,))."""
 
@@ -127,14 +158,15 @@ class FeatureDiff(nn.Module):
         super().__init__()
         self.config = config
         self.output_size = (int(output_size[0]), int(output_size[1]))
-        kernel = gaussian_kernel1d(config.sigma) if config.sigma > 0 else torch.ones(1)
+        self.grid_size = grid_size(self.output_size, config.map_stride)
+        sigma = grid_sigma(config.sigma, config.map_stride)
+        kernel = gaussian_kernel1d(sigma) if config.sigma > 0 else torch.ones(1)
         self.register_buffer("blur_kernel", kernel, persistent=False)
         fixed = torch.tensor(config.weights, dtype=torch.float32) if config.weights else torch.empty(0)
         self.register_buffer("fixed_weights", fixed, persistent=False)
 
     def scale_maps(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [F.interpolate(cosine_distance(t, s, self.config.eps), size=self.output_size, mode="bilinear",
-                              align_corners=False) for t, s in zip(teacher, student)]
+        return [resize(cosine_distance(t, s, self.config.eps), self.grid_size) for t, s in zip(teacher, student)]
 
     def forward(self, teacher: list[torch.Tensor], student: list[torch.Tensor],
                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,4 +175,6 @@ class FeatureDiff(nn.Module):
         amap = combine_maps(self.scale_maps(teacher, student), self.config.combine, weights)
         if self.config.sigma > 0:
             amap = gaussian_blur(amap, self.blur_kernel)
+        if self.grid_size != self.output_size:  # static: fixed by the config, not by the traced shapes
+            amap = resize(amap, self.output_size)
         return amap, image_score(amap, self.config.score, self.config.topk)

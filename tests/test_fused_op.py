@@ -24,6 +24,12 @@ CASES = [
     (FusedOpSpec((40, 24), combine="weighted", weights=(0.25, 1.5, 0.5), sigma=2.0, score="topk", topk=5000),
      [(6, 10, 6), (4, 20, 12), (8, 5, 3)], torch.float16),
     (FusedOpSpec((6, 6), sigma=4.0, score="max"), [(5, 3, 3)], torch.float32),  # map smaller than the radius
+    # the scoring grid (map_stride > 1): combined and blurred on the grid, upsampled once
+    (FusedOpSpec((64, 64), threshold=0.4, map_stride=4), [(24, 16, 16), (40, 8, 8), (112, 4, 4)], torch.float32),
+    (FusedOpSpec((96, 64), combine="weighted", weights=(1.0, 0.5), sigma=6.0, score="topk", topk=300, threshold=0.5,
+                 map_stride=8), [(6, 24, 16), (4, 12, 8)], torch.float16),
+    (FusedOpSpec((40, 24), combine="max", sigma=2.0, map_stride=2), [(3, 10, 6), (5, 20, 12)], torch.float32),
+    (FusedOpSpec((32, 32), sigma=4.0, map_stride=16), [(4, 8, 8)], torch.float32),  # 2x2 grid, radius 1: clamped
 ]
 
 
@@ -129,7 +135,12 @@ def test_launch_plan_lays_out_a_workspace_without_overlaps():
     for (a, size_a), (b, _) in zip(spans, spans[1:]):
         assert a % 256 == 0 and a + size_a <= b
     assert spans[-1][0] + spans[-1][1] <= plan.workspace_bytes
-    assert plan.radius == 16 and plan.reflect == 1 and plan.topk == 100
+    assert plan.radius == 16 and plan.reflect == 1 and plan.topk == 100 and not plan.upsamples
+    grid = LaunchPlan(FusedOpSpec((256, 256), sigma=4.0, map_stride=4), 8, plan.scales)
+    assert grid.grid == (64, 64) and grid.radius == 4 and grid.upsamples
+    assert grid.offsets["blurred"] - grid.offsets["rows"] == 8 * 64 * 64 * 4  # both grid-sized, back to back
+    assert grid.offsets["score_bits"] - grid.offsets["blurred"] == 8 * 64 * 64 * 4
+    assert grid.workspace_bytes < plan.workspace_bytes
     # Lite0 RD at 256 px, FP16, batch 8: T and S read once = 2 * 8 * (24*64*64 + 40*32*32 + 112*16*16) * 2 bytes
     assert plan.bytes_moved(2) == 2 * 8 * (98304 + 40960 + 28672) * 2 + 8 * 256 * 256 * 4 + 32
     with pytest.raises(Exception, match="too large"):

@@ -36,14 +36,56 @@ def test_anomaly_map_two_scales_no_blur_hand_computed():
     t2, s2 = torch.tensor([[[[1.0]], [[1.0]]]]), torch.tensor([[[[1.0]], [[0.0]]]])
     c = 1 - 1 / math.sqrt(2)
     for mode, expected in [("add", [[c, 1 + c], [1 + c, c]]), ("max", [[c, 1], [1, c]]), ("mul", [[0, c], [c, 0]])]:
-        scorer = FeatureDiff(ScoringConfig(combine=mode, sigma=0), (2, 2))
+        scorer = FeatureDiff(ScoringConfig(combine=mode, sigma=0, map_stride=1), (2, 2))
         amap, score = scorer([t1, t2], [s1, s2])
         assert amap.shape == (1, 1, 2, 2)
         assert amap.flatten().tolist() == pytest.approx(sum(expected, []), abs=1e-6)
         assert score.item() == pytest.approx(max(max(r) for r in expected), abs=1e-6)
-    weighted = FeatureDiff(ScoringConfig(combine="weighted", weights=(0.25, 2.0), sigma=0), (2, 2))
+    weighted = FeatureDiff(ScoringConfig(combine="weighted", weights=(0.25, 2.0), sigma=0, map_stride=1), (2, 2))
     amap, _ = weighted([t1, t2], [s1, s2])
     assert amap[0, 0, 0, 1].item() == pytest.approx(0.25 + 2 * c, abs=1e-6)
+
+
+def test_grid_form_combines_on_the_grid_and_upsamples_once():
+    """map_stride 4 at output 8x8: the scales meet on a 2x2 grid (scale 2's 1x1 map spread over it), and the 2x2
+    sum is upsampled once, bilinearly, to 8x8; the score is the maximum of that output map."""
+    t1 = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]])
+    s1 = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]])
+    t2, s2 = torch.tensor([[[[1.0]], [[1.0]]]]), torch.tensor([[[[1.0]], [[0.0]]]])
+    c = 1 - 1 / math.sqrt(2)
+    scorer = FeatureDiff(ScoringConfig(sigma=0, map_stride=4), (8, 8))
+    assert scorer.grid_size == (2, 2)
+    amap, score = scorer([t1, t2], [s1, s2])
+    assert amap.shape == (1, 1, 8, 8)
+    # align_corners=False: output pixels 0-1 and 6-7 of each row/column clamp to the grid's edge values
+    assert amap[0, 0, 0, 0].item() == pytest.approx(c, abs=1e-6)
+    assert amap[0, 0, 0, 7].item() == pytest.approx(1 + c, abs=1e-6)
+    assert amap[0, 0, 7, 7].item() == pytest.approx(c, abs=1e-6)
+    # output pixel 3 samples the grid at 0.25 * 3.5 - 0.5 = 0.375: 62.5% of grid pixel 0, 37.5% of pixel 1
+    assert amap[0, 0, 0, 3].item() == pytest.approx(c + 0.375, abs=1e-6)
+    assert score.item() == pytest.approx(1 + c, abs=1e-6)
+
+
+def test_grid_blur_sigma_is_in_output_pixels():
+    assert FeatureDiff(ScoringConfig(sigma=4.0, map_stride=4), (256, 256)).blur_kernel.numel() == 9
+    assert FeatureDiff(ScoringConfig(sigma=4.0, map_stride=1), (256, 256)).blur_kernel.numel() == 33
+    # an impulse on the grid spreads like sigma 4 output pixels: 1 grid pixel
+    scorer = FeatureDiff(ScoringConfig(sigma=4.0, map_stride=4), (64, 64))
+    t = torch.ones(1, 2, 16, 16)
+    s = t.clone()
+    s[0, :, 8, 8] = torch.tensor([1.0, -1.0])  # orthogonal: distance 1 at one grid pixel
+    amap, _ = scorer([t], [s])
+    row = amap[0, 0, 34, :]  # through the impulse's centre (grid 8 -> output pixels 32..35)
+    assert row.argmax().item() in (33, 34)
+    assert row[34 + 12].item() < 0.1 * row.max().item()  # 3 grid sigmas out: almost nothing left
+
+
+def test_stored_scoring_without_map_stride_keeps_the_output_form():
+    assert ScoringConfig().map_stride == 4
+    assert ScoringConfig.from_dict({"sigma": 4.0}).map_stride == 1
+    assert ScoringConfig.from_dict({"map_stride": 4}).map_stride == 4
+    with pytest.raises(EdgekdError, match="map_stride"):
+        ScoringConfig(map_stride=3)
 
 
 def test_blur_kernel_and_constant_map():

@@ -20,12 +20,14 @@ from edgekd.scoring import blur_reflects
 
 SOURCE_ENV = "EDGEKD_KERNEL_SOURCE"
 COMBINE_CODES = {"add": 0, "mul": 1, "max": 2, "weighted": 3}
-# Block shapes fixed in the .cu source (COS_*, ROW_TILE, COL_*, TOPK_THREADS).
+# Block shapes fixed in the .cu source (COS_*, ROW_TILE, COL_*, UP_*, TOPK_THREADS).
 COS_BLOCK, ROW_TILE, COL_TILE, COL_ROWS, TOPK_THREADS = (32, 8), 256, 32, 8, 1024
+UP_BLOCK = (32, 8)
 SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a kernel may use without opting in
 ALIGN = 256
 KERNELS = ("edgekd_cosine_distance_f32", "edgekd_cosine_distance_f16", "edgekd_combine_blur_rows",
-           "edgekd_blur_cols_score", "edgekd_init_scores", "edgekd_finish_max_scores", "edgekd_topk_mean")
+           "edgekd_blur_cols_score", "edgekd_upsample_score", "edgekd_init_scores", "edgekd_finish_max_scores",
+           "edgekd_topk_mean")
 
 
 def kernel_source_path() -> Path:
@@ -97,12 +99,21 @@ class LaunchPlan:
         return self.spec.output_size[1]
 
     @property
+    def grid(self) -> tuple[int, int]:
+        return self.spec.grid_size
+
+    @property
+    def upsamples(self) -> bool:
+        """The blurred grid needs one more pass to reach the output size (map_stride > 1)."""
+        return self.grid != (self.out_h, self.out_w)
+
+    @property
     def radius(self) -> int:
         return self.spec.blur_radius
 
     @property
     def reflect(self) -> int:
-        return int(blur_reflects(self.out_h, self.out_w, self.radius))
+        return int(blur_reflects(*self.grid, self.radius))
 
     @property
     def topk(self) -> int:
@@ -110,13 +121,17 @@ class LaunchPlan:
 
     @cached_property
     def offsets(self) -> dict:
-        """Byte offsets in the workspace: one FP32 distance map per scale, the row-blurred map, the score bits."""
+        """Byte offsets in the workspace: one FP32 distance map per scale, the row-blurred grid, the blurred grid
+        (when it is upsampled afterwards), the score bits."""
         offsets, at = {"distance": []}, 0
         for _, h, w in self.scales:
             offsets["distance"].append(at)
             at += _aligned(self.batch * h * w * 4)
+        grid_bytes = _aligned(self.batch * self.grid[0] * self.grid[1] * 4)
         offsets["rows"] = at
-        at += _aligned(self.batch * self.out_h * self.out_w * 4)
+        at += grid_bytes
+        offsets["blurred"] = at
+        at += grid_bytes if self.upsamples else 0
         offsets["score_bits"] = at
         offsets["total"] = at + _aligned(self.batch * 4)
         return offsets
@@ -188,23 +203,32 @@ class KernelSequence:
                           c_int(h * w), ctypes.c_longlong(pixels), c_float(plan.spec.eps)])
 
     def launch_stage2(self, plan: LaunchPlan, workspace: int, amap: int, scores: int, mask: int, stream: int) -> None:
-        """Distance maps -> upsample, combine, blur -> anomaly map, score, mask."""
+        """Distance maps -> resize to the grid, combine, blur -> (upsample) -> anomaly map, score, mask."""
         c_int, c_float = ctypes.c_int, ctypes.c_float
         rows = workspace + plan.offsets["rows"]
-        blur = [c_int(plan.radius), c_float(plan.spec.sigma), c_int(plan.reflect)]
-        self._launch("edgekd_combine_blur_rows", ((plan.out_w + ROW_TILE - 1) // ROW_TILE, plan.out_h, plan.batch),
+        grid_h, grid_w = plan.grid
+        blur = [c_int(plan.radius), c_float(plan.spec.grid_sigma), c_int(plan.reflect)]
+        self._launch("edgekd_combine_blur_rows", ((grid_w + ROW_TILE - 1) // ROW_TILE, grid_h, plan.batch),
                      (ROW_TILE, 1, 1), plan.row_shared_bytes, stream,
-                     [plan.scale_maps(workspace), rows, c_int(plan.out_h), c_int(plan.out_w), *blur])
+                     [plan.scale_maps(workspace), rows, c_int(grid_h), c_int(grid_w), *blur])
         use_max = plan.spec.score == "max"
         bits = workspace + plan.offsets["score_bits"] if use_max else 0
         small = ((plan.batch + 255) // 256, 1, 1)
         if use_max:
             self._launch("edgekd_init_scores", small, (256, 1, 1), 0, stream, [bits, c_int(plan.batch)])
-        threshold = plan.spec.threshold if plan.spec.threshold is not None else 0.0
-        self._launch("edgekd_blur_cols_score", ((plan.out_w + COL_TILE - 1) // COL_TILE,
-                                                (plan.out_h + COL_TILE - 1) // COL_TILE, plan.batch),
+        threshold = c_float(plan.spec.threshold if plan.spec.threshold is not None else 0.0)
+        # The column pass writes the outputs itself when the grid is the output; otherwise the blurred grid.
+        blurred = workspace + plan.offsets["blurred"] if plan.upsamples else amap
+        self._launch("edgekd_blur_cols_score", ((grid_w + COL_TILE - 1) // COL_TILE,
+                                                (grid_h + COL_TILE - 1) // COL_TILE, plan.batch),
                      (COL_TILE, COL_ROWS, 1), plan.col_shared_bytes, stream,
-                     [rows, amap, mask, bits, c_int(plan.out_h), c_int(plan.out_w), *blur, c_float(threshold)])
+                     [rows, blurred, 0 if plan.upsamples else mask, 0 if plan.upsamples else bits, c_int(grid_h),
+                      c_int(grid_w), *blur, threshold])
+        if plan.upsamples:
+            self._launch("edgekd_upsample_score", ((plan.out_w + UP_BLOCK[0] - 1) // UP_BLOCK[0],
+                                                   (plan.out_h + UP_BLOCK[1] - 1) // UP_BLOCK[1], plan.batch),
+                         (*UP_BLOCK, 1), 0, stream, [blurred, c_int(grid_h), c_int(grid_w), amap, mask, bits,
+                                                     c_int(plan.out_h), c_int(plan.out_w), threshold])
         if use_max:
             self._launch("edgekd_finish_max_scores", small, (256, 1, 1), 0, stream, [bits, scores, c_int(plan.batch)])
         else:

@@ -21,7 +21,7 @@ from edgekd.fused.spec import DOMAIN, OP_NAME, OP_VERSION, OUTPUTS, FusedOpSpec
 
 BODY_OPSET = 17
 FUNCTION_ATTRIBUTES = ("output_size", "combine", "weights", "sigma", "score", "topk", "eps", "threshold",
-                       "plugin_namespace")
+                       "map_stride", "plugin_namespace")
 PLUGIN_NAMESPACE = ""  # edgekd/fused/trt_plugin.py and engines/plugin/ register the creator under this namespace
 
 

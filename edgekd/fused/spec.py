@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgekdError
-from edgekd.scoring import COMBINE_MODES, SCORE_MODES, FeatureDiff, ScoringConfig, blur_radius, threshold_mask
+from edgekd.scoring import (COMBINE_MODES, LEGACY_MAP_STRIDE, MAP_STRIDES, SCORE_MODES, FeatureDiff, ScoringConfig,
+                            blur_radius, grid_sigma, grid_size, threshold_mask)
 
 DOMAIN = "edgekd"
 OP_NAME = "MultiScaleFeatureDiff"
@@ -33,10 +34,13 @@ class FusedOpSpec:
     topk: int = 100
     eps: float = 1e-8
     threshold: float | None = None  # None: no mask output
+    map_stride: int = LEGACY_MAP_STRIDE  # a node without the attribute was exported before it existed
 
     def __post_init__(self):
         if self.combine not in COMBINE_MODES or self.score not in SCORE_MODES:
             raise EdgekdError(f"{OP_NAME}: combine '{self.combine}' / score '{self.score}' unknown")
+        if self.map_stride not in MAP_STRIDES:
+            raise EdgekdError(f"{OP_NAME}: map_stride {self.map_stride} is not one of {MAP_STRIDES}")
         if self.combine == "weighted" and not self.weights:
             raise EdgekdError(f"{OP_NAME}: combine='weighted' needs per-scale weights")
         # Reals as the FP32 values ONNX attributes and plugin fields store, so every form reads the same numbers.
@@ -57,15 +61,25 @@ class FusedOpSpec:
             weights = scorer.fixed_weights
         values = tuple(weights.detach().float().cpu().tolist()) if config.combine == "weighted" and weights is not None else ()
         return cls(scorer.output_size, config.combine, values, config.sigma, config.score, config.topk, config.eps,
-                   None if threshold is None else float(threshold))
+                   None if threshold is None else float(threshold), config.map_stride)
 
     @property
     def num_outputs(self) -> int:
         return 3 if self.threshold is not None else 2
 
     @property
+    def grid_size(self) -> tuple[int, int]:
+        """Where the scales are combined and blurred (edgekd/scoring.py grid_size)."""
+        return grid_size(self.output_size, self.map_stride)
+
+    @property
+    def grid_sigma(self) -> float:
+        return grid_sigma(self.sigma, self.map_stride) if self.sigma > 0 else 0.0
+
+    @property
     def blur_radius(self) -> int:
-        return blur_radius(self.sigma)
+        """Taps each side of the blur on the grid."""
+        return blur_radius(self.grid_sigma)
 
     def check_scales(self, count: int) -> None:
         if not 1 <= count <= MAX_SCALES:
@@ -79,7 +93,7 @@ class FusedOpSpec:
     # -- ONNX / plugin attributes --------------------------------------------------------------------------------
     def attributes(self) -> dict:
         values = {"output_size": list(self.output_size), "combine": self.combine, "sigma": float(self.sigma),
-                  "score": self.score, "topk": int(self.topk), "eps": float(self.eps)}
+                  "score": self.score, "topk": int(self.topk), "eps": float(self.eps), "map_stride": int(self.map_stride)}
         if self.weights:
             values["weights"] = list(self.weights)
         if self.threshold is not None:
@@ -95,7 +109,8 @@ class FusedOpSpec:
             return cls((size[0], size[1]), text(values.get("combine", "add")),
                        tuple(float(w) for w in values.get("weights", ()) or ()), float(values.get("sigma", 4.0)),
                        text(values.get("score", "max")), int(values.get("topk", 100)), float(values.get("eps", 1e-8)),
-                       None if values.get("threshold") is None else float(values["threshold"]))
+                       None if values.get("threshold") is None else float(values["threshold"]),
+                       int(values.get("map_stride", LEGACY_MAP_STRIDE)))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise EdgekdError(f"{OP_NAME} attributes are incomplete or malformed ({exc}): re-export the model") from exc
 
@@ -107,7 +122,7 @@ class ReferenceFeatureDiff(nn.Module):
         super().__init__()
         self.spec = spec
         config = ScoringConfig(combine=spec.combine, weights=spec.weights or None, sigma=spec.sigma,
-                               score=spec.score, topk=spec.topk, eps=spec.eps)
+                               score=spec.score, topk=spec.topk, eps=spec.eps, map_stride=spec.map_stride)
         self.scorer = FeatureDiff(config, spec.output_size)
 
     def forward(self, *features: torch.Tensor):

@@ -15,7 +15,7 @@ from edgekd.fused.onnx_function import PLUGIN_NAMESPACE as NAMESPACE
 from edgekd.fused.spec import OP_NAME, OP_VERSION, FusedOpSpec
 
 _FIELD_TYPES = {"output_size": "INT32", "combine": "CHAR", "weights": "FLOAT32", "sigma": "FLOAT32", "score": "CHAR",
-                "topk": "INT32", "eps": "FLOAT32", "threshold": "FLOAT32"}
+                "topk": "INT32", "eps": "FLOAT32", "threshold": "FLOAT32", "map_stride": "INT32"}
 _registered: dict[int, object] = {}  # id(trt module) -> creator, kept alive as long as the process
 
 

@@ -4,15 +4,18 @@
 //
 // Meaning (edgekd/scoring.py is the reference, this file must agree with it):
 //   per scale s:  d_s = 1 - <t,s> / max(|t| |s|, eps)            dot and norms accumulated in FP32
-//   upsample:     bilinear, align_corners=False (PyTorch's source-index rule, negative source clamped to 0)
+//   resize:       bilinear, align_corners=False (PyTorch's source-index rule, negative source clamped to 0), to
+//                 the scoring grid = output size / map_stride
 //   combine:      add | mul | max | weighted sum over scales
-//   blur:         separable Gaussian, radius max(1, ceil(4 sigma)), reflect padding (clamp when the map is
-//                 not larger than the radius), skipped when sigma == 0
-//   score:        max, or mean of the top-k pixels
+//   blur:         separable Gaussian on the grid, sigma_grid = sigma / map_stride, radius max(1, ceil(4 sigma_grid)),
+//                 reflect padding (clamp when the grid is not larger than the radius), skipped when sigma == 0
+//   upsample:     the blurred grid, bilinear as above, to the output size (map_stride 1: the grid is the output)
+//   score:        max, or mean of the top-k pixels, of the output map
 //   mask:         map > threshold as uint8
 //
 // Launch order (see edgekd/fused/cuda_kernels.py and engines/plugin/): cosine_distance once per scale,
-// combine_blur_rows, blur_cols_score (+ mask), then topk_mean for score mode top-k.
+// combine_blur_rows and blur_cols_score on the grid, then (map_stride > 1) upsample_score to the output size;
+// blur_cols_score or upsample_score write the map, mask and max score; topk_mean for score mode top-k.
 // No CUDA headers are needed, so NVRTC compiles it without an include path. engines/kernels/host_emulation.cpp
 // compiles this same file for the CPU (blocks in turn, one host thread per CUDA thread) so CI checks the kernels'
 // logic without a GPU; EDGEKD_HOST_EMULATION marks the two places where the host build differs.
@@ -154,8 +157,8 @@ __device__ void gaussian_taps(float* taps, int radius, float sigma) {
     __syncthreads();
 }
 
-// ---- stage 2a: upsample + combine into a shared row tile with halo, horizontal blur ------------------------------
-// Grid (ceil(W / ROW_TILE), H, B), block ROW_TILE threads; dynamic shared memory (2 * (ROW_TILE + 2 radius) + 1) floats.
+// ---- stage 2a: resize + combine on the grid into a shared row tile with halo, horizontal blur ------------------------------
+// Grid (ceil(grid W / ROW_TILE), grid H, B), block ROW_TILE threads; dynamic shared memory (2 * (ROW_TILE + 2 radius) + 1) floats.
 #define ROW_TILE 256
 
 extern "C" __global__ void __launch_bounds__(ROW_TILE)
@@ -179,7 +182,7 @@ edgekd_combine_blur_rows(ScaleMaps scales, float* rows, int out_h, int out_w, in
     }
 }
 
-// ---- stage 2b: vertical blur from a shared column tile, map + mask + per-image max -------------------------------
+// ---- stage 2b: vertical blur from a shared column tile; map + mask + per-image max when the grid is the output -------------------------------
 // Grid (ceil(W / 32), ceil(H / 32), B), block (32, 8); dynamic shared memory (2 radius + 1) + 32 (32 + 2 radius) floats.
 #define COL_TILE 32
 #define COL_ROWS 8
@@ -233,7 +236,34 @@ extern "C" __global__ void edgekd_finish_max_scores(const int* score_bits, float
     if (i < batch) scores[i] = ordered_float(score_bits[i]);
 }
 
-// ---- stage 2c: top-k mean per image -------------------------------------------------------------------------------
+// ---- stage 2c (map_stride > 1): the blurred grid upsampled to the output size, map + mask + per-image max ----------
+// Grid (ceil(W / 32), ceil(H / 8), B), block (32, 8): one thread per output pixel; each warp is one row of 32.
+#define UP_TILE 32
+#define UP_ROWS 8
+
+extern "C" __global__ void __launch_bounds__(UP_TILE * UP_ROWS)
+edgekd_upsample_score(const float* grid_map, int grid_h, int grid_w, float* amap, unsigned char* mask, int* score_bits,
+                      int out_h, int out_w, float threshold) {
+    const int image = blockIdx.z, x = blockIdx.x * UP_TILE + threadIdx.x, y = blockIdx.y * UP_ROWS + threadIdx.y;
+    float value = -3.402823466e38f;
+    if (x < out_w && y < out_h) {
+        int y0, y1, x0, x1;
+        float fy, fx;
+        source_index(y, grid_h, out_h, &y0, &y1, &fy);
+        source_index(x, grid_w, out_w, &x0, &x1, &fx);
+        const float* m = grid_map + (long long)image * grid_h * grid_w;
+        const float top = (1.f - fx) * __ldg(m + y0 * grid_w + x0) + fx * __ldg(m + y0 * grid_w + x1);
+        const float bottom = (1.f - fx) * __ldg(m + y1 * grid_w + x0) + fx * __ldg(m + y1 * grid_w + x1);
+        value = (1.f - fy) * top + fy * bottom;
+        const long long at = ((long long)image * out_h + y) * out_w + x;
+        amap[at] = value;
+        if (mask) mask[at] = value > threshold ? 1 : 0;
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    if (threadIdx.x == 0 && score_bits) atomicMax(score_bits + image, ordered_int(value));
+}
+
+// ---- stage 2d: top-k mean per image -------------------------------------------------------------------------------
 // One block of TOPK_THREADS per image: radix select (4 passes of 8 bits over order-preserving keys) finds the k-th
 // largest value v; the score is (sum of values > v + (k - count of values > v) * v) / k, which is the top-k mean
 // whatever the ties.

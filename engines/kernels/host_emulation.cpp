@@ -101,6 +101,9 @@ static std::function<void()> kernel_call(const char* name, void** params) {
     if (kernel == "edgekd_blur_cols_score")
         return [=] { edgekd_blur_cols_score(ARG(0, const float*), ARG(1, float*), ARG(2, unsigned char*), ARG(3, int*),
                                             ARG(4, int), ARG(5, int), ARG(6, int), ARG(7, float), ARG(8, int), ARG(9, float)); };
+    if (kernel == "edgekd_upsample_score")
+        return [=] { edgekd_upsample_score(ARG(0, const float*), ARG(1, int), ARG(2, int), ARG(3, float*),
+                                           ARG(4, unsigned char*), ARG(5, int*), ARG(6, int), ARG(7, int), ARG(8, float)); };
     if (kernel == "edgekd_init_scores") return [=] { edgekd_init_scores(ARG(0, int*), ARG(1, int)); };
     if (kernel == "edgekd_finish_max_scores")
         return [=] { edgekd_finish_max_scores(ARG(0, const int*), ARG(1, float*), ARG(2, int)); };

@@ -36,25 +36,34 @@ struct Spec {
     float eps = 1e-8f;
     bool has_threshold = false;
     float threshold = 0.f;
+    int map_stride = 1;  // a node without the attribute predates it: combined and blurred at output size
 
-    int radius() const { return sigma > 0.f ? std::max(1, (int)std::ceil(4.0 * sigma)) : 0; }  // scoring.blur_radius
+    int grid_h() const { return std::max(1, out_h / map_stride); }  // scoring.grid_size
+    int grid_w() const { return std::max(1, out_w / map_stride); }
+    bool upsamples() const { return grid_h() != out_h || grid_w() != out_w; }
+    float grid_sigma() const { return sigma > 0.f ? sigma / (float)map_stride : 0.f; }  // scoring.grid_sigma
+    int radius() const { return sigma > 0.f ? std::max(1, (int)std::ceil(4.0 * grid_sigma())) : 0; }  // scoring.blur_radius
     int outputs() const { return has_threshold ? 3 : 2; }
 };
 
 static size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
-// Workspace: one FP32 distance map per scale, the row-blurred map, the score bits (LaunchPlan.offsets).
+// Workspace: one FP32 distance map per scale, the row-blurred grid, the blurred grid when it is upsampled, the
+// score bits (LaunchPlan.offsets).
 struct Layout {
     std::vector<size_t> distance;
-    size_t rows = 0, score_bits = 0, total = 0;
+    size_t rows = 0, blurred = 0, score_bits = 0, total = 0;
     Layout(Spec const& spec, int batch, int scales, PluginTensorDesc const* in) {
         size_t at = 0;
         for (int i = 0; i < scales; ++i) {
             distance.push_back(at);
             at += aligned((size_t)batch * in[i].dims.d[2] * in[i].dims.d[3] * 4);
         }
+        size_t const grid = aligned((size_t)batch * spec.grid_h() * spec.grid_w() * 4);
         rows = at;
-        at += aligned((size_t)batch * spec.out_h * spec.out_w * 4);
+        at += grid;
+        blurred = at;
+        at += spec.upsamples() ? grid : 0;
         score_bits = at;
         total = at + aligned((size_t)batch * 4);
     }
@@ -156,21 +165,28 @@ public:
         }
         maps.count = scales;
         maps.combine = spec_.combine;
-        int const radius = spec_.radius(), H = spec_.out_h, W = spec_.out_w;
-        int const reflect = std::min(H, W) > radius ? 1 : 0;  // scoring.blur_reflects
+        int const radius = spec_.radius(), H = spec_.out_h, W = spec_.out_w, gh = spec_.grid_h(), gw = spec_.grid_w();
+        float const sigma = spec_.grid_sigma();
+        int const reflect = std::min(gh, gw) > radius ? 1 : 0;  // scoring.blur_reflects
         float* rows = reinterpret_cast<float*>(ws + layout.rows);
         size_t const rowShared = 4 * ((2 * radius + 1) + ROW_TILE + 2 * radius);
         size_t const colShared = 4 * ((2 * radius + 1) + COL_TILE * (COL_TILE + 2 * radius));
-        edgekd_combine_blur_rows<<<dim3((W + ROW_TILE - 1) / ROW_TILE, H, batch), ROW_TILE, rowShared, stream>>>(
-            maps, rows, H, W, radius, spec_.sigma, reflect);
+        edgekd_combine_blur_rows<<<dim3((gw + ROW_TILE - 1) / ROW_TILE, gh, batch), ROW_TILE, rowShared, stream>>>(
+            maps, rows, gh, gw, radius, sigma, reflect);
         int* bits = spec_.topk_score ? nullptr : reinterpret_cast<int*>(ws + layout.score_bits);
         float* amap = static_cast<float*>(outputs[0]);
         float* scores = static_cast<float*>(outputs[1]);
         unsigned char* mask = spec_.has_threshold ? static_cast<unsigned char*>(outputs[2]) : nullptr;
         if (bits) edgekd_init_scores<<<(batch + 255) / 256, 256, 0, stream>>>(bits, batch);
-        edgekd_blur_cols_score<<<dim3((W + COL_TILE - 1) / COL_TILE, (H + COL_TILE - 1) / COL_TILE, batch),
+        bool const up = spec_.upsamples();  // the column pass writes the outputs itself when the grid is the output
+        float* blurred = up ? reinterpret_cast<float*>(ws + layout.blurred) : amap;
+        edgekd_blur_cols_score<<<dim3((gw + COL_TILE - 1) / COL_TILE, (gh + COL_TILE - 1) / COL_TILE, batch),
                                  dim3(COL_TILE, COL_ROWS), colShared, stream>>>(
-            rows, amap, mask, bits, H, W, radius, spec_.sigma, reflect, spec_.threshold);
+            rows, blurred, up ? nullptr : mask, up ? nullptr : bits, gh, gw, radius, sigma, reflect, spec_.threshold);
+        if (up)
+            edgekd_upsample_score<<<dim3((W + UP_TILE - 1) / UP_TILE, (H + UP_ROWS - 1) / UP_ROWS, batch),
+                                    dim3(UP_TILE, UP_ROWS), 0, stream>>>(blurred, gh, gw, amap, mask, bits, H, W,
+                                                                         spec_.threshold);
         if (bits)
             edgekd_finish_max_scores<<<(batch + 255) / 256, 256, 0, stream>>>(bits, scores, batch);
         else
@@ -193,6 +209,7 @@ public:
         fields_.emplace_back("topk", &spec_.topk, PluginFieldType::kINT32, 1);
         fields_.emplace_back("eps", &spec_.eps, PluginFieldType::kFLOAT32, 1);
         if (spec_.has_threshold) fields_.emplace_back("threshold", &spec_.threshold, PluginFieldType::kFLOAT32, 1);
+        fields_.emplace_back("map_stride", &spec_.map_stride, PluginFieldType::kINT32, 1);
         collection_.nbFields = (int32_t)fields_.size();
         collection_.fields = fields_.data();
         return &collection_;
@@ -221,7 +238,8 @@ public:
                    PluginField("score", nullptr, PluginFieldType::kCHAR, 0),
                    PluginField("topk", nullptr, PluginFieldType::kINT32, 1),
                    PluginField("eps", nullptr, PluginFieldType::kFLOAT32, 1),
-                   PluginField("threshold", nullptr, PluginFieldType::kFLOAT32, 1)};
+                   PluginField("threshold", nullptr, PluginFieldType::kFLOAT32, 1),
+                   PluginField("map_stride", nullptr, PluginFieldType::kINT32, 1)};
         collection_.nbFields = (int32_t)fields_.size();
         collection_.fields = fields_.data();
     }
@@ -249,12 +267,14 @@ public:
                 spec.topk = *static_cast<int32_t const*>(f.data);
             } else if (name == "eps") {
                 spec.eps = *static_cast<float const*>(f.data);
+            } else if (name == "map_stride") {
+                spec.map_stride = *static_cast<int32_t const*>(f.data);
             } else if (name == "threshold") {
                 spec.has_threshold = true;
                 spec.threshold = *static_cast<float const*>(f.data);
             }
         }
-        if (spec.out_h <= 0 || spec.out_w <= 0) return nullptr;  // output_size is required
+        if (spec.out_h <= 0 || spec.out_w <= 0 || spec.map_stride < 1) return nullptr;  // output_size is required
         return new Plugin(spec);
     }
     PluginFieldCollection const* getFieldNames() noexcept override { return &collection_; }

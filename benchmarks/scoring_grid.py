@@ -9,6 +9,8 @@ distillation map's maxima move a little with the grid). The acceptance rule of t
 category's image AUROC, pixel AUROC and AUPRO within 0.2 points of the output-size form.
 
     python benchmarks/scoring_grid.py --runs runs/real/real_textures_rd_lite0 --strides 1,4
+    python benchmarks/scoring_grid.py --convert-to 4 --converted runs/real/rd_lite0_grid4   # checkpoints as if
+        trained with that grid (training's only scoring-dependent steps: branch divisors and thresholds)
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_texture_accuracy import METRICS, held_out_maxima, refit_scales  # noqa: E402
 
+from edgekd.calibration import ThresholdRule, score_statistics, thresholds_from_normal  # noqa: E402
+from edgekd.checkpoint import save_checkpoint  # noqa: E402
+from edgekd.data.layouts import load_dataset  # noqa: E402
+from edgekd.data.loading import load_images  # noqa: E402
+from edgekd.train import split_normals  # noqa: E402
 from edgekd.atomic import write_bytes_atomic  # noqa: E402
 from edgekd.checkpoint import read_checkpoint  # noqa: E402
 from edgekd.data.real_textures import parse_categories  # noqa: E402
@@ -43,6 +50,27 @@ def use_stride(model, stride: int, config: dict, data: Path, category: str) -> N
     model.scorer = FeatureDiff(dataclasses.replace(model.scorer.config, map_stride=stride), model.input_size)
     if getattr(model, "patch_memory", None) is not None:
         refit_scales(model, config, held_out_maxima(model, config, data, category))
+
+
+def convert(checkpoint: Path, stride: int, out: Path, data: Path, category: str) -> None:
+    """The checkpoint as training would have written it with this grid: the networks and memory are untouched
+    (the loss never sees the map), the branch divisors and the thresholds are set again on the same held-out
+    normal images."""
+    payload = read_checkpoint(checkpoint)
+    config = payload["config"]
+    runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
+    use_stride(runtime.model, stride, config, data, category)
+    settings = config["train"]
+    dataset = load_dataset(data, category, seed=settings["seed"])
+    _, held_out = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
+    prediction = runtime.infer(load_images([dataset.train[i] for i in held_out], runtime.model.input_size))
+    thresholds = thresholds_from_normal(prediction.scores, prediction.maps, ThresholdRule.from_config(config["threshold"]))
+    config = {**config, "scoring": {**config["scoring"], "map_stride": stride}}
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "model.ckpt", runtime.model, config, score_stats=score_statistics(prediction.scores),
+                    thresholds=thresholds, training=payload.get("training", {}),
+                    converted={"from": str(checkpoint), "map_stride": stride})
+    print(f"{category}: wrote {out / 'model.ckpt'} (map_stride {stride}, thresholds {thresholds})", flush=True)
 
 
 def report(payload: dict) -> str:
@@ -74,7 +102,13 @@ def main() -> None:
     parser.add_argument("--strides", default="1,4")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="scoring_grid")
+    parser.add_argument("--convert-to", type=int, default=None, help="Write the checkpoints with this map_stride.")
+    parser.add_argument("--converted", type=Path, default=None, help="Folder of the converted runs (one per category).")
     args = parser.parse_args()
+    if args.convert_to is not None:
+        for category in parse_categories(args.categories):
+            convert(args.runs / category / "model.ckpt", args.convert_to, args.converted / category, args.data, category)
+        return
     strides = [int(s) for s in args.strides.split(",")]
     started, rows, config = time.strftime("%Y-%m-%d %H:%M"), [], None
     for category in parse_categories(args.categories):

@@ -278,6 +278,8 @@ def export(checkpoint: Path = typer.Argument(..., help="model.ckpt"),
            int8_for: str = typer.Option("tensorrt", "--int8-for", help="INT8 Q/DQ form: 'tensorrt' (symmetric; what "
                                         "build-engine takes) or 'onnxruntime' (uint8 activations, fast on CPU; "
                                         "written as NAME.int8-ort.onnx)."),
+           int8_stems: str = typer.Option("auto", "--int8-stems", help="INT8: the stem-to-stride-4 segments in 'int8', "
+                                          "in 'float', or 'auto' (INT8, and float when that fails parity or --max-drop)."),
            max_drop: float = typer.Option(1.0, "--max-drop", help="Refuse fp16/int8 if a metric drops more points than this."),
            force: bool = typer.Option(False, help="Keep a reduced-precision export that fails the accuracy gate."),
            fused_op: str = typer.Option("function", "--fused-op", help="Scoring as one edgekd::MultiScaleFeatureDiff node "
@@ -287,8 +289,11 @@ def export(checkpoint: Path = typer.Argument(..., help="model.ckpt"),
     with make_progress() as progress:
         result = export_checkpoint(checkpoint, precision, layout, out, name, data, category, calib_images, max_drop,
                                    force, calibration_method=calibration, fused_op=fused_op, int8_for=int8_for,
-                                   progress=progress)
+                                   int8_stems=int8_stems, progress=progress)
     _echo(f"wrote {', '.join(str(p) for p in result.files)}")
+    for failed in result.int8_stems.get("failed_first", []):
+        _echo(f"INT8 with the stems in {failed['stems']} failed the {failed['failed']}: the stems stay in "
+              f"{result.int8_stems['used']}")
     _echo(f"verified: {result.parity.summary()} -> within {precision} tolerance")
     if result.deltas:
         drops = ", ".join(f"{k} {v:+.2f}" for k, v in result.deltas.items())

@@ -66,9 +66,10 @@ def test_int8_export_is_explicit_qdq_with_float_scoring(exports):
     assert set(int8.deltas) == {"image_auroc", "pixel_auroc", "aupro"}
     assert read_sidecar(int8.artifact)["accuracy"]["drop_points"] == int8.deltas
     assert dequantized  # weights and activations go through Q/DQ pairs
-    finest = [n for n in model.graph.node if "/teacher/segments.0/" in n.name and n.op_type == "Conv"]
+    stems = [n for n in model.graph.node if "/teacher/segments.0/" in n.name and n.op_type == "Conv"]
     quantized_convs = [n for n in model.graph.node if n.op_type == "Conv" and any(i in dequantized for i in n.input)]
-    assert finest and not any(i in dequantized for n in finest for i in n.input)  # the finest scale stays float
+    used = read_sidecar(int8.artifact)["int8_stems"]["used"]  # auto: INT8 unless that failed the gate
+    assert stems and all(any(i in dequantized for i in n.input) == (used == "int8") for n in stems)
     assert len(quantized_convs) > 10  # the rest of the teacher and the student are INT8
 
 
@@ -134,24 +135,24 @@ def test_int8_for_onnxruntime_runs_as_integer_convolutions(wood_checkpoint, synt
     import onnxruntime as ort
     from edgekd.engine.builder import build_engine
     result = export_checkpoint(wood_checkpoint, "int8", out_dir=tmp_path, calib_images=8, int8_for="onnxruntime",
-                               force=True)
+                               int8_stems="int8", force=True)
     assert result.artifact.name == "wood.int8-ort.onnx" and result.parity.passed
     assert read_sidecar(result.artifact)["int8_for"] == "onnxruntime"
+    assert read_sidecar(result.artifact)["int8_stems"] == {"mode": "int8", "used": "int8", "failed_first": []}
     model = onnx.load(str(result.artifact))
     zero_points = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     activation_types = {zero_points[n.input[2]].dtype for n in model.graph.node
                         if n.op_type == "QuantizeLinear" and len(n.input) > 2}
     assert activation_types == {np.dtype(np.uint8)}  # uint8 activations with zero points: onnxruntime's CPU form
-    # What onnxruntime makes of it: the quantized convolutions fuse into QLinearConv (activation folded in),
-    # only the float finest scale and the patch memory's distance (FP32 by design) keep float Conv.
+    # What onnxruntime makes of it: the quantized convolutions fuse into QLinearConv (activation folded in), the
+    # stems included; only the patch memory's distance (FP32 by design) keeps a float Conv.
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     ort.InferenceSession(str(result.artifact), options, providers=["CPUExecutionProvider"])
     optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
-    network_convs = [n for n in model.graph.node if n.op_type == "Conv" and "/segments.0/" not in n.name
-                     and not n.name.startswith("/patch_memory/")]
-    assert len(network_convs) > 10
+    network_convs = [n for n in model.graph.node if n.op_type == "Conv" and not n.name.startswith("/patch_memory/")]
+    assert len(network_convs) > 10 and any("/segments.0/" in n.name for n in network_convs)
     assert sum(n.op_type == "QLinearConv" for n in optimized) == len(network_convs)
     with open_runtime(result.artifact) as runtime:  # and it ranks images like the checkpoint
         images = load_images(load_dataset(synth_root, "wood").test[::4], (128, 128))
@@ -161,3 +162,37 @@ def test_int8_for_onnxruntime_runs_as_integer_convolutions(wood_checkpoint, synt
     assert rank > 0.8
     with pytest.raises(EdgekdError, match="INT8 export for onnxruntime.*--int8-for tensorrt"):
         build_engine(result.artifact, tmp_path / "engines", flavour="tensorrt_rtx")
+
+
+def test_int8_stems_auto_falls_back_to_float_stems_when_the_gate_fails(wood_checkpoint, tmp_path, monkeypatch):
+    """auto: INT8 stems first; a failed accuracy gate re-quantizes with the stems in float, and the sidecar says
+    which was kept and why. The gate's verdict is forced here (the real quantizer and checks run)."""
+    from edgekd.export import exporter
+    stems_seen, real_drop = [], exporter._accuracy_drop
+    real_quantize = exporter.quantize_int8
+
+    def quantize(*args, float_stems=False, **kwargs):
+        stems_seen.append("float" if float_stems else "int8")
+        return real_quantize(*args, float_stems=float_stems, **kwargs)
+
+    def drop(*args, **kwargs):
+        measured = real_drop(*args, **kwargs)
+        if stems_seen[-1] == "int8":  # as if the INT8 stems lost 5 points of AUPRO
+            measured["drop_points"] = {**measured["drop_points"], "aupro": 5.0}
+        return measured
+
+    monkeypatch.setattr(exporter, "quantize_int8", quantize)
+    monkeypatch.setattr(exporter, "_accuracy_drop", drop)
+    result = export_checkpoint(wood_checkpoint, "int8", out_dir=tmp_path, calib_images=8, int8_for="onnxruntime",
+                               max_drop=2.0)
+    assert stems_seen == ["int8", "float"]
+    stems = read_sidecar(result.artifact)["int8_stems"]
+    assert stems["used"] == "float" and stems["failed_first"][0]["stems"] == "int8"
+    assert stems["failed_first"][0]["drop_points"]["aupro"] == 5.0 and result.deltas["aupro"] < 2.0
+    model = onnx.load(str(result.artifact))
+    quantized_inputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    stem_convs = [n for n in model.graph.node if n.op_type == "Conv" and "/segments.0/" in n.name]
+    assert stem_convs and not any(n.input[0] in quantized_inputs for n in stem_convs)  # float stems: no Q/DQ input
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wood.int8-ort.json", "wood.int8-ort.onnx"]
+    with pytest.raises(EdgekdError, match="--int8-stems 'half' is unknown"):
+        export_checkpoint(wood_checkpoint, "int8", out_dir=tmp_path, int8_stems="half")

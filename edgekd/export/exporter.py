@@ -23,7 +23,7 @@ from edgekd.errors import EdgekdError
 from edgekd.evaluate import compute_metrics
 from edgekd.export.onnx_export import FUSED_OP_FORMS, OPSET, export_graphs, set_mask_threshold, set_metadata
 from edgekd.export.parity import ParityReport, compare
-from edgekd.export.quantize import INT8_TARGETS, quantize_int8
+from edgekd.export.quantize import INT8_TARGETS, STEM_MODES, quantize_int8
 from edgekd.outputs import check_output_folder
 from edgekd.runtime.onnx_backend import OnnxRuntime
 from edgekd.runtime.torch_backend import TorchRuntime
@@ -42,6 +42,7 @@ class ExportResult:
     deltas: dict = field(default_factory=dict)  # metric -> points lost versus FP32 (positive = worse)
     refused: bool = False
     data: Path | None = None  # the dataset folder the checks ran on
+    int8_stems: dict = field(default_factory=dict)  # INT8: where the stems ran, and the tries that failed first
 
 
 def default_name(checkpoint: Path) -> str:
@@ -76,10 +77,10 @@ def _calibration_images(dataset: Dataset, count: int, size: tuple[int, int]) -> 
 
 
 def _quantize_graphs(graphs: dict[str, Path], calibration: np.ndarray, folder: Path, stem: str, method: str,
-                     target: str) -> dict[str, Path]:
+                     target: str, float_stems: bool) -> dict[str, Path]:
     if "detector" in graphs:
         return {"detector": quantize_int8(graphs["detector"], folder / f"{stem}.onnx", {"images": calibration}, method,
-                                          target=target)}
+                                          target=target, float_stems=float_stems)}
     # The student graph is calibrated on what it really receives: the FP32 teacher's features.
     import onnxruntime as ort
     teacher = ort.InferenceSession(str(graphs["teacher"]), providers=["CPUExecutionProvider"])
@@ -89,9 +90,9 @@ def _quantize_graphs(graphs: dict[str, Path], calibration: np.ndarray, folder: P
     student_inputs = {i.name for i in ort.InferenceSession(str(graphs["student"]), providers=["CPUExecutionProvider"]).get_inputs()}
     student_feeds = {k: v for k, v in {"images": calibration, **feats}.items() if k in student_inputs}
     return {"teacher": quantize_int8(graphs["teacher"], folder / f"{stem}.teacher.onnx", {"images": calibration}, method,
-                                     target=target),
+                                     target=target, float_stems=float_stems),
             "student": quantize_int8(graphs["student"], folder / f"{stem}.student.onnx", student_feeds, method,
-                                     target=target)}
+                                     target=target, float_stems=float_stems)}
 
 
 def _recalibrate(runtime, dataset: Dataset, payload: dict) -> dict:
@@ -158,7 +159,7 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
                       out_dir: str | Path = "export", name: str | None = None, data: str | Path | None = None,
                       category: str | None = None, calib_images: int = 64, max_drop: float = 1.0, force: bool = False,
                       parity_images: int = 16, calibration_method: str = "minmax", fused_op: str = "function",
-                      int8_for: str = "tensorrt", progress=None) -> ExportResult:
+                      int8_for: str = "tensorrt", int8_stems: str = "auto", progress=None) -> ExportResult:
     if precision not in PRECISIONS:
         raise EdgekdError(f"precision '{precision}' is unknown: use one of {', '.join(PRECISIONS)}")
     if layout not in LAYOUTS:
@@ -167,6 +168,8 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
         raise EdgekdError(f"--int8-for '{int8_for}' is unknown: use one of {', '.join(INT8_TARGETS)}")
     if fused_op not in FUSED_OP_FORMS:
         raise EdgekdError(f"--fused-op '{fused_op}' is unknown: use one of {', '.join(FUSED_OP_FORMS)}")
+    if int8_stems not in STEM_MODES:
+        raise EdgekdError(f"--int8-stems '{int8_stems}' is unknown: use one of {', '.join(STEM_MODES)}")
     if int8_for != "tensorrt" and precision != "int8":
         raise EdgekdError(f"--int8-for {int8_for} applies to --precision int8 only, and this export is {precision}: "
                           "drop --int8-for or export int8")
@@ -187,50 +190,69 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
             (staging / "fp32").mkdir()
             fp32 = export_graphs(model, pixel_threshold, staging / "fp32", stem, layout, fused_op)
             calibration = _calibration_images(dataset, calib_images, model.input_size)
-            graphs = _quantize_graphs(fp32, calibration, staging, stem, calibration_method, int8_for)
-            shutil.rmtree(staging / "fp32")
+            tries = ("int8", "float") if int8_stems == "auto" else (int8_stems,)
         else:
             exported = copy.deepcopy(model).networks_to(torch.float16) if precision == "fp16" else model
             graphs = export_graphs(exported, pixel_threshold, staging, stem, layout, fused_op)
+            tries = (None,)
 
-        info = {**describe_checkpoint(payload, checkpoint), "kind": "onnx", "precision": precision, "layout": layout,
-                "opset": OPSET, "fused_op": fused_op,
-                **({"int8_for": int8_for} if precision == "int8" else {}),
-                "outputs": ["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else [])}
-        if layout == "split":
-            info["graphs"] = {role: path.name for role, path in graphs.items()}
-        _stamp(graphs, info)
-        artifact = graphs.get("detector", graphs.get("student"))
-
+        described = {**describe_checkpoint(payload, checkpoint), "kind": "onnx", "precision": precision,
+                     "layout": layout, "opset": OPSET, "fused_op": fused_op,
+                     **({"int8_for": int8_for} if precision == "int8" else {}),
+                     "outputs": ["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else [])}
+        failed_tries = []
         reference = TorchRuntime(model, device="cpu")
-        candidate = OnnxRuntime(artifact)
-        parity_samples = _pick_parity_images(dataset, parity_images)
-        parity = compare(reference, candidate, load_images(parity_samples, model.input_size), precision)
-        info["parity"] = parity.to_dict()
-        if not parity.passed:
-            raise EdgekdError(f"{precision} export of {checkpoint} failed parity against PyTorch ({parity.summary()}; "
-                              f"limits {parity.limits}): nothing was written")
+        parity_images_loaded = load_images(_pick_parity_images(dataset, parity_images), model.input_size)
+        for attempt, stems in enumerate(tries):
+            last = attempt == len(tries) - 1
+            if stems is not None:
+                graphs = _quantize_graphs(fp32, calibration, staging, stem, calibration_method, int8_for,
+                                          float_stems=stems == "float")
+            info = copy.deepcopy(described)
+            if stems is not None:
+                info["int8_stems"] = {"mode": int8_stems, "used": stems, "failed_first": failed_tries}
+            if layout == "split":
+                info["graphs"] = {role: path.name for role, path in graphs.items()}
+            _stamp(graphs, info)
+            artifact = graphs.get("detector", graphs.get("student"))
+            candidate = OnnxRuntime(artifact)
+            parity = compare(reference, candidate, parity_images_loaded, precision)
+            info["parity"] = parity.to_dict()
+            if not parity.passed:
+                if not last:  # INT8 stems out of tolerance: try again with them in float
+                    failed_tries.append({"stems": stems, "failed": f"parity ({parity.summary()})"})
+                    continue
+                raise EdgekdError(f"{precision} export of {checkpoint} failed parity against PyTorch "
+                                  f"({parity.summary()}; limits {parity.limits}): nothing was written")
 
-        deltas, refused = {}, False
-        if precision != "fp32":
-            # Reduced precision shifts the score scale a little (INT8 more): thresholds from FP32 would be
-            # wrong, so calibrate again on the held-out normal images that training calibrated on.
-            thresholds, stats = _recalibrate(candidate, dataset, payload)
-            info["thresholds_fp32"], info["thresholds"] = info["thresholds"], thresholds
-            info["score_stats_fp32"], info["score_stats"] = info["score_stats"], stats
-            candidate.thresholds = thresholds
-            if "mask" in info["outputs"]:
-                set_mask_threshold(artifact, thresholds["pixel"])
-            info["accuracy"] = {**_accuracy_drop(reference, candidate, dataset, precision, progress), "max_drop": max_drop}
-            deltas = info["accuracy"]["drop_points"]
-            refused = any(d > max_drop for d in deltas.values() if np.isfinite(d))
-            if refused and not force:
-                worst = max(deltas, key=lambda k: deltas[k])
-                raise EdgekdError(f"{precision} export refused: {worst} drops {deltas[worst]:.2f} points versus FP32 "
-                                  f"(limit --max-drop {max_drop}; all drops {deltas}): pass --force to keep it anyway")
+            deltas, refused = {}, False
+            if precision != "fp32":
+                # Reduced precision shifts the score scale a little (INT8 more): thresholds from FP32 would be
+                # wrong, so calibrate again on the held-out normal images that training calibrated on.
+                thresholds, stats = _recalibrate(candidate, dataset, payload)
+                info["thresholds_fp32"], info["thresholds"] = info["thresholds"], thresholds
+                info["score_stats_fp32"], info["score_stats"] = info["score_stats"], stats
+                candidate.thresholds = thresholds
+                if "mask" in info["outputs"]:
+                    set_mask_threshold(artifact, thresholds["pixel"])
+                info["accuracy"] = {**_accuracy_drop(reference, candidate, dataset, precision, progress),
+                                    "max_drop": max_drop}
+                deltas = info["accuracy"]["drop_points"]
+                refused = any(d > max_drop for d in deltas.values() if np.isfinite(d))
+                if refused and not last:
+                    failed_tries.append({"stems": stems, "failed": "accuracy gate", "drop_points": deltas})
+                    continue
+                if refused and not force:
+                    worst = max(deltas, key=lambda k: deltas[k])
+                    raise EdgekdError(f"{precision} export refused: {worst} drops {deltas[worst]:.2f} points versus "
+                                      f"FP32 (limit --max-drop {max_drop}; all drops {deltas}): pass --force to keep "
+                                      "it anyway")
+            break
+        shutil.rmtree(staging / "fp32", ignore_errors=True)
         info["forced"] = bool(refused and force)
         final = _publish(graphs, info, staging, out_dir)
-        return ExportResult(out_dir / artifact.name, final, parity, deltas, refused, dataset.root)
+        return ExportResult(out_dir / artifact.name, final, parity, deltas, refused, dataset.root,
+                            info.get("int8_stems", {}))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if created and not any(out_dir.iterdir()):

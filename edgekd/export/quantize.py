@@ -22,19 +22,19 @@ from edgekd.export.onnx_export import float32_nodes
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 INT8_TARGETS = ("tensorrt", "onnxruntime")
+# Where the stem-to-stride-4 segment of each feature extractor runs: "int8" like the rest, "float", or "auto":
+# INT8 first, and float only when that export fails parity or the accuracy gate (edgekd/export/exporter.py).
+STEM_MODES = ("auto", "int8", "float")
 
 
-def finest_scale_nodes(graph: onnx.GraphProto) -> list[str]:
-    """The first segment of each feature extractor (stem to the stride-4 tap) stays in float.
-
-    The stride-4 features decide the pixel-level map; quantizing them per tensor wipes out the small
-    teacher/student differences on fine structure. Measured on the synthetic tile category (RD + Lite0):
-    AUPRO drop 15.6 points with them in INT8, 0.0 with them in float (metal 0.0, granite <= 0.6)."""
+def stem_nodes(graph: onnx.GraphProto) -> list[str]:
+    """The first segment of each feature extractor (stem to the stride-4 tap): teacher and, where the student is a
+    backbone copy (STFPM), the student's. It is a third of the MACs. In INT8 on the real-texture benchmark it costs
+    at most a few tenths of a point (benchmarks/results/int8_stems.md); on the synthetic tile it once cost 15.6
+    points of AUPRO, so the exporter keeps it in float wherever the gate says so."""
     return [n.name for n in graph.node if "/segments.0/" in n.name]
-
-
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray], method: str = "minmax",
-                  batch_size: int = 8, target: str = "tensorrt") -> Path:
+                  batch_size: int = 8, target: str = "tensorrt", float_stems: bool = False) -> Path:
     """calibration: graph input name -> (N, ...) float32 arrays from normal images (e.g. {'images': ...})."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -69,7 +69,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
             # no ORT graph optimisation here: it would inline the fused scoring op (edgekd::MultiScaleFeatureDiff)
             quant_pre_process(str(fp32_path), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
             graph = onnx.load(str(prepared)).graph
-            keep_float = float32_nodes(graph) + finest_scale_nodes(graph)
+            keep_float = float32_nodes(graph) + (stem_nodes(graph) if float_stems else [])
             for_tensorrt = target == "tensorrt"
             quantize_static(str(prepared), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,

@@ -357,3 +357,17 @@ def test_torch_runtime_keeps_the_reference_on_cpu(wood_checkpoint):
     runtime.model.use_fused_kernels = True  # asked for, but CPU tensors still take the reference path
     got = runtime.run(batch)
     assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
+def test_cpp_plugin_declares_every_attribute_with_the_python_plugins_type():
+    """engines/plugin/ cannot be compiled here (no TensorRT headers): at least its creator's field list must name
+    every attribute of the op with the type the Python plugin uses, so one .onnx means the same to both."""
+    import re
+    from edgekd.fused.trt_plugin import _FIELD_TYPES
+    source = (kernel_source_path().parents[1] / "plugin" / "MultiScaleFeatureDiffPlugin.cu").read_text()
+    declared = dict(re.findall(r'PluginField\("(\w+)", nullptr, PluginFieldType::k(\w+),', source))
+    spec = FusedOpSpec((64, 64), combine="weighted", weights=(1.0, 2.0), threshold=0.5, map_stride=4)
+    assert set(spec.attributes()) == set(_FIELD_TYPES) == set(declared)
+    assert declared == _FIELD_TYPES
+    for name in _FIELD_TYPES:  # read back by the creator and written out when the engine is serialised
+        assert f'name == "{name}"' in source and f'emplace_back("{name}"' in source

@@ -3,8 +3,8 @@ anomaly map, an image score and a mask. Training loss, evaluation, export and ev
 
 Per scale: 1 - cosine over channels (accumulated in FP32) -> bilinear resize to the scoring grid (the output
 size divided by `map_stride`) -> combine across scales (add, mul, max, weighted) -> separable Gaussian blur on the
-grid (sigma given in output pixels, divided by the stride) -> one bilinear upsample to the output size -> image
-score (max or top-k mean) of that map.
+grid (sigma given in output pixels; the grid's blur leaves out what the upsample smooths) -> one bilinear upsample
+to the output size -> image score (max or top-k mean) of that map.
 
 The grid is the finest teacher scale by default (stride 4): the combination and the blur then touch 1/16 of the
 pixels they did at output size (stride 1, the form every artifact written before `map_stride` existed uses), for
@@ -90,8 +90,17 @@ def grid_size(output_size: tuple[int, int], map_stride: int) -> tuple[int, int]:
 
 
 def grid_sigma(sigma: float, map_stride: int) -> float:
-    """The blur sigma on the grid, for `sigma` in output pixels (in FP32, the precision every other form uses)."""
-    return float(np.float32(np.float32(sigma) / np.float32(map_stride)))
+    """The blur sigma in grid pixels for `sigma` in output pixels. On a coarser grid the final bilinear upsample
+    smooths too (a triangle of half-width map_stride output pixels: variance map_stride^2 / 6), so the grid's blur
+    brings only the rest and the output map is as smooth as a blur of `sigma` at output size; 0 when the upsample
+    alone smooths that much (no blur). Computed in FP32, operation by operation as the C++ plugin does, so every
+    form derives the same radius. Measured: benchmarks/results/scoring_grid.md."""
+    if sigma <= 0:
+        return 0.0
+    f32, stride = np.float32, np.float32(map_stride)
+    upsample_variance = stride * stride / f32(6) if map_stride > 1 else f32(0)
+    rest = f32(sigma) * f32(sigma) - upsample_variance
+    return float(np.sqrt(rest) / stride) if rest > 0 else 0.0
 
 
 def blur_radius(sigma: float) -> int:
@@ -159,8 +168,8 @@ class FeatureDiff(nn.Module):
         self.config = config
         self.output_size = (int(output_size[0]), int(output_size[1]))
         self.grid_size = grid_size(self.output_size, config.map_stride)
-        sigma = grid_sigma(config.sigma, config.map_stride)
-        kernel = gaussian_kernel1d(sigma) if config.sigma > 0 else torch.ones(1)
+        self.grid_sigma = grid_sigma(config.sigma, config.map_stride)
+        kernel = gaussian_kernel1d(self.grid_sigma) if self.grid_sigma > 0 else torch.ones(1)
         self.register_buffer("blur_kernel", kernel, persistent=False)
         fixed = torch.tensor(config.weights, dtype=torch.float32) if config.weights else torch.empty(0)
         self.register_buffer("fixed_weights", fixed, persistent=False)
@@ -173,7 +182,7 @@ class FeatureDiff(nn.Module):
         if weights is None and self.fixed_weights.numel():
             weights = self.fixed_weights
         amap = combine_maps(self.scale_maps(teacher, student), self.config.combine, weights)
-        if self.config.sigma > 0:
+        if self.grid_sigma > 0:
             amap = gaussian_blur(amap, self.blur_kernel)
         if self.grid_size != self.output_size:  # static: fixed by the config, not by the traced shapes
             amap = resize(amap, self.output_size)

@@ -29,7 +29,8 @@ CASES = [
     (FusedOpSpec((96, 64), combine="weighted", weights=(1.0, 0.5), sigma=6.0, score="topk", topk=300, threshold=0.5,
                  map_stride=8), [(6, 24, 16), (4, 12, 8)], torch.float16),
     (FusedOpSpec((40, 24), combine="max", sigma=2.0, map_stride=2), [(3, 10, 6), (5, 20, 12)], torch.float32),
-    (FusedOpSpec((32, 32), sigma=4.0, map_stride=16), [(4, 8, 8)], torch.float32),  # 2x2 grid, radius 1: clamped
+    (FusedOpSpec((32, 32), sigma=4.0, map_stride=16), [(4, 8, 8)], torch.float32),  # the upsample alone: no blur
+    (FusedOpSpec((24, 24), sigma=6.0, map_stride=8), [(4, 8, 8)], torch.float32),  # 3x3 grid, radius 3: clamped
 ]
 
 

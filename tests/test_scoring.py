@@ -5,7 +5,7 @@ import torch
 
 from edgekd.errors import EdgekdError
 from edgekd.scoring import (FeatureDiff, ScoringConfig, combine_maps, cosine_distance, distillation_loss,
-                            gaussian_blur, gaussian_kernel1d, image_score)
+                            gaussian_blur, gaussian_kernel1d, grid_sigma, image_score)
 
 
 def _feat(vectors):
@@ -67,17 +67,23 @@ def test_grid_form_combines_on_the_grid_and_upsamples_once():
 
 
 def test_grid_blur_sigma_is_in_output_pixels():
+    """The grid's blur plus the final upsample (a triangle of variance stride^2 / 6) smooth like sigma at output size."""
     assert FeatureDiff(ScoringConfig(sigma=4.0, map_stride=4), (256, 256)).blur_kernel.numel() == 9
     assert FeatureDiff(ScoringConfig(sigma=4.0, map_stride=1), (256, 256)).blur_kernel.numel() == 33
-    # an impulse on the grid spreads like sigma 4 output pixels: 1 grid pixel
-    scorer = FeatureDiff(ScoringConfig(sigma=4.0, map_stride=4), (64, 64))
-    t = torch.ones(1, 2, 16, 16)
+    assert grid_sigma(4.0, 1) == 4.0 and grid_sigma(0.0, 4) == 0.0 and grid_sigma(4.0, 16) == 0.0
+    assert (4 * grid_sigma(4.0, 4)) ** 2 + 16 / 6 == pytest.approx(16.0, rel=1e-6)
+    # an impulse on the grid leaves the output map spread with a standard deviation of sigma output pixels
+    scorer = FeatureDiff(ScoringConfig(sigma=4.0, map_stride=4), (256, 256))
+    t = torch.ones(1, 2, 64, 64)
     s = t.clone()
-    s[0, :, 8, 8] = torch.tensor([1.0, -1.0])  # orthogonal: distance 1 at one grid pixel
+    s[0, :, 32, 32] = torch.tensor([1.0, -1.0])  # orthogonal: distance 1 at one grid pixel
     amap, _ = scorer([t], [s])
-    row = amap[0, 0, 34, :]  # through the impulse's centre (grid 8 -> output pixels 32..35)
-    assert row.argmax().item() in (33, 34)
-    assert row[34 + 12].item() < 0.1 * row.max().item()  # 3 grid sigmas out: almost nothing left
+    profile = amap[0, 0].sum(0)
+    profile = profile - profile.min()
+    x = torch.arange(256.0)
+    centre = (profile * x).sum() / profile.sum()
+    spread = ((profile * (x - centre) ** 2).sum() / profile.sum()).sqrt()
+    assert centre.item() == pytest.approx(129.5, abs=0.01) and spread.item() == pytest.approx(4.0, rel=0.02)
 
 
 def test_stored_scoring_without_map_stride_keeps_the_output_form():

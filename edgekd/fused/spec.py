@@ -74,7 +74,7 @@ class FusedOpSpec:
 
     @property
     def grid_sigma(self) -> float:
-        return grid_sigma(self.sigma, self.map_stride) if self.sigma > 0 else 0.0
+        return grid_sigma(self.sigma, self.map_stride)
 
     @property
     def blur_radius(self) -> int:

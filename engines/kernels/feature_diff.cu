@@ -7,8 +7,10 @@
 //   resize:       bilinear, align_corners=False (PyTorch's source-index rule, negative source clamped to 0), to
 //                 the scoring grid = output size / map_stride
 //   combine:      add | mul | max | weighted sum over scales
-//   blur:         separable Gaussian on the grid, sigma_grid = sigma / map_stride, radius max(1, ceil(4 sigma_grid)),
-//                 reflect padding (clamp when the grid is not larger than the radius), skipped when sigma == 0
+//   blur:         separable Gaussian on the grid, sigma_grid = sqrt(sigma^2 - s^2/6) / s for map_stride s > 1 (the
+//                 final upsample smooths the rest), sigma for s = 1; radius max(1, ceil(4 sigma_grid)), reflect
+//                 padding (clamp when the grid is not larger than the radius), skipped when sigma_grid == 0
+//                 (the host computes sigma_grid and the radius: scoring.grid_sigma)
 //   upsample:     the blurred grid, bilinear as above, to the output size (map_stride 1: the grid is the output)
 //   score:        max, or mean of the top-k pixels, of the output map
 //   mask:         map > threshold as uint8

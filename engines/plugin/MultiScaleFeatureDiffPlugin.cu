@@ -41,8 +41,13 @@ struct Spec {
     int grid_h() const { return std::max(1, out_h / map_stride); }  // scoring.grid_size
     int grid_w() const { return std::max(1, out_w / map_stride); }
     bool upsamples() const { return grid_h() != out_h || grid_w() != out_w; }
-    float grid_sigma() const { return sigma > 0.f ? sigma / (float)map_stride : 0.f; }  // scoring.grid_sigma
-    int radius() const { return sigma > 0.f ? std::max(1, (int)std::ceil(4.0 * grid_sigma())) : 0; }  // scoring.blur_radius
+    float grid_sigma() const {  // scoring.grid_sigma: the blur left after the final upsample's own smoothing
+        if (sigma <= 0.f) return 0.f;
+        float const stride = (float)map_stride;
+        float const rest = sigma * sigma - (map_stride > 1 ? stride * stride / 6.f : 0.f);
+        return rest > 0.f ? std::sqrt(rest) / stride : 0.f;
+    }
+    int radius() const { return grid_sigma() > 0.f ? std::max(1, (int)std::ceil(4.0 * grid_sigma())) : 0; }  // scoring.blur_radius
     int outputs() const { return has_threshold ? 3 : 2; }
 };
 

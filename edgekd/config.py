@@ -75,7 +75,7 @@ RULES: dict[str, Rule] = {
     "train.weight_decay": Rule("float", 0, 1),
     "train.warmup_epochs": Rule("float", 0, 100_000),
     "train.grad_clip": Rule("float", 0, 1e6, low_open=True, nullable=True),
-    "train.augment": Rule("str", choices=("none", "camera")),
+    "train.augment": Rule("str", choices=("none", "camera", "camera_neutral")),
     "train.val_fraction": Rule("float", 0, 0.5),
     "train.seed": Rule("int", 0, 2**32 - 1),
     "train.device": Rule("str"),

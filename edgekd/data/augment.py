@@ -12,7 +12,9 @@ import numpy as np
 
 from edgekd.errors import EdgekdError
 
-AUGMENTATIONS = ("none", "camera")
+# camera_neutral: the same without the per-channel colour cast (light drifts in brightness only), for surfaces
+# where a colour shift is the defect to catch.
+AUGMENTATIONS = ("none", "camera", "camera_neutral")
 
 
 def check_augment(name: str) -> str:
@@ -36,11 +38,13 @@ def _chroma_420(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
 
 
-def camera_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def camera_augment(image: np.ndarray, rng: np.random.Generator, colour_cast: bool = True) -> np.ndarray:
     """One HxWx3 uint8 RGB image as a camera and a codec might deliver it; each effect is drawn with its own chance."""
     out = image
     if rng.random() < 0.5:  # light: gain, offset and a slight colour cast
-        gain = rng.uniform(0.9, 1.1) * rng.uniform(0.97, 1.03, 3)
+        level = rng.uniform(0.9, 1.1)
+        cast = rng.uniform(0.97, 1.03, 3)  # drawn either way: the other effects see the same random stream
+        gain = level * (cast if colour_cast else 1.0)
         out = np.clip(out.astype(np.float32) * gain + rng.uniform(-8, 8), 0, 255).astype(np.uint8)
     if rng.random() < 0.3:  # focus and motion
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.0))
@@ -55,4 +59,4 @@ def augment_batch(images: np.ndarray, name: str, rng: np.random.Generator) -> np
     """(N,H,W,3) uint8 -> the same, augmented per image (unchanged for 'none')."""
     if name == "none":
         return images
-    return np.stack([camera_augment(image, rng) for image in images])
+    return np.stack([camera_augment(image, rng, colour_cast=name == "camera") for image in images])

@@ -147,3 +147,16 @@ def test_assemblies_write_mvtec_loco_layout(tmp_path):
     meta = json.loads((tmp_path / "tray" / "synth.json").read_text())
     assert sorted(v for k, v in meta["anomalies"].items() if "logical" in k) == sorted(spec.logical)
     assert set(parse_categories("logical")) == {"tray", "board"}
+
+
+def test_camera_augmentations_differ_only_in_the_colour_cast():
+    """camera and camera_neutral draw the same effects from the same random stream; neutral keeps a grey surface grey
+    (its light drifts in brightness only), camera tints it; none returns the images untouched."""
+    from edgekd.data.augment import augment_batch
+    grey = np.full((6, 32, 32, 3), 128, np.uint8)
+    tinted = augment_batch(grey, "camera", np.random.default_rng(3))
+    neutral = augment_batch(grey, "camera_neutral", np.random.default_rng(3))
+    channel_spread = lambda batch: np.ptp(batch.reshape(len(batch), -1, 3).astype(float).mean(1), axis=1)
+    assert channel_spread(tinted).max() > 1.0  # some image got a colour cast
+    assert channel_spread(neutral).max() < 1.0  # chroma subsampling and JPEG keep a flat grey grey
+    assert np.array_equal(augment_batch(grey, "none", np.random.default_rng(3)), grey)

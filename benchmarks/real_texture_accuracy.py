@@ -115,7 +115,11 @@ def throughput(model, images: np.ndarray, rounds: int = 3, batch: int = 8) -> di
     return {name: round(len(images) / float(np.median(s)), 1) for name, s in seconds.items()}
 
 
-def peer_rows(peer_runs: Path | None) -> dict:
+def peer_rows(peer_runs: Path | None, peer_json: Path | None = None) -> dict:
+    """The peers' figures from their run folders, or from an earlier results JSON (whose runs are not on this
+    machine any more: the peers are deterministic given the data's seed)."""
+    if peer_json is not None:
+        return {(p["model"], p["category"]): {k: p[k] for k in METRICS} for p in json.loads(peer_json.read_text())["peers"]}
     rows = {}
     for path in sorted(peer_runs.glob("*/result.json")) if peer_runs and peer_runs.is_dir() else []:
         result = json.loads(path.read_text())
@@ -174,6 +178,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "real")
     parser.add_argument("--peer-runs", type=Path, default=Path("/tmp/anomalib-peer/runs"))
+    parser.add_argument("--peer-json", type=Path, default=None, help="Take the peers' figures from this earlier "
+                        "results JSON instead of --peer-runs.")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="real_textures_rd_lite0")
     parser.add_argument("--reuse", action="store_true", help="Evaluate existing checkpoints instead of training.")
@@ -184,7 +190,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.report_only:
         payload = json.loads((args.results / f"{args.name}.json").read_text())
-        peers = peer_rows(args.peer_runs)
+        peers = peer_rows(args.peer_runs, args.peer_json)
         payload["peers"] = [{"model": m, "category": c, **v} for (m, c), v in sorted(peers.items())]
         write_bytes_atomic(args.results / f"{args.name}.json", json.dumps(payload, indent=2, default=float).encode())
         config_name = str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config)
@@ -220,7 +226,7 @@ def main() -> None:
         rows.append({"category": category, "variants": measured, "throughput": throughput(runtime.model, sample),
                      "train_seconds": train_seconds})
 
-    peers = peer_rows(args.peer_runs)
+    peers = peer_rows(args.peer_runs, args.peer_json)
     machine = machine_info()
     means = {n: {k: float(np.mean([r["variants"][n][k] for r in rows])) for k in METRICS} for n in rows[0]["variants"]}
     payload = {"benchmark": args.name, "date": started, "machine": machine, "config": config, "targets": TARGETS,

@@ -47,12 +47,12 @@ SCORING_SHARE_TARGET = 0.03  # of the FP32 graph's time
 RUN_TARGET, RUNNER_KEEPS = 1.2, 0.9  # RD INT8 `edgekd run` vs anomalib model-only; runner vs its bare model
 
 
-def output_size_copy(checkpoint: Path, out: Path) -> Path:
-    """The checkpoint scored the way edgekd did before the scoring grid (map_stride 1), for a same-run before/after
-    of the scoring's cost; its thresholds are the checkpoint's (speed does not depend on them)."""
+def stride_copy(checkpoint: Path, stride: int, out: Path) -> Path:
+    """The checkpoint scored on another grid: map_stride 1 is how edgekd scored before the grid existed (a
+    same-run before/after of the scoring's cost); its thresholds are the checkpoint's (speed does not use them)."""
     if not out.is_file():
         model, payload = load_checkpoint(checkpoint)
-        config = {**payload["config"], "scoring": {**payload["config"]["scoring"], "map_stride": 1}}
+        config = {**payload["config"], "scoring": {**payload["config"]["scoring"], "map_stride": stride}}
         extra = {k: payload[k] for k in ("thresholds", "score_stats", "training") if k in payload}
         out.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out, model, config, **extra)
@@ -63,7 +63,9 @@ def prepare(args) -> dict[str, Path]:
     """ONNX files by name (exported once into --work) and the line video."""
     work, models = args.work, {REFERENCE: args.anomalib}
     sources = {"stfpm": args.stfpm, "rd": args.rd,
-               "stfpm_output_form": output_size_copy(args.stfpm, work / "stfpm_output_form" / "model.ckpt")}
+               "stfpm_output_form": stride_copy(args.stfpm, 1, work / "stfpm_output_form" / "model.ckpt")}
+    for stride in args.other_strides:
+        sources[f"stfpm_grid{stride}"] = stride_copy(args.stfpm, stride, work / f"stfpm_grid{stride}" / "model.ckpt")
     for family, checkpoint in sources.items():
         for precision, int8_for, suffix in (("fp32", "tensorrt", "fp32"), ("int8", "onnxruntime", "int8-ort")):
             if family == "stfpm_output_form" and precision == "int8" and not args.before_int8:
@@ -242,6 +244,8 @@ def main() -> int:
     parser.add_argument("--profile", type=int, default=32)
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--e2e-rounds", type=int, default=5)
+    parser.add_argument("--other-strides", type=lambda text: [int(v) for v in text.split(",") if v], default=[],
+                        help="Also STFPM scored with these map_strides (e.g. 2), FP32 and INT8.")
     parser.add_argument("--before-int8", action="store_true", help="Also the INT8 export as it was before (output-size "
                         "scoring, stems in float).")
     args = parser.parse_args()

@@ -19,7 +19,7 @@ DEFAULTS: dict = {
     "input_size": 256,
     "model_options": {},  # family-specific constructor arguments
     "scoring": {"combine": "add", "weights": None, "sigma": 4.0, "score": "max", "topk": 100, "eps": 1e-8,
-                "map_stride": 4},
+                "map_stride": 2},
     "train": {
         "epochs": 30, "batch_size": 16, "optimizer": "adam", "lr": 0.005, "betas": [0.5, 0.999], "momentum": 0.9,
         "weight_decay": 0.0, "warmup_epochs": 0.0, "grad_clip": None,

@@ -87,7 +87,7 @@ def test_grid_blur_sigma_is_in_output_pixels():
 
 
 def test_stored_scoring_without_map_stride_keeps_the_output_form():
-    assert ScoringConfig().map_stride == 4
+    assert ScoringConfig().map_stride == 2
     assert ScoringConfig.from_dict({"sigma": 4.0}).map_stride == 1
     assert ScoringConfig.from_dict({"map_stride": 4}).map_stride == 4
     with pytest.raises(EdgekdError, match="map_stride"):

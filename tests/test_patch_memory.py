@@ -88,15 +88,17 @@ def test_memory_exports_with_parity_stays_fp32_and_builds_an_engine(memory_check
     assert fp32.parity.passed, fp32.parity.summary()
     fp16 = export_checkpoint(memory_checkpoint.checkpoint, "fp16", out_dir=tmp_path, force=True)
     graph = onnx.load(str(fp16.artifact))
-    memory_convs = [n for n in graph.graph.node if "patch_memory" in n.name and n.op_type == "Conv"]
-    assert memory_convs, "the memory's distance is one Conv in the graph"
+    memory_products = [n for n in graph.graph.node if "patch_memory" in n.name and n.op_type == "MatMul"]
+    assert len(memory_products) == 1, "the memory's distance is one MatMul in the graph"
     initializers = {i.name: i for i in graph.graph.initializer}
-    weights = [initializers[n.input[1]] for n in memory_convs if n.input[1] in initializers]
+    weights = [initializers[n.input[1]] for n in memory_products if n.input[1] in initializers]
     assert weights and all(w.data_type == onnx.TensorProto.FLOAT for w in weights)
+    minimum = [n for n in graph.graph.node if "patch_memory" in n.name and n.op_type == "ReduceMin"]
+    assert [a.ints for n in minimum for a in n.attribute if a.name == "axes"] in ([[-1]], [[2]])  # contiguous axis
     int8 = export_checkpoint(memory_checkpoint.checkpoint, "int8", out_dir=tmp_path, calib_images=16, force=True)
     graph = onnx.load(str(int8.artifact))
     producers = {o: n for n in graph.graph.node for o in n.output}
-    memory_convs = [n for n in graph.graph.node if n.name.startswith("/patch_memory/") and n.op_type == "Conv"]
-    assert memory_convs and all(producers.get(n.input[1]) is None or producers[n.input[1]].op_type != "DequantizeLinear"
-                                for n in memory_convs), "the memory's weights must stay float in INT8"
+    memory_products = [n for n in graph.graph.node if n.name.startswith("/patch_memory/") and n.op_type == "MatMul"]
+    assert memory_products and all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                                   for n in memory_products for i in n.input), "the memory must stay float in INT8"
     builds_engine(fp32.artifact)

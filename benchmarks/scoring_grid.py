@@ -28,11 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_texture_accuracy import METRICS, held_out_maxima, refit_scales  # noqa: E402
 
-from edgekd.calibration import ThresholdRule, score_statistics, thresholds_from_normal  # noqa: E402
 from edgekd.checkpoint import save_checkpoint  # noqa: E402
 from edgekd.data.layouts import load_dataset  # noqa: E402
-from edgekd.data.loading import load_images  # noqa: E402
-from edgekd.train import split_normals  # noqa: E402
+from edgekd.export.exporter import recalibrate  # noqa: E402
 from edgekd.atomic import write_bytes_atomic  # noqa: E402
 from edgekd.checkpoint import read_checkpoint  # noqa: E402
 from edgekd.data.real_textures import parse_categories  # noqa: E402
@@ -60,14 +58,10 @@ def convert(checkpoint: Path, stride: int, out: Path, data: Path, category: str)
     config = payload["config"]
     runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
     use_stride(runtime.model, stride, config, data, category)
-    settings = config["train"]
-    dataset = load_dataset(data, category, seed=settings["seed"])
-    _, held_out = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
-    prediction = runtime.infer(load_images([dataset.train[i] for i in held_out], runtime.model.input_size))
-    thresholds = thresholds_from_normal(prediction.scores, prediction.maps, ThresholdRule.from_config(config["threshold"]))
+    thresholds, stats = recalibrate(runtime, load_dataset(data, category, seed=config["train"]["seed"]), payload)
     config = {**config, "scoring": {**config["scoring"], "map_stride": stride}}
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "model.ckpt", runtime.model, config, score_stats=score_statistics(prediction.scores),
+    save_checkpoint(out / "model.ckpt", runtime.model, config, score_stats=stats,
                     thresholds=thresholds, training=payload.get("training", {}),
                     converted={"from": str(checkpoint), "map_stride": stride})
     print(f"{category}: wrote {out / 'model.ckpt'} (map_stride {stride}, thresholds {thresholds})", flush=True)

@@ -95,7 +95,8 @@ def _quantize_graphs(graphs: dict[str, Path], calibration: np.ndarray, folder: P
                                      target=target, float_stems=float_stems)}
 
 
-def _recalibrate(runtime, dataset: Dataset, payload: dict) -> dict:
+def recalibrate(runtime, dataset: Dataset, payload: dict) -> tuple[dict, dict]:
+    """Thresholds and score statistics of `runtime` on the held-out normal images training calibrated on."""
     settings = payload["config"]["train"]
     _, held_out = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
     chosen = [dataset.train[i] for i in (held_out if len(held_out) else range(len(dataset.train)))]
@@ -229,7 +230,7 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
             if precision != "fp32":
                 # Reduced precision shifts the score scale a little (INT8 more): thresholds from FP32 would be
                 # wrong, so calibrate again on the held-out normal images that training calibrated on.
-                thresholds, stats = _recalibrate(candidate, dataset, payload)
+                thresholds, stats = recalibrate(candidate, dataset, payload)
                 info["thresholds_fp32"], info["thresholds"] = info["thresholds"], thresholds
                 info["score_stats_fp32"], info["score_stats"] = info["score_stats"], stats
                 candidate.thresholds = thresholds

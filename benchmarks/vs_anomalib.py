@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
-from edgekd.checkpoint import read_checkpoint, save_checkpoint, load_checkpoint
+from edgekd.checkpoint import read_checkpoint
 from edgekd.data.layouts import load_dataset
 from edgekd.data.video import write_line_video
 from edgekd.export.exporter import export_checkpoint
@@ -47,15 +47,13 @@ SCORING_SHARE_TARGET = 0.03  # of the FP32 graph's time
 RUN_TARGET, RUNNER_KEEPS = 1.2, 0.9  # RD INT8 `edgekd run` vs anomalib model-only; runner vs its bare model
 
 
-def stride_copy(checkpoint: Path, stride: int, out: Path) -> Path:
-    """The checkpoint scored on another grid: map_stride 1 is how edgekd scored before the grid existed (a
-    same-run before/after of the scoring's cost); its thresholds are the checkpoint's (speed does not use them)."""
+def stride_copy(checkpoint: Path, stride: int, out: Path, data: Path, category: str) -> Path:
+    """The checkpoint scored on another grid (benchmarks/scoring_grid.py convert): map_stride 1 is how edgekd scored
+    before the grid existed, for a same-run before/after of the scoring's cost."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from scoring_grid import convert
     if not out.is_file():
-        model, payload = load_checkpoint(checkpoint)
-        config = {**payload["config"], "scoring": {**payload["config"]["scoring"], "map_stride": stride}}
-        extra = {k: payload[k] for k in ("thresholds", "score_stats", "training") if k in payload}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out, model, config, **extra)
+        convert(checkpoint, stride, out.parent, data, category)
     return out
 
 
@@ -63,9 +61,11 @@ def prepare(args) -> dict[str, Path]:
     """ONNX files by name (exported once into --work) and the line video."""
     work, models = args.work, {REFERENCE: args.anomalib}
     sources = {"stfpm": args.stfpm, "rd": args.rd,
-               "stfpm_output_form": stride_copy(args.stfpm, 1, work / "stfpm_output_form" / "model.ckpt")}
+               "stfpm_output_form": stride_copy(args.stfpm, 1, work / "stfpm_output_form" / "model.ckpt", args.data,
+                                                args.category)}
     for stride in args.other_strides:
-        sources[f"stfpm_grid{stride}"] = stride_copy(args.stfpm, stride, work / f"stfpm_grid{stride}" / "model.ckpt")
+        sources[f"stfpm_grid{stride}"] = stride_copy(args.stfpm, stride, work / f"stfpm_grid{stride}" / "model.ckpt",
+                                                     args.data, args.category)
     for family, checkpoint in sources.items():
         for precision, int8_for, suffix in (("fp32", "tensorrt", "fp32"), ("int8", "onnxruntime", "int8-ort")):
             if family == "stfpm_output_form" and precision == "int8" and not args.before_int8:

@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.checkpoint import read_checkpoint

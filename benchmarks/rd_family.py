@@ -3,6 +3,8 @@
     python benchmarks/rd_family.py                                  # rd, afkd, logicrd, dskd: washer + tray + board
     python benchmarks/rd_family.py --models rd,mthf,vitkd,memkd --name other_designs
     python benchmarks/rd_family.py --categories tray --epochs 6     # quicker
+    python benchmarks/rd_family.py --data data/real --categories grass,cork,pcb --name family_real
+                                                  # the real-texture benchmark (benchmarks/real_textures.py)
 
 vitkd has no ViT weights offline: it is trained here with a random ViT-Ti/16 teacher (the mechanics, not what
 ImageNet features give) and timed as ViT-B/16, the paper's architecture. mthf uses the Lite0/1/2 groups.
@@ -93,7 +95,8 @@ def throughput(model, batch: int, repeats: int) -> float:
 def write_report(report: dict, out: Path) -> None:
     rows, speed = report["rows"], report["speed"]
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
-    lines = [f"# {', '.join(s['model'] for s in speed)} on synthetic structural and logical anomalies ({report['machine']['cpu']} "
+    data = report.get("data", "synthetic structural and logical anomalies")
+    lines = [f"# {', '.join(s['model'] for s in speed)} on {data} ({report['machine']['cpu']} "
              f"x{report['machine']['cores']})", "",
              f"Accuracy: trained {report['epochs']} epochs at {report['size']}x{report['size']} (values in %). "
              f"Throughput: FP32 ONNX in onnxruntime at {report['speed_size']}x{report['speed_size']}, batch "
@@ -153,12 +156,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="rd_family", help="file stem of the results")
     args = parser.parse_args()
-    from edgekd.data.synth import parse_categories, synthesize
-    categories, models = parse_categories(args.categories), args.models.split(",")
+    from edgekd.data import real_textures, synth
+    real = set(real_textures.parse_categories(args.categories)) if all(
+        name in real_textures.CATEGORIES for name in args.categories.split(",")) else None
+    categories = sorted(real, key=list(real_textures.CATEGORIES).index) if real else synth.parse_categories(args.categories)
+    models = args.models.split(",")
     missing = [c for c in categories if not (args.data / c).is_dir()]
+    if missing and real:
+        raise SystemExit(f"{args.data} lacks {', '.join(missing)}: run python benchmarks/real_textures.py --out {args.data}")
     if missing:
         print(f"synthesising {', '.join(missing)} into {args.data}", flush=True)
-        synthesize(args.data, missing, seed=0, size=max(args.size, 128), n_train=args.n_train, n_test_good=24,
+        synth.synthesize(args.data, missing, seed=0, size=max(args.size, 128), n_train=args.n_train, n_test_good=24,
                    n_per_defect=6)
     rows = []
     for model_name in models:
@@ -182,7 +190,8 @@ def main() -> int:
     checks = {"logicrd_beats_rd_logical": None if mean_logical("logicrd") is None or mean_logical("rd") is None
               else bool(mean_logical("logicrd") > mean_logical("rd")),
               "logicrd_faster_than_dskd": bool(fps["logicrd"] > fps["dskd"]) if {"logicrd", "dskd"} <= set(fps) else None}
-    report = {"name": args.name, "machine": machine_info(), "size": args.size, "epochs": args.epochs, "speed_size": args.speed_size,
+    data = "the real-texture benchmark" if real else "synthetic structural and logical anomalies"
+    report = {"name": args.name, "data": data, "machine": machine_info(), "size": args.size, "epochs": args.epochs, "speed_size": args.speed_size,
               "batch": args.batch, "n_train": args.n_train, "rows": rows, "speed": speed, "checks": checks}
     args.out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(args.out / f"{args.name}.json", json.dumps(report, indent=2, default=float).encode())

@@ -35,7 +35,8 @@ def build_model(config: dict, pretrained_teacher: bool = True) -> AnomalyModel:
 def save_checkpoint(path: str | Path, model: AnomalyModel, config: dict, **extra) -> Path:
     payload = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "edgekd_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": config["model"], "config": config,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": config["model"], "model_revision": model.revision,
+        "config": config,
         "teacher": {"name": model.teacher.name, "weights_sha256": model.teacher.weights_sha256},
         "input_size": list(model.input_size),
         "normalization": {"color": "RGB", "scale": 1 / 255, "mean": list(model.teacher.mean), "std": list(model.teacher.std)},
@@ -68,10 +69,24 @@ def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise EdgekdError(f"checkpoint {path} has format version {payload['format_version']}, newer than this "
                           f"edgekd ({__version__}) reads: upgrade edgekd")
+    _check_revision(payload, path)
     if not resume and "optimizer" in payload and "training" not in payload:
         raise EdgekdError(f"{path} is a resume checkpoint (epoch {payload.get('epoch')}, what 'edgekd train --resume' "
                           f"continues from), not a finished model: use {path.with_name('model.ckpt')}")
     return payload
+
+
+def _check_revision(payload: dict, path: Path) -> None:
+    """A checkpoint of a family whose method has changed since it was trained cannot be read the new way."""
+    try:
+        cls = model_class(payload.get("model", ""))
+    except EdgekdError:
+        return  # an unknown family fails with its own message when the model is built
+    stored = payload.get("model_revision", 1)
+    if stored != cls.revision:
+        raise EdgekdError(f"checkpoint {path} holds a '{cls.family}' model of revision {stored}; this edgekd "
+                          f"({__version__}) builds revision {cls.revision} ({cls.revision_note}): re-train it with "
+                          "'edgekd train'")
 
 
 def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict]:

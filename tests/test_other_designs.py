@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edgekd.backbones.vit import VisionTransformer, ViTVariant, build_vit_teacher, load_vit_state
+from edgekd.checkpoint import build_model
 from edgekd.config import load_config
 from edgekd.errors import EdgekdError
 from edgekd.evaluate import evaluate
@@ -75,6 +76,30 @@ def test_mthf_fuses_group_maps_in_two_stages(mthf_small):
     assert torch.allclose(score, expected.flatten(1).amax(dim=1), atol=1e-6)
     # every group normalises the image its own way and the model's own normalisation is the identity
     assert torch.equal(model.normalize(images), images)
+
+
+def test_mthf_scores_images_by_their_total_loss_as_the_paper(lite0_teacher):
+    from edgekd.models import model_class
+    from edgekd.models.mthf import layer_loss_per_image
+    groups = ("efficientnet_lite0", "efficientnet_lite0")
+    theta = [[1.0, 0.5, 2.0], [0.0, 1.0, 3.0]]  # per network, as the paper sets them
+    model = model_class("mthf")(lite0_teacher, (64, 64), ScoringConfig(), groups=groups, layer_weights=theta,
+                                image_score="loss").eval()
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        teacher_feats = model.teacher_features(images)
+        student_feats = model.student_features(images, teacher_feats)
+        _, score = model(images)
+        expected = sum(theta[g][i] * layer_loss_per_image(teacher_feats[3 * g + i], student_feats[3 * g + i])
+                       for g in range(2) for i in range(3))
+        assert torch.allclose(score, expected, rtol=1e-5)
+        assert torch.allclose(model.loss(teacher_feats, student_feats), expected.mean(), rtol=1e-5)
+    with pytest.raises(EdgekdError, match="3 numbers or 2 lists of 3"):
+        build_model({"model": "mthf", "teacher": "efficientnet_lite0", "input_size": 64, "scoring": {},
+                     "model_options": {"groups": list(groups), "layer_weights": [[1, 1, 1]]}})
+    with pytest.raises(EdgekdError, match="image_score must be one of map, loss"):
+        build_model({"model": "mthf", "teacher": "efficientnet_lite0", "input_size": 64, "scoring": {},
+                     "model_options": {"groups": list(groups), "image_score": "total"}})
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +202,15 @@ def test_vit_teacher_without_weights_is_a_clear_error(tmp_path):
 def vitkd_small():
     from edgekd.models import model_class
     teacher = build_vit_teacher("vit_ti_16", (64, 64), (3, 6, 9, 11), weights="random")
-    return model_class("vitkd")(teacher, (64, 64), ScoringConfig(), layers=(2, 4), topk=3)
+    return model_class("vitkd")(teacher, (64, 64), ScoringConfig(), layers=(2, 11), topk=3)
+
+
+def test_vitkd_counts_layers_from_zero_as_the_paper(vitkd_small):
+    from edgekd.models import model_class
+    assert vitkd_small.teacher.layers == (3, 12)  # blocks 3 and 12 counted from 1: the last block runs
+    teacher = build_vit_teacher("vit_ti_16", (64, 64), (4, 7, 10, 12), weights="random")
+    with pytest.raises(EdgekdError, match=r"0\.\.11"):
+        model_class("vitkd")(teacher, (64, 64), ScoringConfig(), layers=(3, 6, 9, 12))
 
 
 def test_vitkd_student_shares_frozen_positions_and_scores_as_the_paper(vitkd_small):
@@ -199,18 +232,27 @@ def test_vitkd_student_shares_frozen_positions_and_scores_as_the_paper(vitkd_sma
         teacher_feats = model.teacher_features(images)
         student_feats = model.student_features(images, teacher_feats)
         _, score = model(images)
-    # the score by hand: per layer Diff(cls) + mean of the top-3 patch Diffs, plus both anchor distances
+    # the score by hand (eqs. 7-10): per layer Diff(cls) + mean of the top-3 patch Diffs, plus both anchor distances
     t, s = [f.double() for f in teacher_feats], [f.double() for f in student_feats]
+    def cos_distance(a, b):
+        return 1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
     def diff(a, b):
-        return ((a - b) ** 2).sum(1) + 1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+        return (a - b).norm(dim=1) + cos_distance(a, b)
     expected = sum(diff(t[2 + i], s[2 + i]).flatten(1)[:, 0] + diff(t[i], s[i]).flatten(1).topk(3, dim=1).values.mean(1)
                    for i in range(2))
     anchor = model.anchor.double()
-    expected = expected + ((t[3].flatten(1) - anchor) ** 2).sum(1) + ((s[3].flatten(1) - anchor) ** 2).sum(1)
+    expected = expected + (t[3].flatten(1) - anchor).norm(dim=1) + (s[3].flatten(1) - anchor).norm(dim=1)
     assert torch.allclose(score.double(), expected, rtol=1e-4)
     assert torch.allclose(token_diff(t[0], s[0]), diff(t[0], s[0]).float(), rtol=1e-4)
     g = gram(t[0], t[1])
-    assert g.shape == (3, 16, 16) and torch.allclose(g[0], (t[0][0].flatten(1).T @ t[1][0].flatten(1) / 192).float(), atol=1e-4)
+    assert g.shape == (3, 16, 16) and torch.allclose(g[0], (t[0][0].flatten(1).T @ t[1][0].flatten(1)).float(), rtol=1e-4)
+    # the loss by hand (eqs. 2-6), lambda = 1: distances, summed cosine terms, Frobenius norm of the Gram difference
+    tokens = [torch.cat([c.flatten(2), p.flatten(2)], 2) for c, p in ((t[2], t[0]), (t[3], t[1]), (s[2], s[0]), (s[3], s[1]))]
+    distill = sum((tokens[i] - tokens[i + 2]).flatten(1).norm(dim=1) + cos_distance(tokens[i], tokens[i + 2]).sum(1)
+                  for i in range(2))
+    gram_term = (gram(t[0], t[1]).double() - gram(s[0], s[1]).double()).flatten(1).norm(dim=1)
+    expected_loss = (distill + (s[3].flatten(1) - anchor).norm(dim=1) + gram_term).mean()
+    assert torch.allclose(model.loss(teacher_feats, student_feats).double(), expected_loss, rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -263,6 +305,20 @@ def test_adaptive_memory_items_come_from_the_image_itself():
     assert adaptive(features).shape == features.shape
     constant = torch.ones(1, 6, 4, 5)  # every item of a uniform image is that uniform feature, read back unchanged
     assert torch.allclose(adaptive(constant), constant, atol=1e-5)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_memkd_second_scale_is_the_adaptive_read_out_unless_asked(residual, lite0_teacher):
+    from edgekd.models import model_class
+    model = model_class("memkd")(lite0_teacher, (64, 64), ScoringConfig(), adaptive_residual=residual).eval()
+    student = model.student
+    seen = {}
+    student.adaptive.register_forward_hook(lambda module, args, out: seen.update(initial=args[0], read=out))
+    student.stage2.project.register_forward_hook(lambda module, args, out: seen.update(h2=args[0]))
+    with torch.no_grad():
+        model(torch.rand(2, 3, 64, 64))
+    expected = seen["initial"] + seen["read"] if residual else seen["read"]
+    assert torch.allclose(seen["h2"], expected)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from edgekd.config import load_config
 from edgekd.evaluate import evaluate
 from edgekd.export.exporter import export_checkpoint
 from edgekd.models import model_class
-from edgekd.models.logicrd import InhibitionGate, disturb_patches
+from edgekd.models.logicrd import GlobalContext, InhibitionGate, disturb_patches
 from edgekd.models.mahalanobis import BranchNormaliser, MahalanobisBranch, pooled_descriptor
 from edgekd.runtime.torch_backend import TorchRuntime
 from edgekd.scoring import ScoringConfig
@@ -82,6 +82,35 @@ def test_inhibition_gate_closed_passes_nothing_open_passes_everything():
         assert torch.allclose(gate(hidden, compensation), hidden + gate.project(compensation), atol=1e-5)
 
 
+def test_gse_attention_starts_as_identity_and_knows_where_things_are():
+    from edgekd.models.logicrd import PositionalAttention
+    torch.manual_seed(0)
+    step = PositionalAttention(16)
+    x = torch.randn(2, 16, 6, 6)
+    assert torch.equal(step(x), x)  # W_o starts at zero
+    with torch.no_grad():
+        torch.nn.init.normal_(step.out.weight, std=0.5)
+    # the same content in another place: a pooled context would add the same vector everywhere, this does not
+    moved = x.roll(shifts=3, dims=-1)
+    assert not torch.allclose(step(moved), step(x).roll(shifts=3, dims=-1), atol=1e-4)
+    context = GlobalContext(16)
+    assert torch.allclose(context(moved) - moved, (context(x) - x).roll(shifts=3, dims=-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("features", ["teacher", "gse"])
+def test_logicrd_mahalanobis_describes_the_chosen_features(features, lite0_teacher):
+    model = model_class("logicrd")(lite0_teacher, (64, 64), ScoringConfig(), global_features=features, width=8,
+                                   embed=16).eval()
+    expected = sum(lite0_teacher.channels) if features == "teacher" else 8 + 8 + 16
+    assert model.mahalanobis.dim == expected * 4
+    batches = [torch.rand(4, 3, 64, 64) for _ in range(2)]
+    summary = model.fit_global(lambda: iter(batches))
+    assert summary["mahalanobis_images"] == 8 and model.mahalanobis.fitted
+    with torch.no_grad():
+        teacher_feats = model.teacher_features(batches[0])
+        assert torch.isfinite(model.global_score(teacher_feats, None)).all()
+
+
 def test_disturbed_patches_are_rectangles_only_when_asked():
     x = torch.randn(4, 3, 16, 16)
     assert disturb_patches(x, 0.0, 1.0) is x
@@ -95,7 +124,7 @@ def test_disturbed_patches_are_rectangles_only_when_asked():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_models_give_teacher_shaped_features_and_full_size_maps(family, lite0_teacher):
-    scoring = ScoringConfig(combine="weighted" if family == "afkd" else "add")
+    scoring = ScoringConfig()
     model = model_class(family)(lite0_teacher, (96, 96), scoring).eval()
     images = torch.rand(2, 3, 96, 96)
     teacher_feats = model.teacher_features(images)
@@ -105,8 +134,43 @@ def test_models_give_teacher_shaped_features_and_full_size_maps(family, lite0_te
     assert amap.shape == (2, 1, 96, 96) and score.shape == (2,) and torch.isfinite(score).all()
 
 
-def test_afkd_weights_are_normalised_learned_and_shape_the_loss(lite0_teacher):
-    model = model_class("afkd")(lite0_teacher, (64, 64), ScoringConfig(combine="weighted"))
+@pytest.mark.parametrize("mode", ["pixel", "level"])
+def test_afkd_fusion_weights_mix_the_teachers_levels_and_are_learned(mode, lite0_teacher):
+    model = model_class("afkd")(lite0_teacher, (64, 64), ScoringConfig(), fusion_weights=mode)
+    assert model.scale_weights() is None  # the map combines the scales as every RD model does
+    images = torch.rand(2, 3, 64, 64)
+    teacher_feats = model.teacher_features(images)
+    fusion = model.fusion
+    carried, own = fusion.carry1(teacher_feats[0]), fusion.own2(teacher_feats[1])
+    weights = fusion.fuse2.weights(carried, own)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(1))
+    assert weights.shape == ((2, 2, 8, 8) if mode == "pixel" else (1, 2, 1, 1))
+    if mode == "pixel":  # per position: the weights differ across the map
+        assert weights[:, 0].std() > 0
+    model.loss(teacher_feats, model.student_features(images, teacher_feats)).backward()
+    logits = fusion.fuse2.logits
+    grad = (logits.weight if mode == "pixel" else logits).grad
+    assert grad is not None and grad.abs().sum() > 0
+    with torch.no_grad():  # all weight on the carried level: the teacher's own level no longer reaches the sum
+        if mode == "pixel":
+            logits.weight.zero_()
+            logits.bias.copy_(torch.tensor([40.0, -40.0]))
+        else:
+            logits.copy_(torch.tensor([40.0, -40.0]))
+        mixed = fusion.fuse2(carried, own)
+        assert torch.allclose(mixed, fusion.fuse2(carried, own * 5 + 3), atol=1e-5)
+
+
+def test_afkd_option_checks(lite0_teacher):
+    from edgekd.errors import EdgekdError
+    with pytest.raises(EdgekdError, match="fusion_weights must be one of pixel, level, none"):
+        model_class("afkd")(lite0_teacher, (64, 64), ScoringConfig(), fusion_weights="channel")
+    with pytest.raises(EdgekdError, match="go together"):
+        model_class("afkd")(lite0_teacher, (64, 64), ScoringConfig(), loss_weights="uncertainty")
+
+
+def test_afkd_uncertainty_loss_weights_stay_an_option(lite0_teacher):
+    model = model_class("afkd")(lite0_teacher, (64, 64), ScoringConfig(combine="weighted"), loss_weights="uncertainty")
     weights = model.scale_weights()
     assert torch.allclose(weights.sum(), torch.tensor(1.0)) and (weights > 0).all()
     images = torch.rand(2, 3, 64, 64)

@@ -49,8 +49,9 @@ def _vgg_segments(model: nn.Module) -> list[nn.Module]:
     return [f[:16], f[16:23], f[23:30]]
 
 
-# The five stages of each backbone (outputs at strides 2, 4, 8, 16, 32), for taps other than the defaults above
-# (MTHF's paper distils after stages 1, 3 and 5).
+# The five stages of each backbone, for taps other than the defaults above (MTHF's paper distils after stages 1, 3
+# and 5). Outputs at strides 2, 4, 8, 16, 32 for ResNets and EfficientNet-Lite; VGG16 pools after each block, so
+# its stages (each block's last ReLU, before the pooling) end at strides 1, 2, 4, 8, 16.
 def _lite_stages(model: nn.Module) -> list[nn.Module]:
     f = model.features
     return [nn.Sequential(f[0], f[1]), f[2], f[3], nn.Sequential(f[4], f[5]), nn.Sequential(f[6], f[7])]
@@ -62,7 +63,7 @@ def _resnet_stages(model: nn.Module) -> list[nn.Module]:
 
 
 def _vgg_stages(model: nn.Module) -> list[nn.Module]:
-    f = model.features  # each block's last ReLU, before its pooling
+    f = model.features  # each block's last ReLU, before its pooling: strides 1, 2, 4, 8, 16
     return [f[:4], f[4:9], f[9:16], f[16:23], f[23:30]]
 
 
@@ -179,10 +180,11 @@ class FeatureExtractor(nn.Module):
 
 def build_teacher(name: str, weights: str | Path | None = None, pretrained: bool = True,
                   input_size: tuple[int, int] = (224, 224), stages: tuple[int, ...] | None = None) -> FeatureExtractor:
-    """A frozen teacher. CNNs work at any input size and tap strides 4, 8, 16, or the given stages (1..5, strides
-    2..32); a ViT is built for `input_size` (its position embeddings) and taps layers 3, 6, 9 and 11."""
+    """A frozen teacher. CNNs work at any input size and tap strides 4, 8, 16, or the given stages (1..5: strides
+    2..32 for ResNets and EfficientNet-Lite, 1..16 for VGG16); a ViT is built for `input_size` (its position
+    embeddings) and taps blocks 4, 7, 10 and 12 counted from 1 (ViTKD's group {3, 6, 9, 11} counted from 0)."""
     if name in vit.VIT_VARIANTS:
-        return vit.build_vit_teacher(name, tuple(input_size), (3, 6, 9, 11), weights, pretrained)
+        return vit.build_vit_teacher(name, tuple(input_size), (4, 7, 10, 12), weights, pretrained)
     spec = backbone_spec(name)
     classifier, digest = build_classifier(name, weights, pretrained)
     segments = spec.segments(classifier) if stages is None else _stage_segments(spec.stages(classifier), tuple(stages))

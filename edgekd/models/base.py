@@ -18,6 +18,10 @@ class AnomalyModel(nn.Module):
     """Input: RGB in [0, 1], (B,3,H,W). Normalisation is part of the model so exported graphs carry it."""
 
     family = "base"
+    # Bumped when a family's training or scoring changes meaning, so a checkpoint of the earlier form (whose
+    # thresholds belong to the earlier score) is refused instead of silently read the new way.
+    revision = 1
+    revision_note = ""
 
     def __init__(self, teacher: FeatureExtractor, input_size: tuple[int, int], scoring: ScoringConfig, **options):
         super().__init__()

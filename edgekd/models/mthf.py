@@ -14,11 +14,17 @@ fusion module after its distillation layers. Built as the paper describes, excep
   channel mean and max) computed side by side, then crossed: the channel-attended features are weighted by the
   spatial attention of the spatial branch and vice versa, and summed with the input. The paper's cross-fusion
   equations were lost in the available text; this is the reading of its description.
-- Loss per layer: MSE + (1 - cosine of the flattened feature maps), weighted per layer (theta), summed over layers
-  and groups (the groups train independently: their losses share no parameters).
+- Loss per layer: MSE + (1 - cosine of the flattened feature maps), weighted per layer (theta_i, eq. 8), summed
+  over layers and groups (the groups train independently: their losses share no parameters). The paper sets
+  theta per network ("different networks stress different layers") without giving values: `layer_weights` is
+  one list for every group or one list per group; the default is 1 everywhere.
 - Maps: per group edgekd's feature difference (1 - cos per position, upsampled, summed over layers, blurred);
   two-stage fusion: pixel-wise max of all groups but the last (the paper: the two ResNet groups), then
-  alpha * max + (1 - alpha) * last group (the paper: VGG16). Image score from the fused map.
+  alpha * max + (1 - alpha) * last group (the paper: VGG16).
+- Image score: the paper "uses the total loss as the anomaly score" (section 2.2): `image_score: loss` scores an
+  image by the sum over groups of its eq. 8 loss (the default of configs/papers/mthf.yaml); `image_score: map`
+  (the default here, revision 1's undocumented choice) takes the fused map's maximum. Both measured in
+  benchmarks/results/paper_fidelity.md.
 
 With the offline weights the groups default to EfficientNet-Lite0/1/2; `groups: [resnet34, resnet50, vgg16]`
 with weight files gives the paper's. Training follows the paper (SGD, momentum 0.9, batch 32, 256x256) except the learning rate: its 0.4 makes
@@ -101,17 +107,35 @@ class FeatureFusion(nn.Module):
         return fused
 
 
-def layer_loss(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """MTHF's per-layer loss: MSE + (1 - cosine between the flattened feature maps), averaged over the batch."""
+IMAGE_SCORES = ("map", "loss")
+
+
+def layer_loss_per_image(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """MTHF's per-layer loss (eqs. 5-7) for each image: MSE + (1 - cosine between the flattened feature maps)."""
     t, s = teacher.float().flatten(1), student.float().flatten(1)
-    return (((t - s) ** 2).mean(dim=1) + cosine_distance(t, s, eps)[:, 0]).mean()
+    return ((t - s) ** 2).mean(dim=1) + cosine_distance(t, s, eps)[:, 0]
+
+
+def layer_loss(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The per-layer loss averaged over the batch."""
+    return layer_loss_per_image(teacher, student, eps).mean()
+
+
+def group_layer_weights(layer_weights, groups: int, layers: int) -> torch.Tensor:
+    """theta as a (groups, layers) table from one list for all groups or one list per group."""
+    rows = [list(layer_weights)] * groups if all(not isinstance(w, (list, tuple)) for w in layer_weights) \
+        else [list(row) for row in layer_weights]
+    if len(rows) != groups or any(len(row) != layers for row in rows):
+        raise ValueError(f"layer_weights must be {layers} numbers or {groups} lists of {layers} (one per group)")
+    return torch.tensor([[float(w) for w in row] for row in rows])
 
 
 @register("mthf")
 class MultiGroupTSFusion(AnomalyModel):
     def __init__(self, teacher, input_size, scoring, groups: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite1",
                  "efficientnet_lite2"), group_weights: tuple | None = None, layer_weights: tuple[float, ...] = (1.0, 1.0, 1.0),
-                 alpha: float = 0.5, stages: tuple[int, ...] | None = None, pretrained_groups: bool = True, **options):
+                 alpha: float = 0.5, stages: tuple[int, ...] | None = None, pretrained_groups: bool = True,
+                 image_score: str = "map", **options):
         groups = list(groups)
         if len(groups) < 2:
             raise ValueError("MTHF needs at least two groups")
@@ -129,8 +153,12 @@ class MultiGroupTSFusion(AnomalyModel):
             for p in student.parameters():
                 p.requires_grad_(True)
         self.fusion = nn.ModuleList(FeatureFusion(t.channels) for t in teachers)
-        self.register_buffer("layer_weights", torch.tensor([float(w) for w in layer_weights]), persistent=False)
+        if image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, not {image_score!r}")
+        self.register_buffer("layer_weights", group_layer_weights(layer_weights, len(groups), self.group_sizes[0]),
+                             persistent=False)
         self.alpha = float(alpha)
+        self.image_score_source = image_score
 
     def _split(self, feats: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         out, start = [], 0
@@ -146,12 +174,21 @@ class MultiGroupTSFusion(AnomalyModel):
             feats.extend(fusion(student(x)))
         return feats
 
-    def loss(self, teacher_feats, student_feats):
+    def loss_per_image(self, teacher_feats, student_feats) -> torch.Tensor:
+        """(B,) the sum over groups of each group's eq. 8 loss."""
         eps = self.scorer.config.eps
         total = 0.0
-        for t_group, s_group in zip(self._split(teacher_feats), self._split(student_feats)):
-            total = total + sum(w * layer_loss(t, s, eps) for w, t, s in zip(self.layer_weights, t_group, s_group))
+        for weights, t_group, s_group in zip(self.layer_weights, self._split(teacher_feats), self._split(student_feats)):
+            total = total + sum(w * layer_loss_per_image(t, s, eps) for w, t, s in zip(weights, t_group, s_group))
         return total
+
+    def loss(self, teacher_feats, student_feats):
+        return self.loss_per_image(teacher_feats, student_feats).mean()
+
+    def image_score(self, map_score, teacher_feats, student_feats):
+        if self.image_score_source == "loss":
+            return self.loss_per_image(teacher_feats, student_feats)
+        return map_score
 
     def group_maps(self, teacher_feats, student_feats, diff) -> list[torch.Tensor]:
         return [diff(t, s, None, False)[0] for t, s in zip(self._split(teacher_feats), self._split(student_feats))]

@@ -2,20 +2,27 @@
 
 Source: ../shared/seeds/003_* (full text). Teacher and student are ViTs of one architecture (the paper: ViT-B/16 at
 224x224); the student starts from random weights except its position embeddings, copied from the teacher and
-frozen. Distilled layers {3, 6, 9, 11}. Built as the paper describes:
+frozen. Built as the paper describes (its equations 1-10):
 
-- L_distill = sum over layers of ||T - S||^2 (mean over tokens) + (1 - cos) per token (mean over tokens).
-- Anchor: the running mean of the teacher's class token (deepest distilled layer) over the normal training
-  images; L_anchor = ||S_cls - anchor||^2 draws the student's normal class tokens to it.
-- Gram consistency: G = phi_c1 phi_c2^T (tokens x tokens, divided by the width) between consecutive distilled
-  layers, L_Gram = mean squared difference of the teacher's and the student's.
-- L = L_distill + lambda (L_anchor + L_Gram), lambda = 1.
-- Score = S_D + S_A: S_D = sum over layers of (Diff_cls + mean of the top-k patch Diffs, k = 20), with
-  Diff = ||T - S||^2 + 1 - cos per token; S_A = ||T_cls - anchor||^2 + ||S_cls - anchor||^2.
+- Distilled layers: group_c = {3, 6, 9, 11} with c counted from 0 to M - 1 (the paper's indexing, M = 12 for
+  ViT-B), i.e. the outputs of encoder blocks 4, 7, 10 and 12 counted from 1: the last block is among them and
+  the anchor comes from it. (Revision 1 of this module read the set from 1 and never ran block 12.)
+- L_distill = sum over layers of ||T_c - S_c||_2 (the Euclidean distance of the layer's whole token map, per
+  image) + sum over tokens p of (1 - cos(T_c,p, S_c,p)) (eq. 3): distances, not squares, so the direction term
+  keeps the weight the paper gives it.
+- Anchor: the running mean of the teacher's class token of the last distilled layer over the normal training
+  images (eq. 1, "sliding average"); L_anchor = ||S_cls - anchor||_2 (eq. 2).
+- Gram consistency: G = phi_c1 phi_c2^T over the patch tokens (tokens x tokens, unscaled, eq. 4) between
+  consecutive distilled layers, L_Gram = ||G_T - G_S||_2 (Frobenius, eq. 5). The paper's c1, c2 may be any two
+  layers; which pairs it uses is not written: consecutive distilled layers is our reading.
+- L = L_distill + lambda (L_anchor + L_Gram), lambda = 1 (eq. 6); each term per image, averaged over the batch.
+- Score = S_D + S_A (eq. 10): S_D = sum over layers of (Diff_cls + mean of the top-k patch Diffs, k = 20), with
+  Diff = ||T - S||_2 + 1 - cos per token (eqs. 8-9); S_A = ||T_cls - anchor||_2 + ||S_cls - anchor||_2 (eq. 7).
 - Map: edgekd's feature difference (1 - cos per patch, upsampled, summed over layers, blurred), the one
-  definition every model's map uses.
-Training as in the paper on MVTec: SGD, lr 0.2 with warm-up, batch 4; plus gradient-norm clipping at 1.0, without
-which the raw squared-L2 terms made SGD diverge here in the first epoch (even at lr 0.01).
+  definition every model's map uses (the paper scores images only).
+Training as in the paper on MVTec: SGD, lr 0.2 with warm-up, batch 4. Gradient-norm clipping is off by default:
+with the paper's distances the run that diverged under revision 1's squared terms trains without it
+(benchmarks/results/paper_fidelity.md).
 """
 
 from __future__ import annotations
@@ -29,26 +36,46 @@ from edgekd.models.registry import register
 from edgekd.scoring import cosine_distance
 
 
+def euclidean(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """||t - s||_2 over the width, (B, D, ...) -> (B, ...); eps keeps the gradient finite where t == s."""
+    return ((teacher.float() - student.float()) ** 2).sum(dim=1).add(eps).sqrt()
+
+
 def token_diff(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Diff per token: ||t - s||^2 + 1 - cos over the width. (B, D, ...) -> (B, ...), in FP32."""
+    """Diff per token (eq. 8): ||t - s||_2 + 1 - cos over the width. (B, D, ...) -> (B, ...), in FP32."""
     t, s = teacher.float(), student.float()
-    return ((t - s) ** 2).sum(dim=1) + cosine_distance(t, s, eps)[:, 0]
+    return euclidean(t, s) + cosine_distance(t, s, eps)[:, 0]
+
+
+def layer_distill(teacher_tokens: torch.Tensor, student_tokens: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Eq. 3 for one layer, per image: the layer's Euclidean distance plus the summed per-token cosine distances.
+    (B, D, N) x2 -> (B,)."""
+    t, s = teacher_tokens.float(), student_tokens.float()
+    distance = euclidean(t.flatten(1).unsqueeze(2), s.flatten(1).unsqueeze(2))[:, 0]
+    return distance + cosine_distance(t, s, eps)[:, 0].sum(dim=1)
 
 
 def gram(tokens_a: torch.Tensor, tokens_b: torch.Tensor) -> torch.Tensor:
-    """(B, D, h, w) x2 -> (B, N, N) relation between two layers' patch tokens, scaled by the width."""
+    """Eq. 4: (B, D, h, w) x2 -> (B, N, N) relation between two layers' patch tokens."""
     a, b = tokens_a.float().flatten(2), tokens_b.float().flatten(2)
-    return a.transpose(1, 2) @ b / a.shape[1]
+    return a.transpose(1, 2) @ b
 
 
 @register("vitkd")
 class ViTFeatureConstrainedKD(AnomalyModel):
+    revision = 2
+    revision_note = "distilled layers counted from 0 as the paper, distances instead of squared distances"
+
     def __init__(self, teacher, input_size, scoring, layers: tuple[int, ...] = (3, 6, 9, 11), lam: float = 1.0,
                  topk: int = 20, **options):
         if not isinstance(teacher, ViTFeatures):
             raise EdgekdError(f"vitkd needs a ViT teacher ({', '.join(VIT_VARIANTS)}), not '{teacher.name}': "
                               "set teacher: vit_b_16 and teacher_weights: FILE")
-        teacher.layers = tuple(int(c) for c in layers)
+        depth = len(teacher.vit.blocks)
+        if not layers or any(not 0 <= int(c) < depth for c in layers) or list(layers) != sorted(set(layers)):
+            raise EdgekdError(f"vitkd layers {list(layers)} must be increasing block indices in 0..{depth - 1} "
+                              "(counted from 0, as the paper's group_c = {3, 6, 9, 11})")
+        teacher.layers = tuple(int(c) + 1 for c in layers)  # the extractor counts blocks from 1
         super().__init__(teacher, input_size, scoring, **options)
         self.lam, self.topk = float(lam), int(topk)
         vit = VisionTransformer(VIT_VARIANTS[teacher.name], self.input_size)
@@ -81,14 +108,13 @@ class ViTFeatureConstrainedKD(AnomalyModel):
         for tp, tc, sp, sc in zip(t_patch, t_cls, s_patch, s_cls):
             t_tokens = torch.cat([tc.flatten(2), tp.flatten(2)], dim=2)  # (B, D, 1 + N)
             s_tokens = torch.cat([sc.flatten(2), sp.flatten(2)], dim=2)
-            diff = token_diff(t_tokens, s_tokens, eps)  # (B, 1 + N)
-            distill = distill + diff.mean()
+            distill = distill + layer_distill(t_tokens, s_tokens, eps)
         if self.training:
             self._update_anchor(t_cls[-1])
-        anchor = ((s_cls[-1].float().flatten(1) - self.anchor) ** 2).sum(dim=1).mean()
-        gram_loss = sum(((gram(t_patch[i], t_patch[i + 1]) - gram(s_patch[i], s_patch[i + 1])) ** 2).mean()
+        anchor = euclidean(s_cls[-1].flatten(1).unsqueeze(2), self.anchor.view(1, -1, 1))[:, 0]
+        gram_loss = sum((gram(t_patch[i], t_patch[i + 1]) - gram(s_patch[i], s_patch[i + 1])).flatten(1).norm(dim=1)
                         for i in range(n - 1)) if n > 1 else 0.0
-        return distill + self.lam * (anchor + gram_loss)
+        return (distill + self.lam * (anchor + gram_loss)).mean()
 
     def image_scores(self, teacher_feats, student_feats) -> torch.Tensor:
         """S_D + S_A per image."""
@@ -98,8 +124,8 @@ class ViTFeatureConstrainedKD(AnomalyModel):
             patches = token_diff(tp, sp, eps).flatten(1)
             k = min(self.topk, patches.shape[1])
             score = score + token_diff(tc, sc, eps).flatten(1)[:, 0] + patches.topk(k, dim=1).values.mean(dim=1)
-        t_cls, s_cls = teacher_feats[-1].float().flatten(1), student_feats[-1].float().flatten(1)
-        return score + ((t_cls - self.anchor) ** 2).sum(dim=1) + ((s_cls - self.anchor) ** 2).sum(dim=1)
+        anchor = self.anchor.view(1, -1, 1, 1)
+        return score + euclidean(teacher_feats[-1], anchor).flatten(1)[:, 0] + euclidean(student_feats[-1], anchor).flatten(1)[:, 0]
 
     def feature_diff(self, teacher_feats, student_feats, diff):
         n = self.depth

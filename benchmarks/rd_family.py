@@ -5,6 +5,8 @@
     python benchmarks/rd_family.py --categories tray --epochs 6     # quicker
     python benchmarks/rd_family.py --data data/real --categories grass,cork,pcb --name family_real
                                                   # the real-texture benchmark (benchmarks/real_textures.py)
+    python benchmarks/rd_family.py --models afkd,afkd@model_options.fusion_weights=level
+                                                  # a variant: the family's config with overrides after '@'
 
 vitkd has no ViT weights offline: it is trained here with a random ViT-Ti/16 teacher (the mechanics, not what
 ImageNet features give) and timed as ViT-B/16, the paper's architecture. mthf uses the Lite0/1/2 groups.
@@ -41,18 +43,35 @@ SETUP = {name: (f"{name}_lite0.yaml", [], []) for name in ("rd", "afkd", "logicr
 SETUP["vitkd"] = ("vitkd_vit_b16.yaml", ["teacher=vit_ti_16", "teacher_weights=random"], ["teacher_weights=random"])
 
 
+def variant(model_name: str) -> tuple[str, list[str]]:
+    """'family@key=value@key=value' -> (family, overrides): a variant of the family's benchmark config."""
+    family, *overrides = model_name.split("@")
+    if family not in SETUP:
+        raise SystemExit(f"unknown model '{family}' in --models: choose from {', '.join(SETUP)}")
+    return family, overrides
+
+
 def accuracy(model_name: str, category: str, args) -> dict:
     from edgekd.config import load_config
+    from edgekd.errors import EdgekdError
     from edgekd.evaluate import evaluate
     from edgekd.runtime.torch_backend import TorchRuntime
     from edgekd.train import train
-    config_file, overrides, _ = SETUP[model_name]
+    family, variation = variant(model_name)
+    config_file, overrides, _ = SETUP[family]
     cfg = load_config(REPO / "configs" / config_file,
-                      [f"input_size={args.size}", f"train.epochs={args.epochs}", "train.batch_size=8", *overrides])
-    out = args.work / model_name / category
+                      [f"input_size={args.size}", f"train.epochs={args.epochs}", "train.batch_size=8", *overrides,
+                       *variation])
+    out = args.work / model_name.replace("@", "+").replace("=", "-") / category
     checkpoint = out / "model.ckpt"
     if args.retrain or not checkpoint.is_file():  # a finished run in --work is reused (e.g. after a crash)
-        train(cfg, args.data, category, out)
+        try:
+            train(cfg, args.data, category, out)
+        except EdgekdError as exc:  # e.g. a variant that diverges: recorded, the other runs go on
+            print(f"    failed: {exc}", flush=True)
+            return {"model": model_name, "category": category, "error": str(exc),
+                    **dict.fromkeys(("image_auroc", "pixel_auroc", "aupro", "image_auroc_logical",
+                                     "image_auroc_structural", "train_seconds", "final_loss"), float("nan"))}
     runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
     training = runtime.payload["training"]
     row = evaluate(runtime, args.data, category, out, f"{model_name}/{category}").row
@@ -67,8 +86,9 @@ def accuracy(model_name: str, category: str, args) -> dict:
 def parameters(model_name: str, size: int) -> tuple[object, dict]:
     from edgekd.checkpoint import build_model
     from edgekd.config import load_config
-    config_file, _, overrides = SETUP[model_name]
-    cfg = load_config(REPO / "configs" / config_file, [f"input_size={size}", *overrides])
+    family, variation = variant(model_name)
+    config_file, _, overrides = SETUP[family]
+    cfg = load_config(REPO / "configs" / config_file, [f"input_size={size}", *overrides, *variation])
     model = build_model(cfg).eval()
     student = sum(p.numel() for p in model.student_parameters())
     return model, {"student_params_m": round(student / 1e6, 3),
@@ -105,6 +125,7 @@ def write_report(report: dict, out: Path) -> None:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['category']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | {fmt(r['aupro'])} | "
               f"{fmt(r['image_auroc_logical'])} | {fmt(r['image_auroc_structural'])} |" for r in rows]
+    lines += [f"- {r['model']} on {r['category']}: {r['error']}" for r in rows if r.get("error")]
     lines += ["", "| model | student params (M) | total params (M) | CPU images/s |", "|---|---|---|---|"]
     lines += [f"| {s['model']} | {s['student_params_m']} | {s['total_params_m']} | {s['cpu_images_per_s']:.1f} |"
               for s in speed]

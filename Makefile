@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints-cpu.txt torch
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints-cpu.txt -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps nvidia-pytriton==0.7.0  # the tritonserver binary
 	touch $@
 
 setup: $(STAMP)

@@ -331,6 +331,40 @@ def build_engine(source: Path = typer.Argument(..., help="model.ckpt (exported f
           f"      trtexec --loadEngine={result.engine}   (TensorRT's own tool loads the plan as is)")
 
 
+@app.command("export-triton", help="Write a Triton model repository (config.pbtxt, the model, a README) for a stock "
+                                   "Triton container.")
+def export_triton(artifact: Path = typer.Argument(..., help="An .engine (tensorrt_plan) or .onnx (onnxruntime_onnx)."),
+                  repo: Path = typer.Option(..., "--repo", help="The model repository folder (created if missing)."),
+                  platform: Optional[str] = typer.Option(None, help="tensorrt or onnxruntime (default: from the file)."),
+                  name: Optional[str] = typer.Option(None, help="Model name (default: the file name up to its first dot)."),
+                  max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Batch limit (default: the engine "
+                                                          "profile's maximum; 16 for ONNX)."),
+                  instances: int = typer.Option(1, min=1, help="Model instances (instance_group count)."),
+                  kind: str = typer.Option("gpu", help="gpu or cpu (cpu: onnxruntime only)."),
+                  plugin: Optional[Path] = typer.Option(None, help="libedgekd_plugin.so, for engines built with the plugin."),
+                  container: str = typer.Option("nvcr.io/nvidia/tritonserver:25.01-py3", help="Image named in the README."),
+                  overwrite: bool = typer.Option(False, help="Replace a model of the same name.")):
+    from edgekd.deploy.triton_repository import RepositoryOptions, default_name, write_repository
+    if kind not in ("gpu", "cpu"):
+        raise EdgekdError(f"--kind {kind!r} is unknown: use gpu or cpu")
+    platform = platform or ("tensorrt" if artifact.suffix.lower() in (".engine", ".plan") else "onnxruntime")
+    options = RepositoryOptions(name=name or default_name(artifact), platform=platform, max_batch=max_batch,
+                                instances=instances, kind=f"KIND_{kind.upper()}", container=container, plugin=plugin)
+    target = write_repository(artifact, repo, options, overwrite=overwrite)
+    _echo(f"wrote {target} ({platform}); start it as {repo / 'README.md'} shows")
+
+
+@app.command("export-deepstream", help="Write a DeepStream nvinfer config and a note on reading the outputs.")
+def export_deepstream(artifact: Path = typer.Argument(..., help="An .engine (full TensorRT) or an .onnx."),
+                      out: Path = typer.Option(..., "--out", help="Folder for the config, the model and the note."),
+                      batch: Optional[int] = typer.Option(None, help="nvinfer batch-size (default: the engine's maximum)."),
+                      plugin: Optional[Path] = typer.Option(None, help="libedgekd_plugin.so, for engines built with the plugin."),
+                      overwrite: bool = typer.Option(False, help="Write into a non-empty folder.")):
+    from edgekd.deploy.deepstream import write_deepstream
+    config = write_deepstream(artifact, out, batch=batch, overwrite=overwrite, plugin=plugin)
+    _echo(f"wrote {config} and {config.parent / 'README.md'} (how to read the map, score and mask)")
+
+
 @app.command(help="Which detector, in which precision, on this device: FPS, latency and accuracy side by side, with "
                   "rd and dskd as reference rows.")
 def benchmark(artifacts: List[Path] = typer.Argument(None, help="model.ckpt files (exported and built as each row "

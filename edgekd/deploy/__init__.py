@@ -1,0 +1,1 @@
+"""Deployment descriptions for other people's servers: Triton model repositories and DeepStream nvinfer configs."""

@@ -1,0 +1,103 @@
+"""What an exported artifact takes and gives, in the terms a serving config needs: names, dtypes, dims, batch.
+
+Read from the artifact itself (the engine's network description in its sidecar, the ONNX graph's inputs and
+outputs) and checked against the sidecar schema (edgekd/artifacts.py), so a config never names a tensor the
+artifact does not have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekd.artifacts import INPUT_NAME, OUTPUT_NAMES, read_sidecar
+from edgekd.errors import EdgekdError
+
+ENGINE_SUFFIXES = (".engine", ".plan")
+# TensorRT / ONNX element type names -> Triton's data types
+TRITON_TYPES = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "UINT8": "TYPE_UINT8", "INT8": "TYPE_INT8",
+                "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "FLOAT16": "TYPE_FP16"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # TensorRT/ONNX element type name: FLOAT, UINT8, ...
+    dims: tuple[int, ...]  # without the batch dimension
+
+    @property
+    def triton_type(self) -> str:
+        if self.dtype not in TRITON_TYPES:
+            raise EdgekdError(f"tensor {self.name} has element type {self.dtype}, which edgekd does not map to Triton")
+        return TRITON_TYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class ArtifactIO:
+    path: Path
+    kind: str  # "engine" or "onnx"
+    info: dict  # the sidecar
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch: int | None  # the engine profile's largest batch; None for ONNX (dynamic)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.info["input_size"])
+
+
+def _engine_io(path: Path, info: dict) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], int]:
+    network, profile = info.get("network"), info.get("profile")
+    if not network or not profile:
+        raise EdgekdError(f"sidecar of {path} lacks the engine's network or profile: rebuild it with "
+                          "'edgekd build-engine MODEL.onnx'")
+    def spec(entry):
+        return TensorSpec(entry["name"], entry["dtype"], tuple(int(d) for d in entry["shape"][1:]))
+    return (tuple(spec(e) for e in network["inputs"]), tuple(spec(e) for e in network["outputs"]),
+            int(profile["batch"]["max"]))
+
+
+def _onnx_io(path: Path, info: dict) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    import onnx
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # onnx raises several types for damaged files
+        raise EdgekdError(f"{path} is not a readable ONNX file ({exc.__class__.__name__}): re-export it with "
+                          "'edgekd export model.ckpt'") from None
+    h, w = info["input_size"]
+    # The exporter's outputs: the map and mask at the input size, one score per image (edgekd/artifacts.py).
+    known = {INPUT_NAME: (3, h, w), "anomaly_map": (1, h, w), "score": (), "mask": (1, h, w)}
+    def spec(value):
+        if value.name not in known:
+            raise EdgekdError(f"{path} has a tensor '{value.name}' that edgekd did not export: re-export it")
+        dtype = onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
+        return TensorSpec(value.name, dtype, known[value.name])
+    initializers = {i.name for i in graph.initializer}
+    return (tuple(spec(v) for v in graph.input if v.name not in initializers), tuple(spec(v) for v in graph.output))
+
+
+def read_artifact_io(artifact: str | Path) -> ArtifactIO:
+    """The artifact's tensors; one clear line for a missing file, a split export or an unknown kind."""
+    path = Path(artifact)
+    if not path.is_file():
+        raise EdgekdError(f"{path} does not exist: pass an .onnx from 'edgekd export' or an .engine from "
+                          "'edgekd build-engine'")
+    suffix = path.suffix.lower()
+    if suffix not in (".onnx", *ENGINE_SUFFIXES):
+        raise EdgekdError(f"{path} is neither an .onnx nor an .engine/.plan file: serving configs are written for "
+                          "exported artifacts")
+    info = read_sidecar(path)
+    if info.get("layout", "single") != "single" or info.get("role", "detector") != "detector":
+        raise EdgekdError(f"{path} is one part of a split export ({info.get('role')}): export with --layout single "
+                          "for a server, which runs one graph per request")
+    if suffix == ".onnx":
+        inputs, outputs = _onnx_io(path, info)
+        kind, max_batch = "onnx", None
+    else:
+        inputs, outputs, max_batch = _engine_io(path, info)
+        kind = "engine"
+    names = [o.name for o in outputs]
+    if [i.name for i in inputs] != [INPUT_NAME] or names[:2] != list(OUTPUT_NAMES[:2]):
+        raise EdgekdError(f"{path} takes {[i.name for i in inputs]} and gives {names}; edgekd artifacts take "
+                          f"'{INPUT_NAME}' and give {', '.join(OUTPUT_NAMES)}: re-export it")
+    return ArtifactIO(path, kind, info, inputs, outputs, max_batch)

@@ -331,6 +331,48 @@ def build_engine(source: Path = typer.Argument(..., help="model.ckpt (exported f
           f"      trtexec --loadEngine={result.engine}   (TensorRT's own tool loads the plan as is)")
 
 
+@app.command(help="Serve artifacts from a real NVIDIA Triton Inference Server (HTTP, gRPC, Prometheus metrics).")
+def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or .engine files; each is one model, "
+                                                "named by its file name up to the first dot."),
+          http: int = typer.Option(8000, help="HTTP port (0: no HTTP endpoint)."),
+          grpc: int = typer.Option(8001, help="gRPC port (0: none)."),
+          metrics: int = typer.Option(8002, help="Prometheus metrics port (0: none)."),
+          max_batch: int = typer.Option(16, "--max-batch", min=1, help="Largest batch the dynamic batcher forms."),
+          instances: int = typer.Option(1, min=1, help="Model instances (processes) per model."),
+          queue_delay_us: int = typer.Option(1000, "--queue-delay-us", min=0, help="How long the batcher waits to fill a batch."),
+          device: str = typer.Option("auto", help="Device for torch/onnxruntime models: auto, cpu or cuda."),
+          backend: Optional[str] = typer.Option(None, help="Force one runtime for every artifact."),
+          drain_s: int = typer.Option(30, "--drain-s", min=1, help="On Ctrl-C/SIGTERM, how long in-flight requests may finish.")):
+    import signal as signals
+    import shutil as shutils
+    from edgekd.serve.repository import describe, write_serving_repository
+    from edgekd.serve.server import Ports, TritonServer, make_work_dir
+    models = [describe(path, backend=backend) for path in artifacts]  # every artifact checked before the server starts
+    ports = Ports(http or None, grpc or None, metrics or None)
+    work = make_work_dir()
+    try:
+        repository = write_serving_repository(models, work / "models", max_batch, instances, queue_delay_us, device)
+        server = TritonServer(repository, ports, work, exit_timeout_s=drain_s)
+        _echo(f"starting Triton with {', '.join(f'{m.name} ({m.backend})' for m in models)} ...")
+        server.start([m.name for m in models])
+        stopping = []
+        def stop(signum, frame):
+            stopping.append(signum)
+            _echo(f"stopping: finishing in-flight requests (up to {drain_s}s)")
+            server.stop()
+        signals.signal(signals.SIGINT, stop)
+        signals.signal(signals.SIGTERM, stop)
+        endpoints = [f"{k} {v}" for k, v in (("HTTP", ports.http), ("gRPC", ports.grpc), ("metrics", ports.metrics)) if v]
+        _echo(f"serving on {', '.join(endpoints)}: " + "; ".join(
+            f"{m.name}: image threshold {m.thresholds.get('image'):.4g}" for m in models))
+        code = server.wait()
+        if not stopping and code != 0:
+            raise EdgekdError(f"tritonserver exited with code {code}: {server.failure_line()}")
+        _echo("stopped")
+    finally:
+        shutils.rmtree(work, ignore_errors=True)
+
+
 @app.command("export-triton", help="Write a Triton model repository (config.pbtxt, the model, a README) for a stock "
                                    "Triton container.")
 def export_triton(artifact: Path = typer.Argument(..., help="An .engine (tensorrt_plan) or .onnx (onnxruntime_onnx)."),

@@ -195,7 +195,9 @@ def predict(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
 
 
 @app.command(help="Stream frames through a model: live defect masks, events, video; camera, file, stream or folder.")
-def run(model: Path = typer.Option(..., "--model", help=ARTIFACT_HELP),
+def run(model: str = typer.Option(..., "--model", help=ARTIFACT_HELP + " With --server: the model's name there."),
+        server: Optional[str] = typer.Option(None, help="A Triton server (grpc://HOST:8001 or http://HOST:8000, e.g. "
+                                             "'edgekd serve') that does the inference; the rest runs here."),
         camera: Optional[int] = typer.Option(None, help="Camera index (V4L2), e.g. 0."),
         source: Optional[str] = typer.Option(None, help="Video file, image folder, rtsp://..., http://..., csi://N "
                                              "(Jetson CSI camera) or gst:<GStreamer pipeline>."),
@@ -218,7 +220,7 @@ def run(model: Path = typer.Option(..., "--model", help=ARTIFACT_HELP),
         truth: Optional[Path] = typer.Option(None, help="Frame list of a test video ('edgekd data video' writes it): "
                                              "print detected vs true defect frames at the end.")):
     from edgekd.stream.cli_run import run_stream
-    run_stream(model=model, camera=camera, source=source, backend=backend, device=device, show=show,
+    run_stream(model=model, server=server, camera=camera, source=source, backend=backend, device=device, show=show,
                save_video=save_video, save_masks=save_masks, jsonl=jsonl, threshold=threshold, min_area=min_area,
                hysteresis=hysteresis, batch=batch, width=width, height=height, fps=fps, max_frames=max_frames,
                stats_every=stats_every, reconnect_timeout=reconnect_timeout, echo=_echo, truth=truth)
@@ -350,6 +352,7 @@ def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or
     models = [describe(path, backend=backend) for path in artifacts]  # every artifact checked before the server starts
     ports = Ports(http or None, grpc or None, metrics or None)
     work = make_work_dir()
+    server = None
     try:
         repository = write_serving_repository(models, work / "models", max_batch, instances, queue_delay_us, device)
         server = TritonServer(repository, ports, work, exit_timeout_s=drain_s)
@@ -357,9 +360,12 @@ def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or
         server.start([m.name for m in models])
         stopping = []
         def stop(signum, frame):
+            if stopping:  # a second Ctrl-C: do not wait for the drain
+                server.process.kill()
+                return
             stopping.append(signum)
             _echo(f"stopping: finishing in-flight requests (up to {drain_s}s)")
-            server.stop()
+            server.request_stop()
         signals.signal(signals.SIGINT, stop)
         signals.signal(signals.SIGTERM, stop)
         endpoints = [f"{k} {v}" for k, v in (("HTTP", ports.http), ("gRPC", ports.grpc), ("metrics", ports.metrics)) if v]
@@ -370,6 +376,8 @@ def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or
             raise EdgekdError(f"tritonserver exited with code {code}: {server.failure_line()}")
         _echo("stopped")
     finally:
+        if server is not None:
+            server.stop()  # returns at once when it has exited; otherwise drains it (an error on our side)
         shutils.rmtree(work, ignore_errors=True)
 
 

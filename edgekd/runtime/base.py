@@ -19,6 +19,11 @@ class Prediction:
     masks: np.ndarray | None  # (N,H,W) uint8, 1 = defect, when a pixel threshold is known
 
 
+class RuntimeUnavailable(Exception):
+    """The backend could not score this batch now but may later (a remote server that went away): the caller
+    counts the frames as lost and goes on."""
+
+
 class Runtime(ABC):
     """Life cycle: open (constructor) -> infer(...) any number of times -> close()."""
 

@@ -130,12 +130,18 @@ class TritonServer:
         wanted = [line for line in lines if "failed to load" in line or "UNAVAILABLE" in line or "Error" in line]
         return (wanted or lines or ["no output"])[-1].strip()[:400]
 
+    def request_stop(self) -> None:
+        """SIGTERM, without waiting (safe in a signal handler): Triton stops taking requests, finishes the ones in
+        flight (up to exit_timeout_s), then exits; wait() returns then."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self) -> int:
-        """SIGTERM: Triton stops taking requests, finishes the ones in flight (up to exit_timeout_s), then exits."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
+        """request_stop(), then wait for the exit (killing the server if it overstays its drain time)."""
+        if self.process is None:
+            return 0
         try:
+            self.request_stop()
             return self.process.wait(timeout=self.exit_timeout_s + 15)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
@@ -144,7 +150,11 @@ class TritonServer:
             self._log_file.close()
 
     def wait(self) -> int:
-        return self.process.wait()
+        while True:  # short waits, so a signal handler in this thread gets to run
+            try:
+                return self.process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def make_work_dir() -> Path:

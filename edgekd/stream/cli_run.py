@@ -20,11 +20,11 @@ def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_stream(model: Path, camera: int | None, source: str | None, backend: str | None, device: str, show: bool,
+def run_stream(model: str | Path, camera: int | None, source: str | None, backend: str | None, device: str, show: bool,
                save_video: Path | None, save_masks: Path | None, jsonl: Path | None, threshold: float | None,
                min_area: int, hysteresis: str, batch: int, width: int | None, height: int | None, fps: float | None,
                max_frames: int | None, stats_every: float, reconnect_timeout: float, echo=print,
-               truth: Path | None = None) -> dict:
+               truth: Path | None = None, server: str | None = None) -> dict:
     from edgekd.runtime import open_runtime
     if (camera is None) == (source is None):
         raise EdgekdError("say where frames come from: exactly one of --camera N or --source (file, folder, URL, csi://N)")
@@ -40,7 +40,13 @@ def run_stream(model: Path, camera: int | None, source: str | None, backend: str
     if show:
         WindowSink.check_display()
     settings = CaptureSettings(width, height, fps)
-    runtime = open_runtime(model, backend, device)
+    if server is not None:
+        if backend:
+            raise EdgekdError("--backend chooses a local runtime; with --server the server's runtime does the inference")
+        from edgekd.runtime.triton_client import TritonClientRuntime
+        runtime = TritonClientRuntime(server, str(model))
+    else:
+        runtime = open_runtime(Path(model), backend, device)
     try:
         thresholds = Thresholds.resolve(runtime.thresholds, threshold)
         stream = open_source(camera if camera is not None else source, settings)
@@ -90,6 +96,10 @@ def run_stream(model: Path, camera: int | None, source: str | None, backend: str
         summary["truth"] = compare(truth_frames, verdicts)
         _log(describe(summary["truth"]))
     echo(json.dumps({"source": stream.description, "model": str(model), "backend": runtime.backend, **summary}))
+    if summary.get("lost"):
+        outages = summary.get("server_outages_s") or []
+        _log(f"warning: {summary['lost']} frames were lost while {runtime.label} was unavailable"
+             + (f" ({len(outages)} outage(s), longest {max(outages):.1f} s)" if outages else ""))
     if summary["lost_outputs"]:
         lost = summary["lost_outputs"][0]
         raise RunIncomplete(f"{lost['output']} failed ({lost['error']}), so the run's outputs are incomplete "

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekd.data.images import resize_rgb, to_model_input
 from edgekd.errors import EdgekdError
-from edgekd.runtime.base import Runtime
+from edgekd.runtime.base import Runtime, RuntimeUnavailable
 from edgekd.stream.detect import Hysteresis, Thresholds, defect_regions, frame_is_defective
 from edgekd.stream.sinks import Result, Sink, annotate
 from edgekd.stream.sources import CORRUPT, END, LOST, OK, Source
@@ -97,6 +97,7 @@ class Runner:
         self.hysteresis = Hysteresis(*options.hysteresis)
         self.active_sinks = list(sinks)
         self.stopped_by: str | None = None  # what stopped the run before its source ended (a signal, the window)
+        self._outage: list | None = None  # [since, frames lost] while a remote runtime is unavailable
         self.lost_outputs: list[dict] = []  # sinks that failed and were stopped, with the reason
 
     # -- control ----------------------------------------------------------------------------------------------
@@ -209,13 +210,28 @@ class Runner:
                     break
                 frames.append(item)
             started = time.perf_counter()
-            maps, scores = self.runtime.run(np.concatenate([f.tensor for f in frames]))
+            try:
+                maps, scores = self.runtime.run(np.concatenate([f.tensor for f in frames]))
+            except RuntimeUnavailable as exc:  # a server that went away: these frames are lost, the run goes on
+                self._lose(frames, exc)
+                continue
+            if self._outage is not None:
+                self.log(f"info: {self.runtime.label} back after {time.monotonic() - self._outage[0]:.1f} s; "
+                         f"{self._outage[1]} frames lost meanwhile")
+                self._outage = None
             self.stats.batch(len(frames), time.perf_counter() - started)
             for frame, amap, score in zip(frames, np.asarray(maps, np.float32), np.asarray(scores, np.float32).reshape(-1)):
                 frame.amap, frame.score, frame.tensor = amap[0], float(score), None
                 if not self._put(out, frame):
                     return
         self._put(out, DONE)
+
+    def _lose(self, frames: list, exc: BaseException) -> None:
+        self.stats.count("lost", len(frames))
+        if self._outage is None:
+            self._outage = [time.monotonic(), 0]
+            self.log(f"warning: {self.runtime.label} unavailable ({exc}): frames are lost until it is back; retrying")
+        self._outage[1] += len(frames)
 
     def _postprocess(self) -> None:
         inbox, out = self.queues[2], self.queues[3]
@@ -298,5 +314,8 @@ class Runner:
             if isinstance(self.failure, EdgekdError):
                 raise self.failure
             raise EdgekdError(f"the run stopped: {type(self.failure).__name__}: {self.failure}") from self.failure
-        return {**self.stats.snapshot(), "stopped_by": self.stopped_by, "lost_outputs": self.lost_outputs,
-                "complete": self.stopped_by is None and not self.lost_outputs}
+        snapshot = self.stats.snapshot()
+        outages = [round(s, 2) for s in getattr(self.runtime, "outages", [])]
+        return {**snapshot, "stopped_by": self.stopped_by, "lost_outputs": self.lost_outputs,
+                **({"server_outages_s": outages} if outages or snapshot["lost"] else {}),
+                "complete": self.stopped_by is None and not self.lost_outputs and not snapshot["lost"]}

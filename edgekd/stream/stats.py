@@ -18,7 +18,7 @@ class RunStats:
         self.lock = threading.Lock()
         self.started = time.perf_counter()
         self.counts = {"captured": 0, "processed": 0, "dropped": 0, "corrupt": 0, "reconnects": 0, "defect_frames": 0,
-                       "batches": 0}
+                       "batches": 0, "lost": 0}  # lost: frames a remote runtime could not score (server away)
         self.stage_seconds = {name: deque(maxlen=WINDOW) for name in STAGES}
         self.latency = deque(maxlen=WINDOW)
         self.finished = deque(maxlen=WINDOW)  # completion times, for the current FPS
@@ -70,4 +70,5 @@ class RunStats:
         stages = " ".join(f"{k[:5]} {v:.1f}" for k, v in s["stage_ms"].items() if v is not None)
         return (f"{s['fps']:.1f} fps | ms/frame {stages} | batch {s['mean_batch'] or 0:.1f} | latency p50 "
                 f"{s['latency_ms_p50']:.0f} p95 {s['latency_ms_p95']:.0f} ms | frames {s['processed']} defects "
-                f"{s['defect_frames']} dropped {s['dropped']} corrupt {s['corrupt']} reconnects {s['reconnects']}")
+                f"{s['defect_frames']} dropped {s['dropped']} corrupt {s['corrupt']} reconnects {s['reconnects']}"
+                + (f" lost {s['lost']}" if s["lost"] else ""))

@@ -28,6 +28,7 @@ class Runtime(ABC):
     """Life cycle: open (constructor) -> infer(...) any number of times -> close()."""
 
     backend = "base"
+    warm_up = True  # run a batch of zeros before the first frame (local backends size their memory then)
 
     def __init__(self, info: dict):
         self.info = info  # sidecar-shaped description: input_size, thresholds, score_stats, model, ...

@@ -35,6 +35,7 @@ def parse_server_url(url: str) -> tuple[str, str]:
 
 class TritonClientRuntime(Runtime):
     backend = "triton"
+    warm_up = False  # the server's model is loaded and warm; zeros would only add requests to its statistics
 
     def __init__(self, url: str, model: str, timeout_s: float = 10.0, max_backoff_s: float = 2.0):
         self.scheme, self.address = parse_server_url(url)

@@ -280,6 +280,8 @@ class Runner:
     def warm_up(self) -> None:
         """Run the largest and the smallest batch once before the first frame: backends size their memory pools for
         the largest batch now, instead of growing them (and stalling a frame) the first time frames pile up."""
+        if not self.runtime.warm_up:
+            return
         h, w = self.runtime.input_size
         for size in (self.options.max_batch, 1):
             self.runtime.run(np.zeros((size, 3, h, w), np.float32))

@@ -1,0 +1,220 @@
+"""`edgekd serve` (a real tritonserver) and `edgekd run --server`: outputs equal to the local runtime's, bad
+requests answered with errors, four clients at once, a server killed and restarted mid-run, a clean drain."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_runner import edgekd
+
+pytest.importorskip("pytriton", reason="the Triton server binary: pip install --no-deps nvidia-pytriton==0.7.0")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class Served:
+    """`edgekd serve` in its own process, as a user starts it."""
+
+    def __init__(self, artifact, ports, log: Path, max_batch=8):
+        self.ports, self.log = ports, log
+        self.args = [sys.executable, "-m", "edgekd.cli", "serve", str(artifact), "--http", str(ports[0]), "--grpc",
+                     str(ports[1]), "--metrics", str(ports[2]), "--max-batch", str(max_batch), "--drain-s", "5"]
+        self.process = None
+
+    def start(self, timeout=120):
+        self.handle = open(self.log, "ab")
+        self.process = subprocess.Popen(self.args, stdout=self.handle, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "EDGEKD_OFFLINE": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b"serving on" in self.log.read_bytes():
+                return self
+            if self.process.poll() is not None:
+                raise AssertionError(self.log.read_text())
+            time.sleep(0.2)
+        raise AssertionError(f"not ready: {self.log.read_text()}")
+
+    def tritonserver_pid(self):
+        out = subprocess.run(["pgrep", "-f", "--", f"--grpc-port={self.ports[1]}"], capture_output=True, text=True).stdout
+        return int(out.split()[0]) if out.strip() else None
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+        self.handle.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def artifact(onnx_exports):
+    return onnx_exports["fp32"]
+
+
+@pytest.fixture(scope="module")
+def server(artifact, tmp_path_factory):
+    served = Served(artifact, free_ports(3), tmp_path_factory.mktemp("serve") / "serve.log").start()
+    yield served
+    assert served.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def videos(synth_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    for i, frames in enumerate((40, 40, 40, 40, 400)):
+        result = edgekd("data", "video", synth_root, folder / f"line{i}.mp4", "--category", "wood", "--frames", frames,
+                        "--defect-every", "10", "--seed", i)
+        assert result.returncode == 0, result.stderr
+    return folder
+
+
+def test_served_outputs_are_the_local_runtimes(server, artifact):
+    from edgekd.runtime import open_runtime
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.ports[1]}")
+    local = open_runtime(artifact)
+    h, w = local.input_size
+    frames = np.random.default_rng(0).integers(0, 256, (3, h, w, 3), dtype=np.uint8)
+    request = grpcclient.InferInput("frames", [3, h, w, 3], "UINT8")
+    request.set_data_from_numpy(frames)
+    result = client.infer("wood", [request])
+    maps, scores = local.run(frames.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    np.testing.assert_allclose(result.as_numpy("score").ravel(), scores, rtol=1e-5)
+    np.testing.assert_allclose(result.as_numpy("anomaly_map"), maps, rtol=1e-5, atol=1e-5)
+    pixel = local.thresholds["pixel"]
+    assert np.array_equal(result.as_numpy("mask"), (maps > pixel).astype(np.uint8))
+    floats = grpcclient.InferInput("images", [1, 3, h, w], "FP32")  # float tensors are the other way in
+    floats.set_data_from_numpy(frames[:1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    np.testing.assert_allclose(client.infer("wood", [floats]).as_numpy("score").ravel(), scores[:1], rtol=1e-5)
+    params = client.get_model_config("wood", as_json=True)["config"]["parameters"]
+    assert json.loads(params["edgekd_image_threshold"]["string_value"]) == local.thresholds["image"]
+    import urllib.request
+    assert urllib.request.urlopen(f"http://127.0.0.1:{server.ports[0]}/v2/health/ready").status == 200
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.ports[2]}/metrics").read().decode()
+    assert 'nv_inference_count{model="wood",version="1"}' in metrics
+
+
+def test_malformed_requests_get_errors_and_the_server_goes_on(server, artifact):
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.ports[1]}")
+    from edgekd.artifacts import read_sidecar
+    h, w = read_sidecar(artifact)["input_size"]
+    def send(name, shape, dtype, array, model="wood"):
+        request = grpcclient.InferInput(name, shape, dtype)
+        request.set_data_from_numpy(array)
+        return client.infer(model, [request])
+    cases = [("frames", [1, h // 2, w // 2, 3], "UINT8", np.zeros((1, h // 2, w // 2, 3), np.uint8), "wood", "shape"),
+             ("frames", [1, h, w, 3], "FP32", np.zeros((1, h, w, 3), np.float32), "wood", "FP32"),
+             ("frames", [1, h, w, 3], "UINT8", np.zeros((1, h, w, 3), np.uint8), "nosuchmodel", "nosuchmodel"),
+             ("images", [1, 3, h, w], "FP32", np.full((1, 3, h, w), np.nan, np.float32), "wood", "NaN")]
+    for name, shape, dtype, array, model, said in cases:
+        with pytest.raises(InferenceServerException, match=said):
+            send(name, shape, dtype, array, model)
+    with pytest.raises(InferenceServerException, match="0 inputs"):  # Triton's own check
+        client.infer("wood", [], outputs=None)
+    both = [grpcclient.InferInput("frames", [1, h, w, 3], "UINT8"), grpcclient.InferInput("images", [1, 3, h, w], "FP32")]
+    both[0].set_data_from_numpy(np.zeros((1, h, w, 3), np.uint8))
+    both[1].set_data_from_numpy(np.zeros((1, 3, h, w), np.float32))
+    with pytest.raises(InferenceServerException, match="exactly one of"):  # the model's own check
+        client.infer("wood", both)
+    assert send("frames", [1, h, w, 3], "UINT8", np.zeros((1, h, w, 3), np.uint8)).as_numpy("score").shape == (1, 1)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_four_clients_at_once_every_frame_exactly_once_and_batched_on_the_server(server, videos, tmp_path):
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.ports[1]}")
+    before = client.get_inference_statistics("wood", as_json=True)["model_stats"][0]
+    runs = [subprocess.Popen([sys.executable, "-m", "edgekd.cli", "run", "--server", f"grpc://127.0.0.1:{server.ports[1]}",
+                              "--model", "wood", "--source", str(videos / f"line{i}.mp4"), "--jsonl",
+                              str(tmp_path / f"c{i}.jsonl"), "--batch", "1", "--stats-every", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    outputs = [r.communicate(timeout=300) for r in runs]
+    for i, (run, (out, err)) in enumerate(zip(runs, outputs)):
+        assert run.returncode == 0, err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["processed"] == 40 and summary["lost"] == 0 and summary["complete"], summary
+        assert sorted(e["frame"] for e in read_jsonl(tmp_path / f"c{i}.jsonl")) == list(range(40))
+    after = client.get_inference_statistics("wood", as_json=True)["model_stats"][0]
+    images = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert images == 160  # every frame once (clients send one frame per request)
+    assert executions < images, (images, executions)  # the server's dynamic batcher put requests together
+
+
+def test_server_killed_and_restarted_mid_run(artifact, videos, tmp_path):
+    served = Served(artifact, free_ports(3), tmp_path / "serve.log").start()
+    jsonl = tmp_path / "line.jsonl"
+    client = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "run", "--server", f"grpc://127.0.0.1:{served.ports[1]}",
+                               "--model", "wood", "--source", str(videos / "line4.mp4"), "--jsonl", str(jsonl),
+                               "--stats-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 30):
+        time.sleep(0.05)
+    os.kill(served.tritonserver_pid(), signal.SIGKILL)  # the server dies mid-run
+    served.process.wait(timeout=30)
+    assert served.process.returncode != 0  # edgekd serve reports its server's death
+    served.handle.close()
+    served.start()
+    out, err = client.communicate(timeout=300)
+    assert client.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    events = read_jsonl(jsonl)  # every line whole: the run went on through the outage
+    frames = [e["frame"] for e in events]
+    assert frames == sorted(set(frames)) and summary["processed"] == len(events)
+    assert summary["lost"] > 0 and summary["processed"] + summary["lost"] == summary["captured"] == 400
+    assert summary["server_outages_s"] and not summary["complete"]
+    assert "unavailable" in err and "back after" in err and "frames were lost" in err
+    assert served.stop() == 0  # SIGTERM drains and exits cleanly
+    assert served.tritonserver_pid() is None and "stopped" in (tmp_path / "serve.log").read_text()
+
+
+def test_sigterm_lets_the_request_in_flight_finish(artifact, tmp_path):
+    served = Served(artifact, free_ports(3), tmp_path / "serve.log").start()
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.ports[1]}")
+    from edgekd.artifacts import read_sidecar
+    h, w = read_sidecar(artifact)["input_size"]
+    request = grpcclient.InferInput("frames", [8, h, w, 3], "UINT8")
+    request.set_data_from_numpy(np.zeros((8, h, w, 3), np.uint8))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(client.infer("wood", [request]))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    served.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 4 and all(r.as_numpy("score").shape == (8, 1) for r in results)
+    assert served.stop() == 0
+
+
+def test_serve_refuses_bad_artifacts_before_starting(onnx_exports, split_export, tmp_path):
+    missing = edgekd("serve", tmp_path / "nope.onnx")
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+    split = edgekd("serve", split_export)
+    assert split.returncode != 0 and "split export" in split.stderr
+    unreachable = edgekd("run", "--server", "grpc://127.0.0.1:1", "--model", "wood", "--source", tmp_path)
+    assert unreachable.returncode != 0 and "cannot reach the Triton server" in unreachable.stderr
+    bad_url = edgekd("run", "--server", "ftp://x", "--model", "wood", "--source", tmp_path)
+    assert bad_url.returncode != 0 and "grpc://HOST:PORT" in bad_url.stderr

@@ -86,6 +86,12 @@ def data_video(root: Path = typer.Argument(..., help="Dataset root."),
     _echo(f"wrote {out}: {frames} frames at {fps:g} fps, defects at {len(defects)} frames; frame list {Path(out).with_suffix('.json')}")
 
 
+def overrides_for(set_: List[str], epochs: Optional[int], device: Optional[str], weights: Optional[Path]) -> list[str]:
+    """`edgekd train`'s shortcut options as the config overrides they stand for."""
+    return (list(set_) + ([f"train.epochs={epochs}"] if epochs else []) + ([f"train.device={device}"] if device else [])
+            + ([f"teacher_weights={weights}"] if weights else []))
+
+
 @app.command(help="Train a detector on normal images and write runs/<name>/model.ckpt.")
 def train(config: Optional[Path] = typer.Option(None, help="YAML config (see configs/); default: RD with the Lite0 teacher."),
           data: Path = typer.Option(..., help="Dataset root (MVTec AD/LOCO or folder layout)."),
@@ -96,16 +102,29 @@ def train(config: Optional[Path] = typer.Option(None, help="YAML config (see con
           device: Optional[str] = typer.Option(None, help="Shortcut for --set train.device=..."),
           weights: Optional[Path] = typer.Option(None, help="Teacher weights file (default: offline wheel / hub cache)."),
           resume: bool = typer.Option(False, help="Continue from <out>/last.ckpt."),
-          overwrite: bool = typer.Option(False, help="Replace a model.ckpt already in --out.")):
+          overwrite: bool = typer.Option(False, help="Replace a model.ckpt already in --out."),
+          nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Training processes on this machine "
+                                             "(one per GPU; DistributedDataParallel through torchrun)."),
+          nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines taking part (run the same command on each)."),
+          node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's number among --nnodes."),
+          master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (several machines)."),
+          master_port: int = typer.Option(29500, "--master-port", help="Port on node 0 for the rendezvous.")):
     from edgekd.config import load_config
     from edgekd.train import train as run_training
-    overrides = list(set_)
-    overrides += [f"train.epochs={epochs}"] if epochs else []
-    overrides += [f"train.device={device}"] if device else []
-    overrides += [f"teacher_weights={weights}"] if weights else []
-    cfg = load_config(config, overrides)
+    if nproc_per_node > 1 or nnodes > 1:
+        from edgekd.distributed import launch
+        from edgekd.data.layouts import load_dataset
+        load_config(config, overrides_for(set_, epochs, device, weights))  # bad input fails here, once, not per rank
+        load_dataset(data, category)
+        code = launch(sys.argv[1:], nproc_per_node, nnodes, node_rank, master_addr, master_port)
+        if code:
+            raise typer.Exit(code)
+        return
+    cfg = load_config(config, overrides_for(set_, epochs, device, weights))
     out = out or Path("runs") / (category or Path(data).name)
     result = run_training(cfg, data, category, out, resume, overwrite)
+    if result is None:  # a rank other than 0 of a distributed run: rank 0 reports
+        return
     t = result.thresholds
     resumed = f" (resumed after epoch {result.resumed_at})" if result.resumed_at else ""
     _echo(f"trained {cfg['model']} ({cfg['teacher']}) for {result.epochs_run} epochs{resumed} on {result.device} in "

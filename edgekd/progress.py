@@ -30,7 +30,8 @@ class EdgekdProgress(Progress):
             super().stop()
 
 
-def make_progress() -> Progress:
+def make_progress(enabled: bool = True) -> Progress:
+    """enabled=False: the same object, showing nothing (the other ranks of a distributed run)."""
     return EdgekdProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                          TimeRemainingColumn(), console=console)
+                          TimeRemainingColumn(), console=console, disable=not enabled)

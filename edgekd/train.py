@@ -22,6 +22,7 @@ from edgekd.data.images import to_model_input
 from edgekd.data.layouts import load_dataset
 from edgekd.data.loading import load_images
 from edgekd.device import resolve_device
+from edgekd.distributed import Rank, barrier, end_process_group, mean_over_ranks, rank_from_environment, start_process_group
 from edgekd.errors import EdgekdError
 from edgekd.outputs import check_output_folder, remove_stale_temps
 from edgekd.progress import make_progress
@@ -87,6 +88,26 @@ class TeacherFeatureCache:
         return [f[torch.from_numpy(index)].to(self.device, non_blocking=True) for f in self.cached]
 
 
+class TrainingStep(torch.nn.Module):
+    """One step's loss as a module's forward, so DistributedDataParallel can wrap it (the models' own forward is
+    inference; training runs the student and the loss)."""
+
+    def __init__(self, model, use_amp: bool):
+        super().__init__()
+        self.model, self.use_amp = model, use_amp
+
+    def forward(self, batch: torch.Tensor, teacher_feats: list[torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(batch.device.type, enabled=self.use_amp):
+            student_feats = self.model.student_features(batch, teacher_feats)
+        return self.model.loss(teacher_feats, student_feats)
+
+
+def shard_of(n: int, rank: Rank | None) -> np.ndarray:
+    """The training images a rank trains on (all of them without distribution): its teacher-feature cache holds
+    these only."""
+    return np.arange(n) if rank is None else np.arange(rank.rank, n, rank.world)
+
+
 def make_optimizer(parameters, settings: dict) -> torch.optim.Optimizer:
     """Adam (the RD family's choice) or SGD with momentum (STFPM's and MTHF's: lr 0.4, momentum 0.9)."""
     name = str(settings["optimizer"]).lower()
@@ -126,14 +147,21 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def train(config: dict, data: str | Path, category: str | None, out: str | Path, resume: bool = False,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False) -> TrainResult | None:
+    """Under torchrun (several ranks) every rank trains its share; rank 0 returns the result, the others None."""
     settings = config["train"]
     augment = check_augment(settings["augment"])
     seed_everything(settings["seed"])
     out = Path(out)
-    check_run_folder(out, resume, overwrite)
+    rank = rank_from_environment()
+    main = rank is None or rank.main
+    if main:
+        check_run_folder(out, resume, overwrite)
     dataset = load_dataset(data, category, seed=settings["seed"])
     device = resolve_device(settings["device"])
+    if rank is not None:
+        device = start_process_group(rank, device)
+        barrier()  # rank 0 has checked (and cleaned) the run folder
     model = build_model(config).to(device)
     if len(dataset.train) < MIN_TRAIN_IMAGES:
         raise EdgekdError(f"{dataset.root} has {len(dataset.train)} normal training image(s); training needs at least "
@@ -160,14 +188,24 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
             raise EdgekdError(f"nothing to resume: {last_path} already has all {start_epoch} epochs and {final_path} "
                               f"is written; raise --epochs above {start_epoch} to train longer")
 
-    with make_progress() as progress:
+    with make_progress(enabled=main) as progress:
         images = load_images(dataset.train, model.input_size, progress, "load images")
         fit_images, val_images = images[fit_idx], images[val_idx]
+        world = rank.world if rank is not None else 1
+        own_images = fit_images[shard_of(len(fit_images), rank)]
         # Augmented images change every step, so their teacher features cannot be cached.
-        features = TeacherFeatureCache(model, fit_images, device, settings["feature_cache_gb"], settings["batch_size"],
+        features = TeacherFeatureCache(model, own_images, device, settings["feature_cache_gb"], settings["batch_size"],
                                        progress) if augment == "none" else None
-        batch_size = min(settings["batch_size"], len(fit_images))
-        steps = len(fit_images) // batch_size  # drop the ragged last batch: BatchNorm dislikes tiny batches
+        # The configured batch is the global one: each of the world's ranks takes its share of it.
+        batch_size = max(1, min(settings["batch_size"], len(fit_images)) // world)
+        steps = (len(fit_images) // world) // batch_size  # equal on every rank; the ragged last batch is dropped
+        if steps == 0:
+            raise EdgekdError(f"{len(fit_images)} training images cannot feed {world} ranks a batch each: use fewer "
+                              "ranks or more images")
+        step_loss = TrainingStep(model, use_amp)
+        if rank is not None:
+            step_loss = torch.nn.parallel.DistributedDataParallel(
+                step_loss, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
         # Linear warm-up of the learning rate over the first warmup_epochs (ViTKD's SGD at lr 0.2 needs it).
         warmup_steps, done = max(1, int(settings["warmup_epochs"] * steps)), start_epoch * steps  # resumed runs
         for group in optimizer.param_groups:
@@ -177,19 +215,18 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
                                  info=f"loss {epoch_loss:.4f}")
         for epoch in range(start_epoch, settings["epochs"]):
             model.train()
-            order = np.random.default_rng([settings["seed"], epoch]).permutation(len(fit_images))
+            streams = [settings["seed"], epoch] + ([rank.rank] if rank is not None else [])
+            order = np.random.default_rng(streams).permutation(len(own_images))
             total = 0.0
             for step in range(steps):
                 index = np.sort(order[step * batch_size:(step + 1) * batch_size])
                 if augment == "none":
-                    teacher_feats, batch = features(index), _device_batch(fit_images[index], device)
+                    teacher_feats, batch = features(index), _device_batch(own_images[index], device)
                 else:
-                    seen = augment_batch(fit_images[index], augment, np.random.default_rng([settings["seed"], epoch, step]))
+                    seen = augment_batch(own_images[index], augment, np.random.default_rng([*streams[:2], step, *streams[2:]]))
                     batch = _device_batch(seen, device)
                     teacher_feats = model.teacher_features(batch)
-                with torch.autocast(device.type, enabled=use_amp):
-                    student_feats = model.student_features(batch, teacher_feats)
-                loss = model.loss(teacher_feats, student_feats)
+                loss = step_loss(batch, teacher_feats)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if settings["grad_clip"]:
@@ -201,10 +238,19 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
                 total += loss.item()
                 progress.update(task, advance=1, info=f"epoch {epoch + 1}/{settings['epochs']} loss {total / (step + 1):.4f}")
             epoch_loss = total / max(steps, 1)
+            if rank is not None:  # every rank sees the same figure, so they stop (or go on) together
+                epoch_loss = mean_over_ranks(epoch_loss, device)
             if not math.isfinite(epoch_loss):
-                raise EdgekdError(f"training diverged at epoch {epoch + 1} (loss {epoch_loss}): lower train.lr")
-            save_checkpoint(last_path, model, config, epoch=epoch + 1, loss=epoch_loss,
-                            optimizer=optimizer.state_dict())
+                raise EdgekdError(f"training diverged at epoch {epoch + 1} (loss {epoch_loss}): lower train.lr or "
+                                  "set train.grad_clip")
+            if main:
+                save_checkpoint(last_path, model, config, epoch=epoch + 1, loss=epoch_loss,
+                                optimizer=optimizer.state_dict())
+        if rank is not None:
+            barrier()
+            end_process_group()  # rank 0 alone goes on: normal statistics, thresholds, the checkpoint
+            if not main:
+                return None
 
         # Calibrate on held-out normal images (the training images would give optimistic, too-low thresholds).
         calib = val_images if len(val_images) else fit_images

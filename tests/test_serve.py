@@ -209,6 +209,17 @@ def test_sigterm_lets_the_request_in_flight_finish(artifact, tmp_path):
     assert served.stop() == 0
 
 
+def test_serve_refuses_an_engine_it_cannot_run_here(onnx_exports, tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    from edgekd.engine.builder import build_engine
+    from edgekd.engine.gpu import gpu_count
+    if gpu_count():
+        pytest.skip("a GPU is here: the engine would load")
+    engine = build_engine(onnx_exports["fp16"], tmp_path, batch="1,1,2", flavour="tensorrt_rtx").engine
+    result = edgekd("serve", engine, "--http", "0", "--grpc", "0", "--metrics", "0")
+    assert result.returncode != 0 and "needs an NVIDIA GPU" in result.stderr and "starting Triton" not in result.stdout
+
+
 def test_serve_refuses_bad_artifacts_before_starting(onnx_exports, split_export, tmp_path):
     missing = edgekd("serve", tmp_path / "nope.onnx")
     assert missing.returncode != 0 and "does not exist" in missing.stderr

@@ -33,6 +33,9 @@ def describe(artifact: str | Path, name: str | None = None, backend: str | None 
         raise EdgekdError(f"{artifact} does not exist: pass a model.ckpt, an .onnx or an .engine")
     kind = backend_for(path, backend)
     info = read_checkpoint(path) if kind == "torch" else read_sidecar(path)
+    if kind == "tensorrt":  # a GPU, the same TensorRT and the same GPU model: checked here, not in the server
+        from edgekd.runtime.tensorrt_backend import check_engine_compatible
+        check_engine_compatible(path, info)
     if kind != "torch" and info.get("layout", "single") != "single":
         raise EdgekdError(f"{artifact} is one part of a split export: serve a --layout single export")
     thresholds = info.get("thresholds") or {}

@@ -74,16 +74,16 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_checkpoint_of_an_earlier_revision_of_a_family_is_refused(tmp_path):
-    """A family whose scoring changed meaning (vitkd: distances and the paper's layer indexing) refuses its old
-    checkpoints: their thresholds belong to the old score, so reading them the new way could pass defects."""
-    config = load_config(None, ["model=memkd", "input_size=64"])
+    """A family whose method changed (logicrd: position-aware GSE; vitkd: distances and the paper's layer
+    indexing) refuses its old checkpoints: their thresholds belong to the old score."""
+    config = load_config(None, ["model=logicrd", "input_size=64", "model_options={width: 8, embed: 16}"])
     model = build_model(config)
     path = save_checkpoint(tmp_path / "m.ckpt", model, config)
     assert read_checkpoint(path)["model_revision"] == model.revision == 2
     payload = torch.load(path, weights_only=False)
     del payload["model_revision"]  # written before revisions existed: revision 1
     torch.save(payload, tmp_path / "old.ckpt")
-    with pytest.raises(EdgekdError, match=r"'memkd' model of revision 1; .* builds revision 2 .*re-train"):
+    with pytest.raises(EdgekdError, match=r"'logicrd' model of revision 1; .* builds revision 2 .*re-train"):
         load_checkpoint(tmp_path / "old.ckpt")
     rd = build_model(_small_config())  # a family that never changed reads its old checkpoints as before
     payload = torch.load(save_checkpoint(tmp_path / "rd.ckpt", rd, _small_config()), weights_only=False)

@@ -56,8 +56,14 @@ class Served:
         raise AssertionError(f"not ready: {self.log.read_text()}")
 
     def tritonserver_pid(self):
-        out = subprocess.run(["pgrep", "-f", "--", f"--grpc-port={self.ports[1]}"], capture_output=True, text=True).stdout
-        return int(out.split()[0]) if out.strip() else None
+        wanted = f"--grpc-port={self.ports[1]}".encode()
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and wanted in (entry / "cmdline").read_bytes().split(b"\0"):
+                    return int(entry.name)
+            except OSError:
+                continue
+        return None
 
     def stop(self):
         if self.process and self.process.poll() is None:

@@ -352,6 +352,22 @@ def build_engine(source: Path = typer.Argument(..., help="model.ckpt (exported f
           f"      trtexec --loadEngine={result.engine}   (TensorRT's own tool loads the plan as is)")
 
 
+@app.command(help="What this machine has for edgekd, what is missing or wrong, and the fix for each.")
+def doctor(artifact: Optional[Path] = typer.Option(None, "--model", help="Also check that 'edgekd run --model' can "
+                                                   "open this artifact here; the exit code says so."),
+           engines: Optional[Path] = typer.Option(None, help="A folder of engines: were they built by this TensorRT "
+                                                  "for this GPU?"),
+           as_json: bool = typer.Option(False, "--json", help="One JSON list instead of lines."),
+           root: Path = typer.Option(Path("/"), "--root", hidden=True, help="Read system files under this tree (tests).")):
+    import json as jsonlib
+    from edgekd import doctor as checks_module
+    checks = checks_module.diagnose(artifact, engines, root)
+    typer.echo(jsonlib.dumps(checks_module.as_json(checks), indent=1) if as_json else checks_module.render(checks))
+    code = checks_module.exit_code(checks, artifact)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command(help="Serve artifacts from a real NVIDIA Triton Inference Server (HTTP, gRPC, Prometheus metrics).")
 def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or .engine files; each is one model, "
                                                 "named by its file name up to the first dot."),

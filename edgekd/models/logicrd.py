@@ -64,9 +64,10 @@ class GlobalContext(nn.Module):
 def coordinates(x: torch.Tensor) -> torch.Tensor:
     """(1, 2, H, W) normalised (y, x) in [-1, 1] for a (B, C, H, W) map: constants for a fixed input size."""
     h, w = x.shape[-2:]
-    ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(1, 1, h, w)
-    xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(1, 1, h, w)
-    return torch.cat([ys, xs], dim=1)
+    # made in FP32 and cast: the exporter writes linspace as an FP32 Range whatever dtype it was asked for
+    ys = torch.linspace(-1.0, 1.0, h, device=x.device).view(1, 1, h, 1).expand(1, 1, h, w)
+    xs = torch.linspace(-1.0, 1.0, w, device=x.device).view(1, 1, 1, w).expand(1, 1, h, w)
+    return torch.cat([ys, xs], dim=1).to(x.dtype)
 
 
 class PositionalAttention(nn.Module):

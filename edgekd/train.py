@@ -192,7 +192,7 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
         images = load_images(dataset.train, model.input_size, progress, "load images")
         fit_images, val_images = images[fit_idx], images[val_idx]
         world = rank.world if rank is not None else 1
-        own_images = fit_images[shard_of(len(fit_images), rank)]
+        own_images = fit_images if rank is None else fit_images[shard_of(len(fit_images), rank)]  # no copy alone
         # Augmented images change every step, so their teacher features cannot be cached.
         features = TeacherFeatureCache(model, own_images, device, settings["feature_cache_gb"], settings["batch_size"],
                                        progress) if augment == "none" else None

@@ -387,12 +387,13 @@ def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or
     models = [describe(path, backend=backend) for path in artifacts]  # every artifact checked before the server starts
     ports = Ports(http or None, grpc or None, metrics or None)
     work = make_work_dir()
-    server = None
+    server, started = None, False
     try:
         repository = write_serving_repository(models, work / "models", max_batch, instances, queue_delay_us, device)
         server = TritonServer(repository, ports, work, exit_timeout_s=drain_s)
         _echo(f"starting Triton with {', '.join(f'{m.name} ({m.backend})' for m in models)} ...")
         server.start([m.name for m in models])
+        started = True
         stopping = []
         def stop(signum, frame):
             if stopping:  # a second Ctrl-C: do not wait for the drain
@@ -413,7 +414,8 @@ def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or
     finally:
         if server is not None:
             server.stop()  # returns at once when it has exited; otherwise drains it (an error on our side)
-        shutils.rmtree(work, ignore_errors=True)
+        if started or server is None:
+            shutils.rmtree(work, ignore_errors=True)  # a server that failed to start keeps its log for the reader
 
 
 @app.command("export-triton", help="Write a Triton model repository (config.pbtxt, the model, a README) for a stock "

@@ -16,7 +16,6 @@ import pytest
 
 from cli_runner import edgekd
 
-pytest.importorskip("pytriton", reason="the Triton server binary: pip install --no-deps nvidia-pytriton==0.7.0")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 

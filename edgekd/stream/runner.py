@@ -21,6 +21,7 @@ from edgekd.data.images import resize_rgb, to_model_input
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime, RuntimeUnavailable
 from edgekd.stream.detect import Hysteresis, Thresholds, defect_regions, frame_is_defective
+from edgekd.stream.service import ServiceNotifier
 from edgekd.stream.sinks import Result, Sink, annotate
 from edgekd.stream.sources import CORRUPT, END, LOST, OK, Source
 from edgekd.stream.stats import RunStats
@@ -98,6 +99,7 @@ class Runner:
         self.active_sinks = list(sinks)
         self.stopped_by: str | None = None  # what stopped the run before its source ended (a signal, the window)
         self._outage: list | None = None  # [since, frames lost] while a remote runtime is unavailable
+        self.service = ServiceNotifier()  # systemd's watchdog, fed only while frames are processed
         self.lost_outputs: list[dict] = []  # sinks that failed and were stopped, with the reason
 
     # -- control ----------------------------------------------------------------------------------------------
@@ -294,13 +296,22 @@ class Runner:
                                                                ("infer", self._infer), ("postprocess", self._postprocess),
                                                                ("sinks", self._sinks))]
         next_line = time.monotonic() + self.options.stats_every
+        ping_every = self.service.ping_every_s or 1.0
+        next_ping, processed_at_ping = time.monotonic() + min(ping_every, 1.0), 0
         try:
             while any(t.is_alive() for t in threads):
                 threads[-1].join(timeout=0.2)  # short waits: signals reach the main thread
                 if self.options.stats_every and time.monotonic() >= next_line:
                     self.log(self.stats.line())
                     next_line += self.options.stats_every
+                if self.service.active and time.monotonic() >= next_ping:
+                    processed = self.stats.counts["processed"]
+                    if processed > processed_at_ping:  # a stalled pipeline stops feeding the watchdog
+                        self.service.frames_flowing()
+                        processed_at_ping = processed
+                    next_ping = time.monotonic() + ping_every
         finally:
+            self.service.stopping()
             self._stopping.set()
             for thread in threads:
                 thread.join(timeout=5.0)

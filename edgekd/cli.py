@@ -214,7 +214,8 @@ def predict(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
 
 
 @app.command(help="Stream frames through a model: live defect masks, events, video; camera, file, stream or folder.")
-def run(model: str = typer.Option(..., "--model", help=ARTIFACT_HELP + " With --server: the model's name there."),
+def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP + " With --server: the model's name there."),
+        bundle: Optional[Path] = typer.Option(None, "--bundle", help="Run the model of an 'edgekd bundle' archive."),
         server: Optional[str] = typer.Option(None, help="A Triton server (grpc://HOST:8001 or http://HOST:8000, e.g. "
                                              "'edgekd serve') that does the inference; the rest runs here."),
         camera: Optional[int] = typer.Option(None, help="Camera index (V4L2), e.g. 0."),
@@ -239,6 +240,13 @@ def run(model: str = typer.Option(..., "--model", help=ARTIFACT_HELP + " With --
         truth: Optional[Path] = typer.Option(None, help="Frame list of a test video ('edgekd data video' writes it): "
                                              "print detected vs true defect frames at the end.")):
     from edgekd.stream.cli_run import run_stream
+    if (model is None) == (bundle is None):
+        raise EdgekdError("say which model: exactly one of --model ARTIFACT or --bundle ARCHIVE.tar.gz")
+    if bundle is not None:
+        if server is not None:
+            raise EdgekdError("--bundle runs its model here; with --server the server holds the model")
+        from edgekd.deploy.bundle import open_bundle
+        model = str(open_bundle(bundle))
     run_stream(model=model, server=server, camera=camera, source=source, backend=backend, device=device, show=show,
                save_video=save_video, save_masks=save_masks, jsonl=jsonl, threshold=threshold, min_area=min_area,
                hysteresis=hysteresis, batch=batch, width=width, height=height, fps=fps, max_frames=max_frames,
@@ -416,6 +424,17 @@ def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or
             server.stop()  # returns at once when it has exited; otherwise drains it (an error on our side)
         if started or server is None:
             shutils.rmtree(work, ignore_errors=True)  # a server that failed to start keeps its log for the reader
+
+
+@app.command(help="Pack a model and what the line box needs (sidecar, calibration plot, plugin source, service unit) "
+                  "into one archive for 'edgekd run --bundle'.")
+def bundle(artifact: Path = typer.Argument(..., help="An .engine or .onnx (with its sidecar)."),
+           out: Path = typer.Option(..., "--out", help="The archive to write (.tar.gz)."),
+           overwrite: bool = typer.Option(False, help="Replace an existing archive.")):
+    from edgekd.deploy.bundle import write_bundle
+    written = write_bundle(artifact, out, overwrite=overwrite)
+    _echo(f"wrote {written} ({written.stat().st_size / 2**20:.1f} MiB); on the box: edgekd run --bundle {written.name} "
+          "--camera 0")
 
 
 @app.command("export-triton", help="Write a Triton model repository (config.pbtxt, the model, a README) for a stock "

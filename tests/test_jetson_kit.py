@@ -118,3 +118,66 @@ def test_watchdog_is_fed_only_while_frames_flow(onnx_exports, synth_root, tmp_pa
     assert len(pings) >= 2
     # during the 2 s freeze no frame is processed, so no ping: the longest silence spans the freeze
     assert max(b - a for a, b in zip(pings, pings[1:])) > 1.5
+
+
+# -- edgekd bundle ----------------------------------------------------------------------------------------------------
+def events(path):
+    import json
+    keep = ("frame", "position_s", "score", "defective", "verdict", "regions")
+    return [{k: e[k] for k in keep} for e in map(json.loads, Path(path).read_text().splitlines())]
+
+
+def test_bundle_round_trip_runs_like_the_model_itself(onnx_exports, synth_root, tmp_path):
+    from cli_runner import edgekd
+    artifact = onnx_exports["fp32"]
+    video = tmp_path / "line.mp4"
+    assert edgekd("data", "video", synth_root, video, "--category", "wood", "--frames", "30", "--defect-every", "10").returncode == 0
+    made = edgekd("bundle", artifact, "--out", tmp_path / "out" / "wood.tar.gz")
+    assert made.returncode == 0, made.stderr
+    elsewhere = tmp_path / "box"
+    elsewhere.mkdir()
+    shutil.copyfile(tmp_path / "out" / "wood.tar.gz", elsewhere / "wood.tar.gz")  # as if copied to the line box
+    import tarfile
+    names = tarfile.open(elsewhere / "wood.tar.gz").getnames()
+    assert {artifact.name, artifact.with_suffix(".json").name, "edgekd-bundle.json", "service/edgekd@.service",
+            "plugin/MultiScaleFeatureDiffPlugin.cu"} <= set(names)
+    direct = edgekd("run", "--model", artifact, "--source", video, "--jsonl", tmp_path / "direct.jsonl", "--stats-every", "0")
+    bundled = edgekd("run", "--bundle", elsewhere / "wood.tar.gz", "--source", video, "--jsonl", tmp_path / "bundled.jsonl",
+                     "--stats-every", "0")
+    assert direct.returncode == 0 and bundled.returncode == 0, bundled.stderr
+    assert events(tmp_path / "bundled.jsonl") == events(tmp_path / "direct.jsonl")
+    assert edgekd("bundle", artifact, "--out", tmp_path / "out" / "wood.tar.gz").returncode != 0  # no silent overwrite
+
+
+def test_damaged_or_hostile_bundles_are_refused(onnx_exports, tmp_path):
+    import io
+    import tarfile
+    from edgekd.deploy.bundle import open_bundle, write_bundle
+    from edgekd.errors import EdgekdError
+    good = write_bundle(onnx_exports["fp32"], tmp_path / "good.tar.gz")
+    edited = tmp_path / "edited.tar.gz"  # the sidecar's thresholds changed after bundling
+    with tarfile.open(good) as source, tarfile.open(edited, "w:gz") as target:
+        for member in source.getmembers():
+            data = source.extractfile(member).read()
+            if member.name.endswith(".json") and member.name != "edgekd-bundle.json":
+                data = data.replace(b'"image"', b'"image" ', 1)
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    with pytest.raises(EdgekdError, match="differs from its manifest"):
+        open_bundle(edited, tmp_path / "cache")
+    hostile = tmp_path / "hostile.tar.gz"
+    with tarfile.open(hostile, "w:gz") as archive:
+        entry = tarfile.TarInfo("../escaped.txt")
+        entry.size = 2
+        archive.addfile(entry, io.BytesIO(b"hi"))
+    with pytest.raises(EdgekdError, match="cannot be unpacked"):
+        open_bundle(hostile, tmp_path / "cache")
+    assert not (tmp_path / "escaped.txt").exists()
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(EdgekdError, match="cannot be unpacked"):
+        open_bundle(truncated, tmp_path / "cache")
+    lonely = tmp_path / "lonely.onnx"
+    shutil.copyfile(onnx_exports["fp32"], lonely)
+    with pytest.raises(EdgekdError, match="has no sidecar"):
+        write_bundle(lonely, tmp_path / "lonely.tar.gz")

@@ -14,6 +14,7 @@ from edgekd.artifacts import INPUT_NAME, OUTPUT_NAMES, read_sidecar
 from edgekd.errors import EdgekdError
 
 ENGINE_SUFFIXES = (".engine", ".plan")
+PLUGIN_LIBRARY = "libedgekd_plugin.so"
 # TensorRT / ONNX element type names -> Triton's data types
 TRITON_TYPES = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "UINT8": "TYPE_UINT8", "INT8": "TYPE_INT8",
                 "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "FLOAT16": "TYPE_FP16"}
@@ -74,6 +75,21 @@ def _onnx_io(path: Path, info: dict) -> tuple[tuple[TensorSpec, ...], tuple[Tens
         return TensorSpec(value.name, dtype, known[value.name])
     initializers = {i.name for i in graph.initializer}
     return (tuple(spec(v) for v in graph.input if v.name not in initializers), tuple(spec(v) for v in graph.output))
+
+
+def check_loadable_by_full_tensorrt(io: ArtifactIO, consumer: str, plugin, plugin_where: str) -> None:
+    """Stock consumers (Triton's tensorrt backend, DeepStream) load engines of full TensorRT only, and an engine whose
+    scoring is the edgekd plugin layer needs the plugin library beside it. `consumer` finishes the first message."""
+    if io.kind == "engine":
+        flavour = (io.info.get("tensorrt") or {}).get("flavour")
+        if flavour != "tensorrt":
+            raise EdgekdError(f"{io.path.name} was built by {flavour or 'an unknown TensorRT'}; {consumer}")
+        if io.info.get("fused_op") == "plugin" and plugin is None:
+            raise EdgekdError(f"{io.path.name} computes its scoring in the edgekd plugin layer: pass --plugin "
+                              f"{PLUGIN_LIBRARY} (built from engines/plugin/ {plugin_where})")
+    if plugin is not None and not Path(plugin).is_file():
+        raise EdgekdError(f"plugin library {plugin} does not exist: build it from engines/plugin/ (cmake) and pass "
+                          "its path")
 
 
 def read_artifact_io(artifact: str | Path) -> ArtifactIO:

@@ -10,7 +10,6 @@ land outside it, and checks every file against the manifest, so a truncated or e
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -75,7 +74,7 @@ def open_bundle(bundle: str | Path, cache: str | Path | None = None) -> Path:
     bundle = Path(bundle)
     if not bundle.is_file():
         raise EdgekdError(f"bundle {bundle} does not exist: make one with 'edgekd bundle MODEL --out {bundle.name}'")
-    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()[:16]
+    digest = sha256_of(bundle)[:16]
     cache = Path(cache) if cache else Path(tempfile.gettempdir()) / "edgekd-bundles"
     target = cache / digest
     if not (target / MANIFEST).is_file():

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from edgekd.atomic import write_bytes_atomic
-from edgekd.deploy.artifact_io import read_artifact_io
+from edgekd.deploy.artifact_io import PLUGIN_LIBRARY, check_loadable_by_full_tensorrt, read_artifact_io
 from edgekd.errors import EdgekdError
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
@@ -30,9 +30,6 @@ def _scale_and_offsets(info: dict) -> tuple[float, list[float]]:
                           "apply (one net-scale-factor): re-export it with edgekd (normalisation in the graph)")
     s = norm["std"][0]
     return 1.0 / (255.0 * s), [m * 255.0 for m in norm["mean"]]
-
-
-PLUGIN_LIBRARY = "libedgekd_plugin.so"
 
 
 def nvinfer_config(artifact_name: str, info: dict, kind: str, batch: int, output_names: list[str], gpu_id: int = 0,
@@ -80,17 +77,9 @@ def note_text(info: dict, artifact_name: str, outputs: list[str]) -> str:
 def write_deepstream(artifact: str | Path, out: str | Path, batch: int | None = None, overwrite: bool = False,
                      plugin: str | Path | None = None) -> Path:
     io = read_artifact_io(artifact)
-    if io.kind == "engine":
-        flavour = (io.info.get("tensorrt") or {}).get("flavour")
-        if flavour != "tensorrt":
-            raise EdgekdError(f"{io.path.name} was built by {flavour or 'an unknown TensorRT'}; DeepStream runs engines "
-                              "of full TensorRT: build it on the Jetson/desktop with 'edgekd build-engine', or pass the "
-                              ".onnx and let nvinfer build it")
-        if io.info.get("fused_op") == "plugin" and plugin is None:
-            raise EdgekdError(f"{io.path.name} computes its scoring in the edgekd plugin layer: pass --plugin "
-                              f"{PLUGIN_LIBRARY} (built from engines/plugin/ on that machine)")
-    if plugin is not None and not Path(plugin).is_file():
-        raise EdgekdError(f"plugin library {plugin} does not exist: build it from engines/plugin/ (cmake)")
+    check_loadable_by_full_tensorrt(io, "DeepStream runs engines of full TensorRT: build it on the Jetson/desktop with "
+                                    "'edgekd build-engine', or pass the .onnx and let nvinfer build it", plugin,
+                                    "on that machine")
     batch = batch or (io.max_batch or 1)
     if batch < 1 or (io.max_batch is not None and batch > io.max_batch):
         raise EdgekdError(f"--batch {batch} must be between 1 and the engine's profile maximum ({io.max_batch})")

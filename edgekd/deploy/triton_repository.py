@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.atomic import write_bytes_atomic
-from edgekd.deploy.artifact_io import ArtifactIO, TensorSpec, read_artifact_io
+from edgekd.deploy.artifact_io import (PLUGIN_LIBRARY, ArtifactIO, TensorSpec, check_loadable_by_full_tensorrt,
+                                       read_artifact_io)
+from edgekd.deploy.triton_parameters import model_parameters
 from edgekd.errors import EdgekdError
 
 PLATFORMS = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx"}
 MODEL_FILES = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx"}
 DEFAULT_CONTAINER = "nvcr.io/nvidia/tritonserver:25.01-py3"
-PLUGIN_LIBRARY = "libedgekd_plugin.so"
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,9 @@ def _tensor_block(tensors: tuple[TensorSpec, ...]) -> str:
 
 def _parameters(io: ArtifactIO) -> dict[str, str]:
     info = io.info
-    thresholds = info.get("thresholds") or {}
-    return {"edgekd_model": str(info["model"]), "edgekd_precision": str(info.get("precision")),
-            "edgekd_image_threshold": json.dumps(thresholds.get("image")),
-            "edgekd_pixel_threshold": json.dumps(thresholds.get("pixel")),
-            "edgekd_input": json.dumps({k: info["input"][k] for k in ("color", "range", "layout")}),
-            "edgekd_category": str(info.get("category"))}
+    return model_parameters(info["model"], io.input_size, info.get("thresholds"), precision=str(info.get("precision")),
+                            input=json.dumps({k: info["input"][k] for k in ("color", "range", "layout")}),
+                            category=str(info.get("category")))
 
 
 def config_text(io: ArtifactIO, options: RepositoryOptions, max_batch: int) -> str:
@@ -84,16 +82,10 @@ def _check(io: ArtifactIO, options: RepositoryOptions) -> int:
         raise EdgekdError(f"--platform {options.platform} serves {want}, not {io.path.name}")
     if options.kind == "KIND_CPU" and options.platform == "tensorrt":
         raise EdgekdError("a TensorRT engine runs on a GPU only: use --kind gpu, or --platform onnxruntime with the ONNX")
-    if io.kind == "engine":
-        flavour = (io.info.get("tensorrt") or {}).get("flavour")
-        if flavour != "tensorrt":
-            raise EdgekdError(f"{io.path.name} was built by {flavour or 'an unknown TensorRT'}; stock Triton's "
-                              "tensorrt backend loads engines of full TensorRT only: build the engine with TensorRT "
-                              "(inside the Triton container: 'edgekd build-engine MODEL.onnx'), or serve the ONNX with "
-                              "--platform onnxruntime")
-        if io.info.get("fused_op") == "plugin" and options.plugin is None:
-            raise EdgekdError(f"{io.path.name} computes its scoring in the edgekd plugin layer: pass --plugin "
-                              f"{PLUGIN_LIBRARY} (built from engines/plugin/ with the container's TensorRT)")
+    check_loadable_by_full_tensorrt(io, "stock Triton's tensorrt backend loads engines of full TensorRT only: build the "
+                                    "engine with TensorRT (inside the Triton container: 'edgekd build-engine MODEL.onnx'), "
+                                    "or serve the ONNX with --platform onnxruntime", options.plugin,
+                                    "with the container's TensorRT")
     if options.max_batch is not None and options.max_batch < 1:
         raise EdgekdError(f"--max-batch must be at least 1, not {options.max_batch}")
     if io.max_batch is not None:
@@ -137,9 +129,6 @@ def write_repository(artifact: str | Path, repo: str | Path, options: Repository
     target = repo / options.name
     if target.exists() and not overwrite:
         raise EdgekdError(f"{target} already exists: pass --overwrite to replace it, or --name for another model")
-    if options.plugin is not None and not Path(options.plugin).is_file():
-        raise EdgekdError(f"plugin library {options.plugin} does not exist: build it from engines/plugin/ "
-                          "(cmake) and pass its path")
     staging = repo / f".{options.name}.partial"  # built aside, then swapped in: no half-written model is ever served
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -9,13 +9,13 @@ counts that batch's frames as lost and carries on, and the next batch tries agai
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from urllib.parse import urlparse
 
 import numpy as np
 
+from edgekd.deploy.triton_parameters import REQUIRED, read_parameters
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime, RuntimeUnavailable
 
@@ -48,9 +48,7 @@ class TritonClientRuntime(Runtime):
         self.module = client_module
         self._local = threading.local()  # the HTTP client (gevent) must stay in the thread that made it
         params = self._model_parameters(url)
-        info = {"model": params.get("edgekd_model"), "artifact": f"{url}/{model}", "input_size": json.loads(params["edgekd_input_size"]),
-                "thresholds": {"image": json.loads(params["edgekd_image_threshold"]),
-                               "pixel": json.loads(params["edgekd_pixel_threshold"])}}
+        info = {**read_parameters(params), "artifact": f"{url}/{model}"}
         super().__init__(info)
         self.down_since: float | None = None
         self.backoff = 0.0
@@ -84,7 +82,7 @@ class TritonClientRuntime(Runtime):
                               "'edgekd serve ARTIFACT' there, or check the address") from None
         params = {k: (v["string_value"] if isinstance(v, dict) else v.string_value)
                   for k, v in config.get("parameters", {}).items()}
-        missing = [k for k in ("edgekd_input_size", "edgekd_image_threshold", "edgekd_pixel_threshold") if k not in params]
+        missing = [k for k in REQUIRED if k not in params]
         if missing:
             raise EdgekdError(f"model {self.model!r} at {url} is not an edgekd model (no {missing[0]} parameter): serve "
                               "it with 'edgekd serve'")

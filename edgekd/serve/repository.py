@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edgekd.artifacts import read_sidecar
 from edgekd.checkpoint import read_checkpoint
+from edgekd.deploy.triton_parameters import model_parameters
 from edgekd.errors import EdgekdError
 from edgekd.runtime import backend_for
 
@@ -50,10 +51,8 @@ def describe(artifact: str | Path, name: str | None = None, backend: str | None 
 
 def config_text(model: ServedModel, max_batch: int, instances: int, queue_delay_us: int, device: str) -> str:
     h, w = model.input_size
-    params = {"edgekd_artifact": str(model.artifact), "edgekd_backend": model.backend, "edgekd_device": device,
-              "edgekd_model": model.model, "edgekd_image_threshold": json.dumps(model.thresholds.get("image")),
-              "edgekd_pixel_threshold": json.dumps(model.thresholds.get("pixel")),
-              "edgekd_input_size": json.dumps([h, w])}
+    params = model_parameters(model.model, model.input_size, model.thresholds, artifact=str(model.artifact),
+                              backend=model.backend, device=device)
     lines = [f"name: \"{model.name}\"", "backend: \"python\"", f"max_batch_size: {max_batch}",
              "input [",
              f"  {{ name: \"frames\" data_type: TYPE_UINT8 dims: [ {h}, {w}, 3 ] optional: true }},",

@@ -53,7 +53,9 @@ def server_turn(address: str, model: str, frames: np.ndarray, clients: int, seco
     stats_client = grpc.InferenceServerClient(address)
     def counts():
         stats = stats_client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+        success = stats.get("inference_stats", {}).get("success", {})
+        return (int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0)),
+                int(success.get("count", 0)), int(success.get("ns", 0)))
     before = counts()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = time.perf_counter() + seconds
@@ -79,7 +81,13 @@ def server_turn(address: str, model: str, frames: np.ndarray, clients: int, seco
     after = counts()
     everything = [x for per in latencies for x in per]
     images, executions = after[0] - before[0], after[1] - before[1]
+    requests, server_ns = after[2] - before[2], after[3] - before[3]
+    server_ms = server_ns / requests / 1e6 if requests else None  # queue + compute inside Triton, per request
+    per_client = [len(per) / elapsed for per in latencies]
     return {"images_per_s": len(everything) / elapsed, "latency_ms_p50": 1e3 * float(np.median(everything)),
+            "server_ms_per_request": server_ms,
+            "network_and_client_ms": 1e3 * float(np.mean(everything)) - server_ms if server_ms is not None else None,
+            "per_client_images_per_s_min": min(per_client), "per_client_images_per_s_max": max(per_client),
             "latency_ms_p95": 1e3 * float(np.percentile(everything, 95)),
             "server_mean_batch": images / executions if executions else None}
 
@@ -141,10 +149,17 @@ def main() -> int:
              "", f"{report['date']}; {served.model} `{args.artifact.name}` at {h}x{w}; medians of {args.rounds} interleaved "
              f"turns of {args.seconds:g} s. Server clients send one uint8 frame per gRPC request on loopback; the "
              "server, its Python-backend stub and the clients share this machine's cores.", "",
-             "| setup | images/s | x local (1 frame per call) | latency p50 ms | latency p95 ms | server mean batch |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['setup']} | {fmt(r['images_per_s'])} | {r['x_local_1']:.2f} | {fmt(r['latency_ms_p50'])} | "
-              f"{fmt(r['latency_ms_p95'])} | {fmt(r.get('server_mean_batch'), 2)} |" for r in rows]
+             "Per request, the time inside Triton (queue + compute, from its statistics) and the rest of the round "
+             "trip (network, serialisation, the client) are shown apart.", "",
+             "| setup | images/s | x local (1 frame per call) | per client images/s | latency p50 ms | latency p95 ms | "
+             "in Triton ms | network + client ms | server mean batch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    def span(r):
+        low, high = r.get("per_client_images_per_s_min"), r.get("per_client_images_per_s_max")
+        return "n/a" if low is None else f"{low:.1f}-{high:.1f}"
+    lines += [f"| {r['setup']} | {fmt(r['images_per_s'])} | {r['x_local_1']:.2f} | {span(r)} | {fmt(r['latency_ms_p50'])} | "
+              f"{fmt(r['latency_ms_p95'])} | {fmt(r.get('server_ms_per_request'))} | {fmt(r.get('network_and_client_ms'))} | "
+              f"{fmt(r.get('server_mean_batch'), 2)} |" for r in rows]
     write_bytes_atomic(RESULTS / f"{args.name}.md", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
     return 0

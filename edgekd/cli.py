@@ -232,7 +232,16 @@ def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP 
         batch: int = typer.Option(8, min=1, help="Largest micro-batch when frames back up."),
         width: Optional[int] = typer.Option(None, help="Capture width (cameras, CSI)."),
         height: Optional[int] = typer.Option(None, help="Capture height (cameras, CSI)."),
-        fps: Optional[float] = typer.Option(None, help="Capture frame rate (cameras, CSI)."),
+        fps: Optional[float] = typer.Option(None, help="Capture frame rate (cameras, CSI); with --realtime, the rate "
+                                            "a file or folder is played at."),
+        realtime: bool = typer.Option(False, "--realtime", help="Play a video file or image folder at its frame rate "
+                                      "(or --fps), as a camera would deliver it."),
+        serve: Optional[str] = typer.Option(None, "--serve", help="Serve the operator dashboard at HOST:PORT (a port "
+                                            "alone: 127.0.0.1). Anything but loopback needs --token-file."),
+        token_file: Optional[Path] = typer.Option(None, "--token-file", help="File whose first line is the dashboard's "
+                                                  "token; every request must carry it."),
+        token: Optional[str] = typer.Option(None, "--token", help="The dashboard's token itself (visible in the "
+                                            "process list: prefer --token-file)."),
         max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
         stats_every: float = typer.Option(5.0, "--stats-every", min=0.0, help="Seconds between stats lines (0: none)."),
         reconnect_timeout: float = typer.Option(0.0, "--reconnect-timeout", min=0.0,
@@ -250,7 +259,8 @@ def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP 
     run_stream(model=model, server=server, camera=camera, source=source, backend=backend, device=device, show=show,
                save_video=save_video, save_masks=save_masks, jsonl=jsonl, threshold=threshold, min_area=min_area,
                hysteresis=hysteresis, batch=batch, width=width, height=height, fps=fps, max_frames=max_frames,
-               stats_every=stats_every, reconnect_timeout=reconnect_timeout, echo=_echo, truth=truth)
+               stats_every=stats_every, reconnect_timeout=reconnect_timeout, echo=_echo, truth=truth, serve=serve,
+               token=token, token_file=token_file, realtime=realtime)
 
 
 @app.command(help="Set thresholds from good frames of your own camera or clip; writes them into the artifact.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from edgekd.errors import EdgekdError, RunIncomplete
@@ -24,10 +25,13 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
                save_video: Path | None, save_masks: Path | None, jsonl: Path | None, threshold: float | None,
                min_area: int, hysteresis: str, batch: int, width: int | None, height: int | None, fps: float | None,
                max_frames: int | None, stats_every: float, reconnect_timeout: float, echo=print,
-               truth: Path | None = None, server: str | None = None) -> dict:
+               truth: Path | None = None, server: str | None = None, serve: str | None = None,
+               token: str | None = None, token_file: Path | None = None, realtime: bool = False) -> dict:
     from edgekd.runtime import open_runtime
     if (camera is None) == (source is None):
         raise EdgekdError("say where frames come from: exactly one of --camera N or --source (file, folder, URL, csi://N)")
+    if serve is None and (token is not None or token_file is not None):
+        raise EdgekdError("--token and --token-file guard the dashboard: use them with --serve HOST:PORT")
     # Every output place is checked before the model loads (a bad path fails now, not at the first frame).
     if jsonl:
         check_output_file(jsonl, "--jsonl")
@@ -40,71 +44,101 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
     if show:
         WindowSink.check_display()
     settings = CaptureSettings(width, height, fps)
-    if server is not None:
-        if backend:
-            raise EdgekdError("--backend chooses a local runtime; with --server the server's runtime does the inference")
-        from edgekd.runtime.triton_client import TritonClientRuntime
-        runtime = TritonClientRuntime(server, str(model))
-    else:
-        runtime = open_runtime(Path(model), backend, device)
-    try:
-        thresholds = Thresholds.resolve(runtime.thresholds, threshold)
-        stream = open_source(camera if camera is not None else source, settings)
-    except BaseException:
-        runtime.close()  # a TensorRT runtime holds GPU buffers
-        raise
-    runner_ref: list[Runner] = []
-    sinks = []
-    try:
-        if jsonl:
-            sinks.append(JsonlSink(jsonl))
-        if save_masks:
-            sinks.append(MaskSink(save_masks))
-        if save_video:
-            sinks.append(VideoSink(save_video, stream.fps or fps or 25.0))
-        if show:
-            sinks.append(WindowSink(lambda: runner_ref[0].stop("window closed")))
-        verdicts = FrameVerdicts() if truth_frames is not None else None
+    with ExitStack() as cleanup:
+        # The dashboard binds now: a taken port fails before the model loads.
+        dashboard = open_dashboard(serve, token, token_file) if serve is not None else None
+        if dashboard is not None:
+            cleanup.callback(dashboard.close)
+        if server is not None:
+            if backend:
+                raise EdgekdError("--backend chooses a local runtime; with --server the server's runtime does the "
+                                  "inference")
+            from edgekd.runtime.triton_client import TritonClientRuntime
+            runtime = TritonClientRuntime(server, str(model))
+        else:
+            runtime = open_runtime(Path(model), backend, device)
+        try:
+            thresholds = Thresholds.resolve(runtime.thresholds, threshold)
+            stream = open_source(camera if camera is not None else source, settings, realtime)
+        except BaseException:
+            runtime.close()  # a TensorRT runtime holds GPU buffers
+            raise
+        runner_ref: list[Runner] = []
+        sinks = []
+        try:
+            if jsonl:
+                sinks.append(JsonlSink(jsonl))
+            if save_masks:
+                sinks.append(MaskSink(save_masks))
+            if save_video:
+                sinks.append(VideoSink(save_video, stream.fps or settings.fps or 25.0))
+            if show:
+                sinks.append(WindowSink(lambda: runner_ref[0].stop("window closed")))
+            verdicts = FrameVerdicts() if truth_frames is not None else None
+            if verdicts:
+                sinks.append(verdicts)
+            if dashboard is not None:
+                sinks.append(dashboard.board)
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            stream.close()
+            runtime.close()
+            raise
+        options = RunOptions(thresholds, min_area, on_off, batch, max_frames, stats_every, reconnect_timeout)
+        runner = Runner(stream, runtime, sinks, options, log=_log)
+        runner_ref.append(runner)
+        if dashboard is not None:
+            dashboard.board.attach(thresholds, (runner.vmin, runner.vmax), lambda: runner.stats.snapshot(),
+                                   {"model": str(model), "source": stream.description, "backend": runtime.backend})
+            dashboard.start()
+            guarded = " (open it once as /?token=YOUR_TOKEN; scripts send 'Authorization: Bearer YOUR_TOKEN')"
+            _log(f"info: dashboard at {dashboard.url}" + (guarded if dashboard.gate.token else ""))
+
+        def on_signal(number, _frame):
+            if runner.stopping:  # a second Ctrl-C: stop waiting for in-flight frames
+                raise KeyboardInterrupt
+            _log(f"info: {signal.Signals(number).name}: finishing the frames in flight and closing the outputs")
+            runner.stop(signal.Signals(number).name)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        _log(f"info: {stream.description} -> {model} ({runtime.backend}), thresholds image {thresholds.image:.4g} "
+             f"pixel {thresholds.pixel:.4g}; Ctrl-C stops")
+        try:
+            summary = runner.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            runtime.close()
         if verdicts:
-            sinks.append(verdicts)
-    except BaseException:
-        for sink in sinks:
-            sink.close()
-        stream.close()
-        runtime.close()
-        raise
-    options = RunOptions(thresholds, min_area, on_off, batch, max_frames, stats_every, reconnect_timeout)
-    runner = Runner(stream, runtime, sinks, options, log=_log)
-    runner_ref.append(runner)
+            summary["truth"] = compare(truth_frames, verdicts)
+            _log(describe(summary["truth"]))
+        echo(json.dumps({"source": stream.description, "model": str(model), "backend": runtime.backend, **summary}))
+        if summary.get("lost"):
+            outages = summary.get("server_outages_s") or []
+            _log(f"warning: {summary['lost']} frames were lost while {runtime.label} was unavailable"
+                 + (f" ({len(outages)} outage(s), longest {max(outages):.1f} s)" if outages else ""))
+        if summary["lost_outputs"]:
+            lost = summary["lost_outputs"][0]
+            raise RunIncomplete(f"{lost['output']} failed ({lost['error']}), so the run's outputs are incomplete "
+                                "(see lost_outputs in the summary): free space or fix the path and run again")
+        if summary["stopped_by"] and summary["stopped_by"].startswith("SIG"):
+            raise RunIncomplete(f"stopped by {summary['stopped_by']} after {summary['processed']} frames: the outputs hold "
+                                "those frames only", 128 + int(signal.Signals[summary["stopped_by"]]))
+        return summary
 
-    def on_signal(number, _frame):
-        if runner.stopping:  # a second Ctrl-C: stop waiting for in-flight frames
-            raise KeyboardInterrupt
-        _log(f"info: {signal.Signals(number).name}: finishing the frames in flight and closing the outputs")
-        runner.stop(signal.Signals(number).name)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    _log(f"info: {stream.description} -> {model} ({runtime.backend}), thresholds image {thresholds.image:.4g} "
-         f"pixel {thresholds.pixel:.4g}; Ctrl-C stops")
+def open_dashboard(serve: str, token: str | None, token_file: Path | None):
+    """The dashboard of --serve, bound and ready to start; every problem with the address or token is raised here."""
+    from edgekd.dashboard.access import check_exposure, parse_serve_address, read_token
+    from edgekd.dashboard.board import LiveBoard
+    from edgekd.dashboard.server import Dashboard
+    address = parse_serve_address(serve)
+    token = read_token(token, token_file)
+    check_exposure(address, token)
+    board = LiveBoard()
     try:
-        summary = runner.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        runtime.close()
-    if verdicts:
-        summary["truth"] = compare(truth_frames, verdicts)
-        _log(describe(summary["truth"]))
-    echo(json.dumps({"source": stream.description, "model": str(model), "backend": runtime.backend, **summary}))
-    if summary.get("lost"):
-        outages = summary.get("server_outages_s") or []
-        _log(f"warning: {summary['lost']} frames were lost while {runtime.label} was unavailable"
-             + (f" ({len(outages)} outage(s), longest {max(outages):.1f} s)" if outages else ""))
-    if summary["lost_outputs"]:
-        lost = summary["lost_outputs"][0]
-        raise RunIncomplete(f"{lost['output']} failed ({lost['error']}), so the run's outputs are incomplete "
-                            "(see lost_outputs in the summary): free space or fix the path and run again")
-    if summary["stopped_by"] and summary["stopped_by"].startswith("SIG"):
-        raise RunIncomplete(f"stopped by {summary['stopped_by']} after {summary['processed']} frames: the outputs hold "
-                            "those frames only", 128 + int(signal.Signals[summary["stopped_by"]]))
-    return summary
+        return Dashboard(address, token, board)
+    except BaseException:
+        board.close()
+        raise

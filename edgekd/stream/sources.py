@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +178,38 @@ class FolderSource(Source):
         return Read(OK, image, None, path.name) if valid_frame(image) else Read(CORRUPT, name=path.name)
 
 
+class PacedSource(Source):
+    """A file or folder delivered at a frame rate, as a camera would deliver it (`--realtime`): a recorded clip
+    stands in for the line's camera, e.g. to try the dashboard or a service before the camera is mounted."""
+
+    def __init__(self, inner: Source, fps: float):
+        self.inner, self.period = inner, 1.0 / fps
+        self.description = f"{inner.description} at {fps:g} fps"
+        self.started: float | None = None
+        self.delivered = 0
+
+    @property
+    def fps(self) -> float | None:
+        return 1.0 / self.period
+
+    def open(self) -> None:
+        self.inner.open()
+        self.started, self.delivered = None, 0
+
+    def read(self) -> Read:
+        read = self.inner.read()
+        if read.status in (OK, CORRUPT):
+            if self.started is None:
+                self.started = time.monotonic()
+            else:
+                time.sleep(max(0.0, self.started + self.delivered * self.period - time.monotonic()))
+            self.delivered += 1
+        return read
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def csi_pipeline(sensor: int, settings: CaptureSettings) -> str:
     width, height, fps = settings.width or 1920, settings.height or 1080, int(settings.fps or 30)
     return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},"
@@ -192,8 +225,9 @@ def quiet_opencv() -> None:
         logging.setLogLevel(logging.LOG_LEVEL_ERROR)
 
 
-def open_source(spec: str | int, settings: CaptureSettings = CaptureSettings()) -> Source:
-    """'0' or 0 -> camera; csi://N; gst:<pipeline>; rtsp/http/... -> stream; a folder; a video file."""
+def open_source(spec: str | int, settings: CaptureSettings = CaptureSettings(), realtime: bool = False) -> Source:
+    """'0' or 0 -> camera; csi://N; gst:<pipeline>; rtsp/http/... -> stream; a folder; a video file. `realtime`
+    paces a file or folder at --fps (or the file's own rate)."""
     quiet_opencv()
     text = str(spec).strip()
     if re.fullmatch(r"\d+", text):
@@ -225,5 +259,13 @@ def open_source(spec: str | int, settings: CaptureSettings = CaptureSettings()) 
         else:
             raise EdgekdError(f"source '{text}' is neither a camera index, a stream URL (rtsp://, http://), csi://N, "
                               "gst:..., a folder nor an existing video file")
+    if realtime and source.live:
+        raise EdgekdError(f"--realtime paces files and folders; {source.description} already delivers in real time")
     source.open()
+    if realtime:
+        fps = settings.fps or source.fps
+        if not fps:
+            source.close()
+            raise EdgekdError(f"{source.description} has no frame rate of its own: give --realtime a rate with --fps")
+        source = PacedSource(source, fps)
     return source

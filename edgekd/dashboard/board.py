@@ -1,0 +1,235 @@
+"""What the dashboard shows, kept current by the runner as one more sink: the newest frame, the score history, the
+verdict and the recent defect frames.
+
+The sinks thread must never wait for a browser, so `write()` only swaps references under a lock. Annotating and
+JPEG encoding happen in the board's own thread: the live picture only while someone watches it, at most
+`stream_fps` times a second; a defect frame once when its defect starts and then at most once a second while it
+lasts (a defect seen for 10 s is 10 pictures, not 300).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edgekd.stream.sinks import Result, Sink, annotate
+
+HISTORY_S = 300.0  # the score chart's memory
+GALLERY_SIZE = 24
+SHOT_EVERY_S = 1.0  # one gallery picture per second of a lasting defect
+STREAM_FPS = 10.0  # the live picture's rate; the detector runs at its own
+MAX_WIDTH = 960  # pictures are scaled down to this width before encoding
+THUMB_WIDTH = 240
+JPEG_QUALITY = 80
+
+
+@dataclass
+class DefectShot:
+    id: int
+    frame: int
+    time: float
+    score: float
+    regions: list
+    name: str | None
+    image: bytes  # annotated JPEG
+    thumb: bytes
+
+    def describe(self) -> dict:
+        return {"id": self.id, "frame": self.frame, "time": round(self.time, 3), "score": round(self.score, 6),
+                "regions": self.regions, **({"file": self.name} if self.name else {}),
+                "image": f"/api/defects/{self.id}.jpg", "thumb": f"/api/defects/{self.id}.thumb.jpg"}
+
+
+def encode_jpeg(picture: np.ndarray, width: int) -> bytes:
+    if picture.shape[1] > width:
+        height = max(1, round(picture.shape[0] * width / picture.shape[1]))
+        picture = cv2.resize(picture, (width, height), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return data.tobytes()
+
+
+class LiveBoard(Sink):
+    name = "--serve"
+
+    def __init__(self, stream_fps: float = STREAM_FPS, history_s: float = HISTORY_S, gallery_size: int = GALLERY_SIZE):
+        self.stream_period = 1.0 / stream_fps
+        self.history_s = history_s
+        self.changed = threading.Condition()
+        self.latest: Result | None = None
+        self.latest_picture: np.ndarray | None = None  # the annotated frame, when another sink already drew it
+        self.history: deque[tuple[int, float, float, bool]] = deque()  # frame, time, score, verdict
+        self.gallery: deque[DefectShot] = deque(maxlen=gallery_size)
+        self.pending_shots: deque[tuple[Result, np.ndarray | None]] = deque(maxlen=4)  # newest win when behind
+        self.last_shot_at: float | None = None
+        self.frame_jpeg: tuple[int, bytes] | None = None  # (frame index, JPEG) of the live picture
+        self.viewers = 0
+        self.started = time.monotonic()
+        self.last_frame_at: float | None = None  # monotonic time of the newest result
+        self.finished = False
+        self.thresholds = None  # Thresholds of the run, set by attach()
+        self.colour = (0.0, 1.0)  # the runner's heatmap scale, so the dashboard's pictures match its video
+        self._stats = lambda: None  # the runner's current stats snapshot
+        self.context: dict = {}  # model, source, backend: what the page names
+        self._encoder = threading.Thread(target=self._encode_loop, name="edgekd-dashboard", daemon=True)
+        self._encoder.start()
+
+    def attach(self, thresholds, colour: tuple[float, float], stats, context: dict) -> None:
+        """What the board learns from the run before its first frame: the thresholds, the heatmap's colour scale,
+        a callable giving the stats snapshot, and what to call the model and source on the page."""
+        self.thresholds, self.colour, self._stats, self.context = thresholds, colour, stats, context
+
+    # -- the sink side (runner's sinks thread) -------------------------------------------------------------------
+    def write(self, result: Result, overlay_bgr: np.ndarray | None) -> None:
+        with self.changed:
+            self.latest, self.latest_picture = result, overlay_bgr
+            self.last_frame_at = time.monotonic()
+            self.history.append((result.index, result.timestamp, result.score, result.verdict))
+            while self.history and self.history[0][1] < result.timestamp - self.history_s:
+                self.history.popleft()
+            if result.verdict:
+                starts = len(self.history) < 2 or not self.history[-2][3]
+                if starts or self.last_shot_at is None or result.timestamp - self.last_shot_at >= SHOT_EVERY_S:
+                    self.pending_shots.append((result, overlay_bgr))
+                    self.last_shot_at = result.timestamp
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.changed:
+            self.finished = True
+            self.changed.notify_all()
+
+    # -- the encoder thread ---------------------------------------------------------------------------------------
+    def _picture(self, result: Result, drawn: np.ndarray | None) -> np.ndarray:
+        if drawn is not None:
+            return drawn
+        return annotate(result, *self.colour)
+
+    def _encode_loop(self) -> None:
+        next_frame_at, shot_id = 0.0, 0
+        while True:
+            with self.changed:
+                while True:
+                    if self.pending_shots:
+                        job = ("shot", *self.pending_shots.popleft())
+                        break
+                    wanted = self.viewers > 0 and self.latest is not None and \
+                        (self.frame_jpeg is None or self.frame_jpeg[0] != self.latest.index)
+                    wait = next_frame_at - time.monotonic()
+                    if wanted and wait <= 0:
+                        job = ("frame", self.latest, self.latest_picture)
+                        break
+                    if self.finished and not self.pending_shots:
+                        return
+                    self.changed.wait(timeout=wait if wanted else 0.5)
+            kind, result, drawn = job
+            try:
+                picture = self._picture(result, drawn)
+                if kind == "shot":
+                    shot_id += 1
+                    shot = DefectShot(shot_id, result.index, result.timestamp, result.score,
+                                      [r.to_dict() for r in result.regions], result.name,
+                                      encode_jpeg(picture, MAX_WIDTH), encode_jpeg(picture, THUMB_WIDTH))
+                    with self.changed:
+                        self.gallery.append(shot)
+                else:
+                    next_frame_at = time.monotonic() + self.stream_period
+                    data = encode_jpeg(picture, MAX_WIDTH)
+                    with self.changed:
+                        self.frame_jpeg = (result.index, data)
+                        self.changed.notify_all()
+            except (cv2.error, ValueError):
+                continue  # one picture that cannot be drawn is skipped; detection is not the board's business
+
+    # -- the server side (request threads) -------------------------------------------------------------------------
+    def watch(self):
+        """Context manager for a stream client: while any is open, the live picture is encoded."""
+        board = self
+
+        class _Watching:
+            def __enter__(self):
+                with board.changed:
+                    board.viewers += 1
+                    board.changed.notify_all()
+                return board
+
+            def __exit__(self, *exc):
+                with board.changed:
+                    board.viewers -= 1
+        return _Watching()
+
+    def next_frame(self, after: int, timeout: float) -> tuple[int, bytes] | None:
+        """The next live JPEG newer than frame `after`; None when none came in `timeout` s or the run is over."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while self.frame_jpeg is None or self.frame_jpeg[0] <= after:
+                left = deadline - time.monotonic()
+                if self.finished or left <= 0:
+                    return None
+                self.changed.wait(timeout=left)
+            return self.frame_jpeg
+
+    def current_jpeg(self) -> bytes | None:
+        """The newest frame as a JPEG, drawn now if the stream has not (no one watching)."""
+        with self.changed:
+            result, drawn, cached = self.latest, self.latest_picture, self.frame_jpeg
+        if result is None:
+            return None
+        if cached is not None and cached[0] == result.index:
+            return cached[1]
+        return encode_jpeg(self._picture(result, drawn), MAX_WIDTH)
+
+    def stats(self) -> dict | None:
+        return self._stats()
+
+    def status(self) -> dict:
+        with self.changed:
+            result, age = self.latest, self.frame_age()
+            viewers, finished = self.viewers, self.finished
+        thresholds = self.thresholds
+        return {**self.context, "running": not finished,
+                "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel} if thresholds else None,
+                "frame": result.index if result else None, "time": round(result.timestamp, 3) if result else None,
+                "score": round(result.score, 6) if result else None,
+                "verdict": ("defect" if result.verdict else "ok") if result else None,
+                "regions": [r.to_dict() for r in result.regions] if result else [],
+                "last_frame_age_s": None if age is None else round(age, 3), "viewers": viewers, "stats": self.stats()}
+
+    def scores(self, since: int = -1) -> dict:
+        with self.changed:
+            points = [[f, round(t, 3), round(s, 6), int(v)] for f, t, s, v in self.history if f > since]
+        thresholds = self.thresholds
+        return {"threshold": thresholds.image if thresholds else None, "window_s": self.history_s, "points": points}
+
+    def defects(self) -> list[dict]:
+        with self.changed:
+            return [shot.describe() for shot in reversed(self.gallery)]
+
+    def defect_picture(self, shot_id: int, thumb: bool) -> bytes | None:
+        with self.changed:
+            for shot in self.gallery:
+                if shot.id == shot_id:
+                    return shot.thumb if thumb else shot.image
+        return None
+
+    def frame_age(self) -> float | None:
+        return None if self.last_frame_at is None else time.monotonic() - self.last_frame_at
+
+    def health(self, stall_s: float) -> tuple[bool, dict]:
+        """Healthy while frames flow, or while the run is younger than `stall_s` (the first frame takes a moment)."""
+        with self.changed:
+            age, finished = self.frame_age(), self.finished
+        if finished:
+            state = "finished"
+        elif age is None:
+            state = "starting" if time.monotonic() - self.started < stall_s else "stalled"
+        else:
+            state = "ok" if age < stall_s else "stalled"
+        return state in ("ok", "starting"), {"status": state,
+                                             "last_frame_age_s": None if age is None else round(age, 3)}

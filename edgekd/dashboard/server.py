@@ -1,0 +1,200 @@
+"""The dashboard's HTTP server: a thread per request (the MJPEG stream holds one per viewer), GET and HEAD only.
+
+Nothing here can change the model or write a file: every route reads the board, and the static assets are a fixed
+list shipped inside the package (no CDN, no path taken from the request).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import socket
+import threading
+from collections import Counter
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from urllib.parse import parse_qs, urlsplit
+
+from edgekd.dashboard.access import Gate, ServeAddress
+from edgekd.dashboard.board import LiveBoard
+from edgekd.dashboard.metrics import metrics_registry, render
+from edgekd.errors import EdgekdError
+
+ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
+          "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+          "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
+BOUNDARY = "edgekd-frame"
+STALL_S = 10.0  # /healthz turns 503 when no frame was scored for this long
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("edgekd.dashboard").joinpath("static", name).read_bytes()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a viewer's stream never keeps the process alive
+    allow_reuse_address = True
+
+    def __init__(self, address: ServeAddress, app: "Dashboard"):
+        self.address_family = address.family
+        self.app = app
+        super().__init__((address.host, address.port), _Handler)
+
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:  # '::' serves IPv6 only; say so rather than guess dual stack
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+
+class Dashboard:
+    """Binds at construction (a taken port fails before the model loads); serves from start() until close()."""
+
+    def __init__(self, address: ServeAddress, token: str | None, board: LiveBoard):
+        self.address, self.board, self.gate = address, board, Gate(address, token)
+        self.requests: Counter = Counter()  # outcome -> count, for /metrics
+        self.registry = metrics_registry(board, self.requests)
+        self.assets = {path: (_asset(name), kind) for path, (name, kind) in ASSETS.items()}
+        try:
+            self.server = _Server(address, self)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EdgekdError(f"--serve {address.host}:{address.port}: that port is in use (another edgekd run?): "
+                                  "pick another port, or stop what holds it (ss -ltnp)") from None
+            if exc.errno == errno.EACCES:
+                raise EdgekdError(f"--serve {address.host}:{address.port}: ports below 1024 need root: use a port "
+                                  "such as 8080") from None
+            raise EdgekdError(f"--serve {address.host}:{address.port}: cannot listen there ({exc.strerror}): use "
+                              "127.0.0.1 or an address of this machine") from None
+        self.port = self.server.server_address[1]
+        self.url = address.url(self.port)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="edgekd-dashboard-http", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.board.close()  # ends the streams
+        if self._thread is not None:
+            self.server.shutdown()
+            self._thread.join(timeout=5.0)
+        self.server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "edgekd"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def app(self) -> Dashboard:
+        return self.server.app
+
+    def log_message(self, format, *args):  # the runner's stderr is for the line, not for page loads
+        pass
+
+    # -- answering ------------------------------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, kind: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        for name, value in {**SECURITY_HEADERS, "Content-Type": kind, "Content-Length": str(len(body)),
+                            "Cache-Control": "no-store", **(headers or {})}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, value, status: int = 200) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json")
+
+    def _text(self, status: int, text: str) -> None:
+        self._send(status, (text + "\n").encode(), "text/plain; charset=utf-8")
+
+    def _refuse(self, status: int, text: str, outcome: str) -> None:
+        self.app.requests[outcome] += 1
+        self._text(status, text)
+
+    # -- methods --------------------------------------------------------------------------------------------------
+    def do_GET(self):
+        url = urlsplit(self.path)
+        if url.path == "/" and url.query and self.app.gate.token_in_query(url.query):
+            self.app.requests["ok"] += 1  # first visit with the token: keep it in a cookie, out of the address bar
+            self._send(303, b"", "text/plain", {"Location": "/", "Set-Cookie": self.app.gate.cookie()})
+            return
+        if not self.app.gate.allows(self.headers):
+            self._refuse(401, "edgekd dashboard: a token is required (open /?token=... once, or send 'Authorization: "
+                              "Bearer ...')" if self.app.gate.token else "edgekd dashboard: serve only under a "
+                              "loopback name (127.0.0.1, localhost)", "refused")
+            return
+        try:
+            self._route(url.path, parse_qs(url.query))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the viewer went away
+
+    do_HEAD = do_GET
+
+    def _not_allowed(self):
+        self._refuse(405, "edgekd dashboard is read-only: GET only", "not_allowed")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+    def _route(self, path: str, query: dict) -> None:
+        board = self.app.board
+        self.app.requests["ok"] += 1
+        if path in self.app.assets:
+            self._send(200, *self.app.assets[path])
+        elif path == "/stream.mjpg":
+            self._stream()
+        elif path == "/api/status":
+            self._json(board.status())
+        elif path == "/api/scores":
+            since = (query.get("since") or ["-1"])[0]
+            self._json(board.scores(int(since) if re.fullmatch(r"-?\d+", since) else -1))
+        elif path == "/api/defects":
+            self._json({"defects": board.defects()})
+        elif path == "/api/frame.jpg":
+            picture = board.current_jpeg()
+            self._send(200, picture, "image/jpeg") if picture else self._text(404, "no frame yet")
+        elif match := re.fullmatch(r"/api/defects/(\d+)(\.thumb)?\.jpg", path):
+            picture = board.defect_picture(int(match.group(1)), bool(match.group(2)))
+            self._send(200, picture, "image/jpeg") if picture else self._text(404, "no such defect picture (the "
+                                                                               "gallery keeps the newest ones)")
+        elif path == "/metrics":
+            self._send(200, render(self.app.registry), "text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/healthz":
+            healthy, detail = board.health(STALL_S)
+            self._json(detail, 200 if healthy else 503)
+        else:
+            self.app.requests["ok"] -= 1
+            self._refuse(404, f"no page {path}: see / for the dashboard", "not_found")
+
+    def _stream(self) -> None:
+        """multipart/x-mixed-replace: each part a JPEG; browsers show it in a plain <img>."""
+        self.send_response(200)
+        for name, value in {**SECURITY_HEADERS, "Cache-Control": "no-store",
+                            "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}"}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.close_connection = True  # the stream ends the connection (no Content-Length to frame it)
+        if self.command == "HEAD":
+            return
+        last = -1
+        with self.app.board.watch() as board:
+            while True:
+                frame = board.next_frame(last, timeout=5.0)
+                if frame is None:
+                    if board.finished:
+                        return
+                    continue  # no new frame yet (a paused line): keep the connection
+                last, data = frame
+                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"
+                                 f"X-Frame: {last}\r\n\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()

@@ -181,3 +181,14 @@ def test_damaged_or_hostile_bundles_are_refused(onnx_exports, tmp_path):
     shutil.copyfile(onnx_exports["fp32"], lonely)
     with pytest.raises(EdgekdError, match="has no sidecar"):
         write_bundle(lonely, tmp_path / "lonely.tar.gz")
+
+
+def test_example_env_dashboard_line_is_what_edgekd_run_takes(tmp_path):
+    """The commented DASHBOARD= line, as systemd splits $DASHBOARD, reaches the dashboard's own checks."""
+    line = next(l for l in (JETSON / "example.env").read_text().splitlines() if l.startswith("#DASHBOARD=--serve"))
+    words = line.split("=", 1)[1].split()
+    words[words.index("--token-file") + 1] = str(tmp_path / "dashboard.token")  # not there: the check must say so
+    result = subprocess.run([os.sys.executable, "-m", "edgekd", "run", "--model", str(tmp_path / "m.onnx"),
+                             "--source", str(tmp_path), *words], capture_output=True, text=True)
+    assert result.returncode != 0 and "dashboard.token does not exist" in result.stderr, result.stderr
+    assert "$DASHBOARD" in (JETSON / "edgekd@.service").read_text()

@@ -226,7 +226,7 @@ def test_every_request_without_the_token_is_refused(guarded):
     assert guarded.request("/api/status", headers={"Cookie": f"theme=dark; edgekd_token={TOKEN}"})[0].status == 200
     response, body = guarded.request("/healthz", headers=bearer)
     assert response.status == 200 and json.loads(body)["status"] == "starting"
-    assert guarded.dashboard.requests["refused"] == 21
+    assert guarded.dashboard.request_counts()["refused"] == 21
 
 
 def test_the_dashboard_is_read_only_and_self_contained(guarded):
@@ -343,6 +343,16 @@ class _Lines:
         raise AssertionError(f"no line matching {pattern!r} in: {''.join(self.lines)}")
 
 
+def _wait_in_page(page, expression: str, timeout: int) -> None:
+    """Polls `expression` through the DevTools protocol. (Playwright's wait_for_function evaluates its predicate
+    with eval() inside the page, which the dashboard's Content-Security-Policy rightly forbids.)"""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page never satisfied: {expression}")
+        time.sleep(0.1)
+
+
 def _metric(text: str, name: str) -> float:
     return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
@@ -390,9 +400,9 @@ def test_the_page_in_chromium_follows_a_run(onnx_exports, synth_root, tmp_path):
                 page.on("pageerror", lambda error: errors.append(str(error)))
                 page.goto(f"{base}?token={TOKEN}")
                 assert page.url == base  # the token moved into a cookie
-                page.wait_for_function("document.getElementById('frame').textContent !== '-'", timeout=30_000)
+                _wait_in_page(page, "document.getElementById('frame').textContent !== '-'", timeout=30_000)
                 # the stream: the picture drawn now and a second later differ, because the line moved on
-                page.wait_for_function("document.getElementById('stream').naturalWidth > 0", timeout=30_000)
+                _wait_in_page(page, "document.getElementById('stream').naturalWidth > 0", timeout=30_000)
                 sample = """() => { const img = document.getElementById('stream'); const c = document.createElement('canvas');
                     c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');
                     g.drawImage(img, 0, 0); return Array.from(g.getImageData(0, 0, c.width, c.height).data
@@ -411,7 +421,7 @@ def test_the_page_in_chromium_follows_a_run(onnx_exports, synth_root, tmp_path):
                 shown = [int(f) for f in page.eval_on_selector_all("#gallery img", "els => els.map(e => e.dataset.frame)")]
                 assert shown and set(shown) <= set(BROWSER_DEFECTS), shown
                 page.click("#gallery figure")
-                page.wait_for_function("!document.getElementById('viewer').hidden && "
+                _wait_in_page(page, "!document.getElementById('viewer').hidden && "
                                        "document.getElementById('viewer-image').naturalWidth > 0", timeout=10_000)
                 assert f"frame {shown[0]}" in page.text_content("#viewer-caption")
                 # /metrics counts frames as they go

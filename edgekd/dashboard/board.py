@@ -101,9 +101,13 @@ class LiveBoard(Sink):
             self.changed.notify_all()
 
     def close(self) -> None:
+        """Ends the streams and waits for the encoder: it must not be inside OpenCV when the interpreter exits
+        (a thread still drawing there at exit can abort the process)."""
         with self.changed:
             self.finished = True
             self.changed.notify_all()
+        if threading.current_thread() is not self._encoder:
+            self._encoder.join(timeout=5.0)
 
     # -- the encoder thread ---------------------------------------------------------------------------------------
     def _picture(self, result: Result, drawn: np.ndarray | None) -> np.ndarray:
@@ -175,15 +179,19 @@ class LiveBoard(Sink):
                 self.changed.wait(timeout=left)
             return self.frame_jpeg
 
-    def current_jpeg(self) -> bytes | None:
-        """The newest frame as a JPEG, drawn now if the stream has not (no one watching)."""
+    def current_jpeg(self, timeout: float = 5.0) -> bytes | None:
+        """The newest frame as a JPEG. Drawn by the encoder thread like the stream's (request threads never call
+        OpenCV): this request watches for one frame."""
         with self.changed:
-            result, drawn, cached = self.latest, self.latest_picture, self.frame_jpeg
-        if result is None:
-            return None
-        if cached is not None and cached[0] == result.index:
-            return cached[1]
-        return encode_jpeg(self._picture(result, drawn), MAX_WIDTH)
+            if self.latest is None:
+                return None
+            newest = self.latest.index
+        with self.watch():
+            frame = self.next_frame(newest - 1, timeout)
+        if frame is None:
+            with self.changed:
+                return self.frame_jpeg[1] if self.frame_jpeg else None
+        return frame[1]
 
     def stats(self) -> dict | None:
         return self._stats()

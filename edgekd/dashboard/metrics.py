@@ -20,8 +20,8 @@ COUNTERS = {
 
 
 class RunCollector:
-    def __init__(self, board, requests: dict):
-        self.board, self.requests = board, requests
+    def __init__(self, board, request_counts):
+        self.board, self.request_counts = board, request_counts  # request_counts(): {outcome: count}, a copy
 
     def collect(self):
         status = self.board.status()
@@ -57,14 +57,14 @@ class RunCollector:
                                     value=status["last_frame_age_s"])
         yield GaugeMetricFamily("edgekd_dashboard_viewers", "Open live streams.", value=status["viewers"])
         answered = CounterMetricFamily("edgekd_dashboard_requests", "Dashboard requests, by outcome.", labels=["outcome"])
-        for outcome, count in sorted(self.requests.items()):
+        for outcome, count in sorted(self.request_counts().items()):
             answered.add_metric([outcome], count)
         yield answered
 
 
-def metrics_registry(board, requests: dict) -> CollectorRegistry:
+def metrics_registry(board, request_counts) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RunCollector(board, requests))
+    registry.register(RunCollector(board, request_counts))
     return registry
 
 

@@ -25,6 +25,7 @@ from edgekd.errors import EdgekdError
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
           "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
           "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
+ROUTES = ("/stream.mjpg", "/api/status", "/api/scores", "/api/defects", "/api/frame.jpg", "/metrics", "/healthz")
 BOUNDARY = "edgekd-frame"
 STALL_S = 10.0  # /healthz turns 503 when no frame was scored for this long
 SECURITY_HEADERS = {
@@ -60,7 +61,8 @@ class Dashboard:
     def __init__(self, address: ServeAddress, token: str | None, board: LiveBoard):
         self.address, self.board, self.gate = address, board, Gate(address, token)
         self.requests: Counter = Counter()  # outcome -> count, for /metrics
-        self.registry = metrics_registry(board, self.requests)
+        self._count_lock = threading.Lock()
+        self.registry = metrics_registry(board, self.request_counts)
         self.assets = {path: (_asset(name), kind) for path, (name, kind) in ASSETS.items()}
         try:
             self.server = _Server(address, self)
@@ -76,6 +78,14 @@ class Dashboard:
         self.port = self.server.server_address[1]
         self.url = address.url(self.port)
         self._thread: threading.Thread | None = None
+
+    def count(self, outcome: str) -> None:
+        with self._count_lock:
+            self.requests[outcome] += 1
+
+    def request_counts(self) -> dict:
+        with self._count_lock:
+            return dict(self.requests)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -119,14 +129,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, (text + "\n").encode(), "text/plain; charset=utf-8")
 
     def _refuse(self, status: int, text: str, outcome: str) -> None:
-        self.app.requests[outcome] += 1
+        self.app.count(outcome)
         self._text(status, text)
 
     # -- methods --------------------------------------------------------------------------------------------------
     def do_GET(self):
         url = urlsplit(self.path)
         if url.path == "/" and url.query and self.app.gate.token_in_query(url.query):
-            self.app.requests["ok"] += 1  # first visit with the token: keep it in a cookie, out of the address bar
+            self.app.count("ok")  # first visit with the token: keep it in a cookie, out of the address bar
             self._send(303, b"", "text/plain", {"Location": "/", "Set-Cookie": self.app.gate.cookie()})
             return
         if not self.app.gate.allows(self.headers):
@@ -148,7 +158,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, path: str, query: dict) -> None:
         board = self.app.board
-        self.app.requests["ok"] += 1
+        picture_route = re.fullmatch(r"/api/defects/(\d+)(\.thumb)?\.jpg", path)
+        if path not in self.app.assets and path not in ROUTES and not picture_route:
+            self._refuse(404, f"no page {path}: see / for the dashboard", "not_found")
+            return
+        self.app.count("ok")
         if path in self.app.assets:
             self._send(200, *self.app.assets[path])
         elif path == "/stream.mjpg":
@@ -163,8 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/frame.jpg":
             picture = board.current_jpeg()
             self._send(200, picture, "image/jpeg") if picture else self._text(404, "no frame yet")
-        elif match := re.fullmatch(r"/api/defects/(\d+)(\.thumb)?\.jpg", path):
-            picture = board.defect_picture(int(match.group(1)), bool(match.group(2)))
+        elif picture_route:
+            picture = board.defect_picture(int(picture_route.group(1)), bool(picture_route.group(2)))
             self._send(200, picture, "image/jpeg") if picture else self._text(404, "no such defect picture (the "
                                                                                "gallery keeps the newest ones)")
         elif path == "/metrics":
@@ -172,9 +186,6 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/healthz":
             healthy, detail = board.health(STALL_S)
             self._json(detail, 200 if healthy else 503)
-        else:
-            self.app.requests["ok"] -= 1
-            self._refuse(404, f"no page {path}: see / for the dashboard", "not_found")
 
     def _stream(self) -> None:
         """multipart/x-mixed-replace: each part a JPEG; browsers show it in a plain <img>."""

@@ -3,6 +3,7 @@
 "use strict";
 
 const POLL_MS = 500;
+const MIN_SPAN_S = 30;  // a young run fills at least this much of the chart instead of a sliver at its right edge
 const GALLERY_POLL_MS = 1000;
 const state = { points: [], lastFrame: -1, threshold: null, windowS: 120, galleryIds: "", running: true };
 
@@ -75,11 +76,13 @@ function drawChart() {
   const colour = (name) => style.getPropertyValue(name).trim();
   const pad = { left: 44, right: 8, top: 8, bottom: 20 };
   const now = state.points.length ? state.points[state.points.length - 1][1] : Date.now() / 1000;
-  const since = now - state.windowS;
+  const span = state.points.length ? Math.min(state.windowS, Math.max(MIN_SPAN_S, now - state.points[0][1]))
+    : state.windowS;
+  const since = now - span;
   const shown = state.points.filter((p) => p[1] >= since);
   canvas.dataset.points = shown.length;
   let top = Math.max(state.threshold || 0, ...shown.map((p) => p[2])) * 1.1 || 1;
-  const x = (t) => pad.left + (width - pad.left - pad.right) * (t - since) / state.windowS;
+  const x = (t) => pad.left + (width - pad.left - pad.right) * (t - since) / span;
   const y = (v) => pad.top + (height - pad.top - pad.bottom) * (1 - Math.min(v, top) / top);
   // axes and labels
   g.strokeStyle = colour("--line");
@@ -94,17 +97,21 @@ function drawChart() {
     g.stroke();
     g.fillText(value.toFixed(2), 4, y(value) + 4);
   }
-  g.fillText(`-${state.windowS} s`, pad.left, height - 4);
+  g.fillText(`-${Math.round(span)} s`, pad.left, height - 4);
   g.fillText("now", width - pad.right - 22, height - 4);
   // the score, green where good, red where the verdict was DEFECT
-  for (let i = 1; i < shown.length; i++) {
-    const [, t0, v0] = shown[i - 1], [, t1, v1, defect] = shown[i];
-    g.strokeStyle = colour(defect ? "--defect" : "--ok");
-    g.lineWidth = defect ? 2.5 : 1.5;
-    g.beginPath();
-    g.moveTo(x(t0), y(v0));
-    g.lineTo(x(t1), y(v1));
-    g.stroke();
+  g.strokeStyle = colour("--ok");
+  g.lineWidth = 1.5;
+  g.beginPath();
+  shown.forEach(([, t, v], i) => (i ? g.lineTo(x(t), y(v)) : g.moveTo(x(t), y(v))));
+  g.stroke();
+  g.fillStyle = colour("--defect");
+  for (const [, t, v, defect] of shown) {
+    if (defect) {
+      g.beginPath();
+      g.arc(x(t), y(v), 3, 0, 2 * Math.PI);
+      g.fill();
+    }
   }
   if (state.threshold !== null) {
     g.strokeStyle = colour("--threshold");

@@ -47,12 +47,14 @@ def probe_memory(row: Row, device: str) -> None:
 
 
 def interleaved_timing(rows: list[Row], runtimes: dict, images: np.ndarray, rounds: int, seconds_per_turn: float,
-                       progress=None, task=None) -> None:
-    """Each round gives every row one turn of about `seconds_per_turn`; the latency of every call is kept."""
+                       progress=None, task=None, between_rounds=lambda: None) -> None:
+    """Each round gives every row one turn of about `seconds_per_turn`; the latency of every call is kept.
+    `between_rounds` may raise to stop (Ctrl-C)."""
     samples: dict = {row.key: [] for row in rows}
     round_medians: dict = {row.key: [] for row in rows}
     batches = {row.key: batch_input(images, row.batch) for row in rows}
     for _ in range(rounds):
+        between_rounds()
         for row in rows:
             runtime, batch = runtimes[row.key], batches[row.key]
             turn, turn_ends = [], time.perf_counter() + seconds_per_turn

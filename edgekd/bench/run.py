@@ -6,6 +6,8 @@ the others go on. Ctrl-C stops the measuring; the report then holds the rows fin
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +63,41 @@ def _sample_images(data: Path, category: str | None, size: tuple[int, int]):
     return load_images(load_dataset(data, category).test[:32], size)
 
 
+class CtrlC:
+    """Ctrl-C stops the measuring. The handler raises KeyboardInterrupt as Python's own does, and also remembers
+    the request: if a library swallows the exception (once seen in CI, where the run then went on to its end), the
+    request is still honoured at the next check between phases, rows and rounds."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> "CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Path, progress=None,
                   log=lambda text: None) -> Outcome:
+    with CtrlC() as ctrl_c:
+        return _run_benchmark(models, settings, out, cache, progress, log, ctrl_c)
+
+
+def _run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Path, progress, log,
+                   ctrl_c: CtrlC) -> Outcome:
     from edgekd.runtime import open_runtime
     started, clock = time.strftime("%Y-%m-%d %H:%M:%S%z"), time.monotonic()
     rows = plan_rows(models, settings.backends, settings.precisions, settings.batches)
@@ -81,6 +116,7 @@ def run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Pat
     try:
         task = progress.add_task("prepare", total=len(groups)) if progress else None
         for (_, backend, precision), members in groups.items():
+            ctrl_c.check()
             model = members[0].model
             try:
                 if model.error is not None:
@@ -111,6 +147,7 @@ def run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Pat
             images = _sample_images(*dataset_of(sampled), runtimes[ready[0].key].input_size)
             task = progress.add_task("warm up", total=len(ready)) if progress else None
             for row in list(ready):
+                ctrl_c.check()
                 try:
                     warm_up(row, runtimes[row.key], images)
                 except Exception as exc:  # a runtime that fails on this batch size fails its row only
@@ -120,14 +157,17 @@ def run_benchmark(models: list[Model], settings: Settings, out: Path, cache: Pat
                     progress.advance(task)
             task = progress.add_task("memory (a process per row)", total=len(ready)) if progress else None
             for row in ready:
+                ctrl_c.check()
                 probe_memory(row, settings.device)
                 if progress:
                     progress.advance(task)
             task = progress.add_task("timing (interleaved)", total=settings.rounds * len(ready)) if progress else None
-            interleaved_timing(ready, runtimes, images, settings.rounds, settings.seconds_per_turn, progress, task)
+            interleaved_timing(ready, runtimes, images, settings.rounds, settings.seconds_per_turn, progress, task,
+                               between_rounds=ctrl_c.check)
             measured_accuracy: dict = {}
             task = progress.add_task("accuracy", total=len(ready)) if progress and settings.accuracy else None
             for row in ready if settings.accuracy else []:
+                ctrl_c.check()
                 group = (row.model.name, row.backend, row.precision)
                 if group not in measured_accuracy:
                     data, category = dataset_of(row.model)

@@ -42,11 +42,11 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 @contextlib.contextmanager
 def branch_setting(model, memory_weight: float | None = None, distill_off: bool = False, memory_off: bool = False,
-                   score: str | None = None, scales: torch.Tensor | None = None):
+                   score: str | None = None, scales: torch.Tensor | None = None, colour_off: bool = False):
     """Temporarily weight the branches of a detector with a patch memory, or score images another way (an
     ablation of one checkpoint)."""
     saved = (model.memory_weight, model.patch_memory, model.patch_memory.branch_scales.clone()
-             if model.patch_memory is not None else None, model.scorer.config)
+             if model.patch_memory is not None else None, model.scorer.config, getattr(model, "colour", None))
     try:
         if score is not None:
             model.scorer.config = dataclasses.replace(model.scorer.config, score=score)
@@ -58,9 +58,13 @@ def branch_setting(model, memory_weight: float | None = None, distill_off: bool 
             model.patch_memory.branch_scales[0] = math.inf  # distill_map / inf = 0
         if memory_off:
             model.patch_memory = None
+        if colour_off:
+            model.colour = None
         yield
     finally:
         model.memory_weight, model.patch_memory, model.scorer.config = saved[0], saved[1], saved[3]
+        if hasattr(model, "colour"):
+            model.colour = saved[4]
         if saved[2] is not None:
             model.patch_memory.branch_scales.copy_(saved[2])
 
@@ -74,7 +78,8 @@ def variants(model, maxima: tuple[torch.Tensor, torch.Tensor] | None = None) -> 
         other = next(b for b in BALANCES if b != model.memory_balance)
         weight = 2.0 if other == "maximum" else 1.0  # each rule with the weight it was tuned with
         others[f"balance {other}, weight {weight:g}"] = {"scales": branch_scales(*maxima, other), "memory_weight": weight}
-    return {"default": {}, "distill only": {"memory_off": True}, "memory only": {"distill_off": True}, **others,
+    colour = {"no colour branch": {"colour_off": True}} if getattr(model, "colour", None) is not None else {}
+    return {"default": {}, **colour, "distill only": {"memory_off": True}, "memory only": {"distill_off": True}, **others,
             "top-100 image score": {"score": "topk"},
             "memory only, top-100 image score": {"distill_off": True, "score": "topk"}}
 
@@ -90,6 +95,47 @@ def held_out_maxima(model, config: dict, data: Path, category: str) -> tuple[tor
         for start in range(0, len(images), 8):
             yield torch.from_numpy(to_model_input(images[start:start + 8]))
     return normal_maxima(model, batches)
+
+
+def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str, out: Path) -> Path:
+    """--reuse with --from-runs: a checkpoint trained without the colour branch gets it, fitted exactly as training
+    fits it (the training images and their camera-augmented copies, the held-out images for the scale), with its
+    thresholds re-calibrated on the held-out images; written to `out`."""
+    from edgekd.data.augment import augment_batch
+    from edgekd.calibration import ThresholdRule, score_statistics, thresholds_from_normal
+    from edgekd.checkpoint import read_checkpoint, save_checkpoint
+    from edgekd.models.colour_deviation import ColourDeviation
+    payload = read_checkpoint(checkpoint)
+    runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
+    model, settings = runtime.model, config["train"]
+    weight = float(config["model_options"]["colour_weight"])
+    model.colour = ColourDeviation(model.input_size, weight)
+    dataset = load_dataset(data, category, seed=settings["seed"])
+    fit_idx, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
+    fit_images = load_images([dataset.train[i] for i in fit_idx], model.input_size)
+    calib = load_images([dataset.train[i] for i in val_idx], model.input_size)
+    augment = settings.get("augment", "none")
+    views = fit_images if augment == "none" else np.concatenate(
+        [fit_images, augment_batch(fit_images, augment, np.random.default_rng([settings["seed"], 2**31]))])
+
+    def batches(images):
+        return lambda: (torch.from_numpy(to_model_input(images[s:s + 8])) for s in range(0, len(images), 8))
+    model.eval()
+    normal = payload["training"].get("normal_fit", {})
+    from edgekd.models.colour_deviation import fit_colour
+
+    def feature_map(batch):
+        teacher_feats = model.teacher_features(batch)
+        return model.feature_diff(teacher_feats, model.student_features(batch, teacher_feats), model.reference_diff)[0]
+    normal.update(fit_colour(model, batches(views), batches(calib), feature_map))
+    calibrated = TorchRuntime(model, device="cpu").infer(calib, 8)
+    merged = {**payload["config"], "model_options": {**payload["config"]["model_options"], "colour_weight": weight}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, model, merged, score_stats=score_statistics(calibrated.scores),
+                    thresholds=thresholds_from_normal(calibrated.scores, calibrated.maps,
+                                                      ThresholdRule.from_config(merged["threshold"])),
+                    training={**payload["training"], "normal_fit": normal})
+    return out
 
 
 def refit_scales(model, config: dict, maxima: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -183,6 +229,10 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="real_textures_rd_lite0")
     parser.add_argument("--reuse", action="store_true", help="Evaluate existing checkpoints instead of training.")
+    parser.add_argument("--from-runs", default=None, help="With --reuse: take the checkpoints of this earlier run "
+                        "name, add the config's colour branch (fitted as training fits it) and write them under --name.")
+    parser.add_argument("--variants", type=lambda text: text.split(","), default=None,
+                        help="Comma-separated variant names to evaluate (default: all).")
     parser.add_argument("--refit-scales", action="store_true", help="With --reuse: balance the branches by the "
                         "config's memory_balance and memory_weight instead of the checkpoint's.")
     parser.add_argument("--report-only", action="store_true", help="Rewrite the report from its JSON, with the peer "
@@ -206,11 +256,17 @@ def main() -> None:
     for category in parse_categories(args.categories):
         run = args.runs / args.name / category
         checkpoint = run / "model.ckpt"
-        train_seconds = json.loads((run / "train.json").read_text())["seconds"] if args.reuse else None
+        train_seconds = json.loads((run / "train.json").read_text())["seconds"] if args.reuse and not args.from_runs \
+            else None
         if not args.reuse:
             result = train(config, args.data, category, run, overwrite=True)
             train_seconds = round(result.seconds, 1)
             write_bytes_atomic(run / "train.json", json.dumps({"seconds": train_seconds}).encode())
+        if args.from_runs:
+            source = args.runs / args.from_runs / category
+            add_colour_branch(source / "model.ckpt", config, args.data, category, checkpoint)
+            write_bytes_atomic(run / "train.json", (source / "train.json").read_bytes())
+            train_seconds = json.loads((run / "train.json").read_text())["seconds"]
         runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
         model = runtime.model
         maxima = held_out_maxima(model, config, args.data, category) if getattr(model, "patch_memory", None) else None
@@ -218,6 +274,8 @@ def main() -> None:
             refit_scales(model, config, maxima)
         measured = {}
         for name, setting in variants(model, maxima).items():
+            if args.variants and name not in args.variants:
+                continue
             with branch_setting(runtime.model, **setting):
                 row = evaluate(runtime, args.data, category, run / "eval", category).row
             measured[name] = {**{k: row[k] for k in METRICS}, "image_auroc_by_type": row["image_auroc_by_type"]}

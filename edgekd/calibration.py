@@ -103,9 +103,9 @@ def check_thresholds(thresholds: dict | None, artifact: str = "this model") -> d
     return thresholds
 
 
-def check_threshold_override(value: float | None) -> float | None:
+def check_threshold_override(value: float | None, option: str = "--threshold") -> float | None:
     """--threshold from the command line: a finite number, or refused (NaN would call every defect normal)."""
     if value is not None and not math.isfinite(value):
-        raise EdgekdError(f"--threshold {value} is not a finite number: pass a score such as 0.8, or leave it out to "
+        raise EdgekdError(f"{option} {value} is not a finite number: pass a score such as 0.8, or leave it out to "
                           "use the model's calibrated thresholds")
     return value

@@ -227,6 +227,8 @@ def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP 
         save_masks: Optional[Path] = typer.Option(None, "--save-masks", help="Folder for a mask PNG of every defect frame."),
         jsonl: Optional[Path] = typer.Option(None, help="One JSON event per frame: index, time, score, verdict, regions."),
         threshold: Optional[float] = typer.Option(None, help="Override the image and pixel threshold of the model."),
+        pixel_threshold: Optional[float] = typer.Option(None, "--pixel-threshold", help="Override the pixel threshold "
+                                                        "alone (masks, regions)."),
         min_area: int = typer.Option(0, "--min-area", min=0, help="Ignore defect regions smaller than this (frame pixels)."),
         hysteresis: str = typer.Option("1,1", help="ON,OFF: defect frames in a row to raise the verdict, good frames to clear it."),
         batch: int = typer.Option(8, min=1, help="Largest micro-batch when frames back up."),
@@ -260,7 +262,7 @@ def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP 
                save_video=save_video, save_masks=save_masks, jsonl=jsonl, threshold=threshold, min_area=min_area,
                hysteresis=hysteresis, batch=batch, width=width, height=height, fps=fps, max_frames=max_frames,
                stats_every=stats_every, reconnect_timeout=reconnect_timeout, echo=_echo, truth=truth, serve=serve,
-               token=token, token_file=token_file, realtime=realtime)
+               token=token, token_file=token_file, realtime=realtime, pixel_threshold=pixel_threshold)
 
 
 @app.command(help="Set thresholds from good frames of your own camera or clip; writes them into the artifact.")

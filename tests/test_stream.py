@@ -61,9 +61,21 @@ def test_video_defects_found_at_the_known_frames(onnx_exports, line_video, tmp_p
     # every normal one; the line's threshold goes in between, as a user would set it for this camera
     assert scores[defect].min() > scores[~defect].max()
     threshold = float((scores[defect].min() + scores[~defect].max()) / 2)
+    # The pixel threshold the same way, from the maps' peaks on the decoded frames (the default detector's image
+    # score also has its colour branch, so it sits above the map's peak)
+    from edgekd.data.images import resize_rgb, to_model_input
+    from edgekd.runtime import open_runtime
+    capture, frames = cv2.VideoCapture(str(description["video"])), []
+    while (read := capture.read())[0]:
+        frames.append(resize_rgb(cv2.cvtColor(read[1], cv2.COLOR_BGR2RGB), (128, 128)))
+    with open_runtime(model, None, "cpu") as runtime:
+        peaks = np.concatenate([runtime.run(to_model_input(np.stack(frames[i:i + 8])))[0].reshape(
+            len(frames[i:i + 8]), -1).max(1) for i in range(0, len(frames), 8)])
+    assert len(peaks) == 48 and peaks[defect].min() > peaks[~defect].max()
+    pixel_threshold = float((peaks[defect].min() + peaks[~defect].max()) / 2)
     events_path, masks = tmp_path / "events.jsonl", tmp_path / "masks"
     _run(model, description["video"], tmp_path, jsonl=events_path, save_masks=masks, threshold=threshold,
-         save_video=tmp_path / "annotated.mp4")
+         pixel_threshold=pixel_threshold, save_video=tmp_path / "annotated.mp4")
     events = _events(events_path)
     assert [e["frame"] for e in events if e["verdict"] == "defect"] == DEFECT_FRAMES
     assert all(e["regions"] and all(r["area"] > 0 for r in e["regions"]) for e in events if e["verdict"] == "defect")

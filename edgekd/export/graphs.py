@@ -22,7 +22,7 @@ def score_and_mask(model: AnomalyModel, images: torch.Tensor, teacher_feats: lis
             return fused_feature_diff(spec, teacher, student)
     else:
         diff = model.reference_diff
-    outputs = model.feature_diff(teacher_feats, student_feats, diff)
+    outputs = model.finish_map(images, model.feature_diff(teacher_feats, student_feats, diff))
     amap, score = outputs[0], model.image_score(outputs[1], teacher_feats, student_feats)
     if pixel_threshold is None:
         return amap, score

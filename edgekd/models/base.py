@@ -11,7 +11,7 @@ from edgekd.scoring import FeatureDiff, ScoringConfig, distillation_loss
 
 # Child modules that score rather than extract features: they stay FP32 in FP16 and INT8 exports (their sums and
 # statistics need the range), whatever precision the networks run in.
-FLOAT32_MODULES = frozenset({"scorer", "mahalanobis", "map_norm", "global_norm", "patch_memory"})
+FLOAT32_MODULES = frozenset({"scorer", "mahalanobis", "map_norm", "global_norm", "patch_memory", "colour"})
 
 
 class AnomalyModel(nn.Module):
@@ -80,6 +80,11 @@ class AnomalyModel(nn.Module):
         per group and combine the maps, and the caller thresholds the combined map."""
         return diff(teacher_feats, student_feats, self.scale_weights(), True)
 
+    def finish_map(self, images: torch.Tensor, outputs: tuple) -> tuple:
+        """After feature_diff, in every path (torch, ONNX, engines): branches that read the image itself rather than
+        features join the score here (RD's colour branch). Most models add nothing."""
+        return outputs
+
     def reference_diff(self, teacher, student, weights, mask=True):
         """The feature difference as the reference module (edgekd/scoring.py) computes it."""
         return self.scorer(teacher, student, weights)
@@ -94,7 +99,8 @@ class AnomalyModel(nn.Module):
         """The student half plus scoring: what a split deployment runs after the teacher."""
         student_feats = self.student_features(images, teacher_feats)
         on_kernels = self.use_fused_kernels and teacher_feats[0].is_cuda and not torch.is_grad_enabled()
-        outputs = self.feature_diff(teacher_feats, student_feats, self.kernel_diff if on_kernels else self.reference_diff)
+        outputs = self.finish_map(images, self.feature_diff(teacher_feats, student_feats,
+                                                            self.kernel_diff if on_kernels else self.reference_diff))
         return (outputs[0], self.image_score(outputs[1], teacher_feats, student_feats), *outputs[2:])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

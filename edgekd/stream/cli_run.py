@@ -26,7 +26,8 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
                min_area: int, hysteresis: str, batch: int, width: int | None, height: int | None, fps: float | None,
                max_frames: int | None, stats_every: float, reconnect_timeout: float, echo=print,
                truth: Path | None = None, server: str | None = None, serve: str | None = None,
-               token: str | None = None, token_file: Path | None = None, realtime: bool = False) -> dict:
+               token: str | None = None, token_file: Path | None = None, realtime: bool = False,
+               pixel_threshold: float | None = None) -> dict:
     from edgekd.runtime import open_runtime
     if (camera is None) == (source is None):
         raise EdgekdError("say where frames come from: exactly one of --camera N or --source (file, folder, URL, csi://N)")
@@ -58,7 +59,7 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
         else:
             runtime = open_runtime(Path(model), backend, device)
         try:
-            thresholds = Thresholds.resolve(runtime.thresholds, threshold)
+            thresholds = Thresholds.resolve(runtime.thresholds, threshold, pixel_threshold)
             stream = open_source(camera if camera is not None else source, settings, realtime)
         except BaseException:
             runtime.close()  # a TensorRT runtime holds GPU buffers

@@ -31,11 +31,18 @@ class Thresholds:
     pixel: float
 
     @classmethod
-    def resolve(cls, artifact_thresholds: dict | None, override: float | None) -> "Thresholds":
-        """--threshold overrides both (as in `edgekd predict`); otherwise the artifact's own."""
-        if check_threshold_override(override) is not None:
-            return cls(float(override), float(override))
-        known = artifact_thresholds or {}
+    def resolve(cls, artifact_thresholds: dict | None, override: float | None,
+                pixel_override: float | None = None) -> "Thresholds":
+        """--threshold overrides both (as in `edgekd predict`), --pixel-threshold the pixel one alone (masks and
+        regions; a model whose image score has a branch of its own scores images above its map's peak); otherwise
+        the artifact's own."""
+        check_threshold_override(override)
+        check_threshold_override(pixel_override, "--pixel-threshold")
+        known = dict(artifact_thresholds or {})
+        if override is not None:
+            known = {"image": override, "pixel": override}
+        if pixel_override is not None:
+            known["pixel"] = pixel_override
         if known.get("image") is None or known.get("pixel") is None:
             raise EdgekdError("this model has no thresholds: pass --threshold, or export it from a checkpoint "
                               "calibrated by 'edgekd train' / 'edgekd eval --save-threshold'")

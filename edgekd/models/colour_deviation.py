@@ -1,0 +1,75 @@
+"""A colour branch beside the feature maps, for the image score: where a patch's colour departs from the image's own
+mean colour by more than that position varies on normal images.
+
+Why: the camera augmentation teaches the student and the patch memory that a colour cast is normal (video and
+changing light do cast), so a stain or a colour shift that keeps the texture scores like a normal image (cork: 5 of
+8 colour-shift defects below the largest normal score). Casts are global, defects local: the branch measures each
+16x16-pixel patch's chroma (opponent colours: an equal change of all three channels does not count) against the
+image's mean chroma, then against that position's normal centre and spread from the training images (an aligned
+object such as a PCB has different colours in different places; a texture has the same everywhere, and then the
+per-position statistics simply agree). A global cast moves the image mean with the patches and changes nothing.
+
+Measured on the real-texture benchmark: benchmarks/results/real_textures_tried.md, item 13.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PATCHES_ACROSS = 16  # the patch is 1/16 of the input's shorter side: 16 px at 256
+
+
+class ColourDeviation(nn.Module):
+    def __init__(self, input_size: tuple[int, int], weight: float):
+        super().__init__()
+        self.kernel = max(2, round(min(input_size) / PATCHES_ACROSS))
+        self.stride = max(1, self.kernel // 2)
+        grid = tuple((n - self.kernel) // self.stride + 1 for n in input_size)
+        self.weight = float(weight)
+        self.register_buffer("centre", torch.zeros(1, 2, *grid))
+        self.register_buffer("spread", torch.ones(1, 2, *grid))
+        self.register_buffer("scale", torch.ones(1))  # its normal maxima's spread against the feature map's
+
+    def residual(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) RGB in [0, 1] -> (B,2,h,w): each patch's chroma minus the image's mean chroma."""
+        images = images.float()
+        red, green, blue = images[:, 0], images[:, 1], images[:, 2]
+        chroma = torch.stack([(red - green) / math.sqrt(2.0), (red + green - 2.0 * blue) / math.sqrt(6.0)], 1)
+        patches = F.avg_pool2d(chroma, self.kernel, self.stride)
+        return patches - patches.mean(dim=(2, 3), keepdim=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,1,h,w): the patch's distance from normal, in normal spreads."""
+        deviation = (self.residual(images) - self.centre) / self.spread
+        return deviation.pow(2).sum(1, keepdim=True).sqrt()
+
+    def fused_term(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """What the branch adds to the detector's map of `size`: weight x map / scale, upsampled."""
+        colour = F.interpolate(self(images), size=size, mode="bilinear", align_corners=False)
+        return colour * (self.weight / self.scale)
+
+
+@torch.no_grad()
+def fit_colour(model, fit_batches, held_out_batches, feature_map) -> dict:
+    """Centre and spread per position from the training images (median and 1.4826 MAD); then the scale that puts
+    the branch beside `feature_map(images)` (the detector's map without colour) the way the patch memory is
+    balanced: each divided by the spread of its maxima on held-out normal images (floored at 1% of their mean)."""
+    colour = model.colour
+    residuals = torch.cat([colour.residual(batch).cpu() for batch in fit_batches()])
+    centre = residuals.median(0, keepdim=True).values
+    spread = (1.4826 * (residuals - centre).abs().median(0, keepdim=True).values).clamp(min=1e-3)
+    colour.centre.copy_(centre.to(colour.centre.device))
+    colour.spread.copy_(spread.to(colour.spread.device))
+    feature_maxima, colour_maxima = [], []
+    for batch in held_out_batches():
+        feature_maxima.append(feature_map(batch).flatten(1).amax(1).float().cpu())
+        colour_maxima.append(colour(batch).flatten(1).amax(1).cpu())
+    maxima = torch.stack([torch.cat(feature_maxima), torch.cat(colour_maxima)])
+    spreads = maxima.std(1).maximum(0.01 * maxima.mean(1)).clamp(min=1e-6) if maxima.shape[1] > 1 \
+        else maxima.mean(1).clamp(min=1e-6)
+    colour.scale.fill_(float(spreads[1] / spreads[0]))
+    return {"colour_weight": colour.weight, "colour_scale": float(colour.scale), "colour_grid": list(centre.shape[-2:])}

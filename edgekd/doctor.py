@@ -97,6 +97,7 @@ def check_engine_folder(folder: Path, trt) -> list[Check]:
     """Whether each engine in the folder was built by this TensorRT for this GPU (from its sidecar)."""
     from edgekd.artifacts import read_sidecar
     from edgekd.engine.gpu import gpu_description
+    from edgekd.runtime.tensorrt_backend import engine_mismatches
     if not folder.is_dir():
         return [Check("engines", MISSING, f"{folder} is not a folder", "pass the folder 'edgekd build-engine --out' wrote")]
     gpu = gpu_description()
@@ -107,21 +108,10 @@ def check_engine_folder(folder: Path, trt) -> list[Check]:
         except Exception as exc:
             checks.append(Check(f"engine {engine.name}", WRONG, str(exc).split(":")[0], "rebuild it with 'edgekd build-engine'"))
             continue
-        built = info.get("tensorrt") or {}
         made_for = info.get("built_on_gpu") or {}
-        source = (info.get("onnx") or {}).get("path", "MODEL.onnx")
-        problems = []
-        if (built.get("flavour"), built.get("version")) != (trt.flavour, trt.version):
-            problems.append(f"built by {built.get('flavour')} {built.get('version')}, this machine has {trt.label}")
-        if gpu is None:
-            problems.append("no NVIDIA GPU here to run it")
-        elif made_for and made_for.get("compute_capability") != gpu["compute_capability"]:
-            problems.append(f"built for {made_for.get('name')} (sm {made_for.get('compute_capability')}), this GPU is "
-                            f"{gpu['name']} (sm {gpu['compute_capability']})")
+        problems = engine_mismatches(info, trt, gpu)
         if problems:
-            fix = (f"edgekd build-engine {source}" if gpu else "run it on the GPU machine it was built for, or the .onnx "
-                   "with onnxruntime here")
-            checks.append(Check(f"engine {engine.name}", WRONG, "; ".join(problems), fix))
+            checks.append(Check(f"engine {engine.name}", WRONG, "; ".join(p for p, _ in problems), problems[0][1]))
         else:
             checks.append(Check(f"engine {engine.name}", OK, f"{trt.label}" + (f", {made_for.get('name')}" if made_for else "")))
     return checks or [Check("engines", INFO, f"no .engine files in {folder}")]

@@ -85,9 +85,9 @@ def test_engines_are_checked_against_this_machine(onnx_exports, tmp_path):
     result, checks = run_doctor("--model", engine, "--engines", tmp_path / "engines")
     assert result.returncode == 1  # an engine cannot run without a GPU: `edgekd run` would fail
     assert "needs an NVIDIA GPU" in checks[f"artifact {engine.name}"]["detail"]
-    assert checks[f"engine {engine.name}"]["status"] == "wrong" and "no NVIDIA GPU here" in checks[f"engine {engine.name}"]["detail"]
+    assert checks[f"engine {engine.name}"]["status"] == "wrong" and "needs an NVIDIA GPU" in checks[f"engine {engine.name}"]["detail"]
     info = json.loads(engine.with_suffix(".json").read_text())
     info["tensorrt"]["version"] = "1.0.0"  # as if built by another TensorRT-RTX
     engine.with_suffix(".json").write_text(json.dumps(info))
     _, checks = run_doctor("--engines", tmp_path / "engines")
-    assert "built by tensorrt_rtx 1.0.0" in checks[f"engine {engine.name}"]["detail"]
+    assert "built with tensorrt_rtx 1.0.0 but this machine has" in checks[f"engine {engine.name}"]["detail"]

@@ -30,22 +30,34 @@ def check_engine_matches_sidecar(path: Path, info: dict) -> None:
                           f"'edgekd build-engine {source}'")
 
 
+def engine_mismatches(info: dict, trt, gpu: dict | None) -> list[tuple[str, str]]:
+    """What keeps an engine (its sidecar `info`) from running with this TensorRT on this GPU, as (problem, fix)
+    pairs; empty when it can run. The one place these comparisons live: running refuses on the first problem,
+    `edgekd doctor` lists them all."""
+    built = info.get("tensorrt") or {}
+    made_for = info.get("built_on_gpu") or {}
+    source = (info.get("onnx") or {}).get("path", "MODEL.onnx")
+    problems = []
+    if built.get("version") and (built.get("flavour"), built["version"]) != (trt.flavour, trt.version):
+        problems.append((f"was built with {built.get('flavour')} {built['version']} but this machine has {trt.label}",
+                         f"rebuild it here with 'edgekd build-engine {source}'"))
+    if gpu is None:
+        problems.append(("needs an NVIDIA GPU and none is visible",
+                         "run the .onnx with onnxruntime (edgekd predict/eval export/NAME.onnx) on this machine"))
+    elif made_for and made_for.get("compute_capability") != gpu["compute_capability"]:
+        problems.append((f"was built for {made_for.get('name')} (sm {made_for.get('compute_capability')}) but this GPU "
+                         f"is {gpu['name']} (sm {gpu['compute_capability']})", "rebuild the engine on this machine"))
+    return problems
+
+
 def check_engine_compatible(path: Path, info: dict) -> None:
     """Raise a clear error when the engine cannot run here; called before TensorRT deserialises anything."""
     check_engine_matches_sidecar(path, info)
-    built = info.get("tensorrt") or {}
-    trt = load_tensorrt(built.get("flavour"))
-    if built.get("version") and built["version"] != trt.version:
-        raise EdgekdError(f"engine {path} was built with {built.get('flavour')} {built['version']} but this machine has "
-                          f"{trt.label}: rebuild it here with 'edgekd build-engine {info.get('onnx', {}).get('path', 'MODEL.onnx')}'")
-    gpu = gpu_description()
-    if gpu is None:
-        raise EdgekdError(f"engine {path} needs an NVIDIA GPU and none is visible: run the .onnx with onnxruntime "
-                          "(edgekd predict/eval export/NAME.onnx) on this machine")
-    made_for = info.get("built_on_gpu")
-    if made_for and made_for.get("compute_capability") != gpu["compute_capability"]:
-        raise EdgekdError(f"engine {path} was built for {made_for['name']} (sm {made_for['compute_capability']}) but this GPU "
-                          f"is {gpu['name']} (sm {gpu['compute_capability']}): rebuild the engine on this machine")
+    trt = load_tensorrt((info.get("tensorrt") or {}).get("flavour"))
+    problems = engine_mismatches(info, trt, gpu_description())
+    if problems:
+        problem, fix = problems[0]
+        raise EdgekdError(f"engine {path} {problem}: {fix}")
 
 
 class _CudaPyCuda:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekd.artifacts import INPUT_NAME, OUTPUT_NAMES, read_sidecar
+from edgekd.artifacts import INPUT_NAME, OUTPUT_NAMES, check_single_graph, read_sidecar
 from edgekd.errors import EdgekdError
 
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -103,9 +103,7 @@ def read_artifact_io(artifact: str | Path) -> ArtifactIO:
         raise EdgekdError(f"{path} is neither an .onnx nor an .engine/.plan file: serving configs are written for "
                           "exported artifacts")
     info = read_sidecar(path)
-    if info.get("layout", "single") != "single" or info.get("role", "detector") != "detector":
-        raise EdgekdError(f"{path} is one part of a split export ({info.get('role')}): export with --layout single "
-                          "for a server, which runs one graph per request")
+    check_single_graph(path, info)
     if suffix == ".onnx":
         inputs, outputs = _onnx_io(path, info)
         kind, max_batch = "onnx", None

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekd.artifacts import read_sidecar
+from edgekd.artifacts import check_single_graph, read_sidecar
 from edgekd.checkpoint import read_checkpoint
 from edgekd.deploy.triton_parameters import model_parameters
 from edgekd.errors import EdgekdError
@@ -37,8 +37,8 @@ def describe(artifact: str | Path, name: str | None = None, backend: str | None 
     if kind == "tensorrt":  # a GPU, the same TensorRT and the same GPU model: checked here, not in the server
         from edgekd.runtime.tensorrt_backend import check_engine_compatible
         check_engine_compatible(path, info)
-    if kind != "torch" and info.get("layout", "single") != "single":
-        raise EdgekdError(f"{artifact} is one part of a split export: serve a --layout single export")
+    if kind != "torch":
+        check_single_graph(artifact, info)
     thresholds = info.get("thresholds") or {}
     if thresholds.get("image") is None:
         raise EdgekdError(f"{artifact} has no image threshold: run 'edgekd calibrate {artifact} --source CLIP' first "

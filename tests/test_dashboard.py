@@ -445,3 +445,17 @@ def test_the_page_in_chromium_follows_a_run(onnx_exports, synth_root, tmp_path):
     assert [e["frame"] for e in verdicts if e["verdict"] == "defect"] == BROWSER_DEFECTS
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["processed"] == 96 and summary["seconds"] >= 96 / 12 - 1.0  # --realtime held the video's pace
+
+
+def test_a_picture_that_cannot_be_drawn_is_counted_and_the_board_goes_on():
+    board = _board(stream_fps=50.0)
+    try:
+        broken = _result(0, 1.5, True, 10.0)
+        broken.image = np.zeros((0, 0, 3), np.uint8)  # nothing to draw
+        board.write(broken, None)
+        assert _wait_for(lambda: board.picture_errors == 1)
+        assert board.status()["last_picture_error"] and board.defects() == []
+        board.write(_result(1, 1.5, True, 12.0, size=200), None)  # the next defect is drawn as usual
+        assert _wait_for(lambda: len(board.defects()) == 1) and board.defects()[0]["frame"] == 1
+    finally:
+        board.close()

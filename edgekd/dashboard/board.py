@@ -73,6 +73,8 @@ class LiveBoard(Sink):
         self.started = time.monotonic()
         self.last_frame_at: float | None = None  # monotonic time of the newest result
         self.finished = False
+        self.picture_errors = 0  # pictures that could not be drawn (the board goes on; the status says so)
+        self.last_picture_error: str | None = None
         self.thresholds = None  # Thresholds of the run, set by attach()
         self.colour = (0.0, 1.0)  # the runner's heatmap scale, so the dashboard's pictures match its video
         self._stats = lambda: None  # the runner's current stats snapshot
@@ -148,8 +150,10 @@ class LiveBoard(Sink):
                     with self.changed:
                         self.frame_jpeg = (result.index, data)
                         self.changed.notify_all()
-            except (cv2.error, ValueError):
-                continue  # one picture that cannot be drawn is skipped; detection is not the board's business
+            except Exception as exc:  # noqa: BLE001 - one picture that cannot be drawn is skipped; the page lives on
+                with self.changed:
+                    self.picture_errors += 1
+                    self.last_picture_error = f"{type(exc).__name__}: {exc}"[:200]
 
     # -- the server side (request threads) -------------------------------------------------------------------------
     def watch(self):
@@ -207,7 +211,9 @@ class LiveBoard(Sink):
                 "score": round(result.score, 6) if result else None,
                 "verdict": ("defect" if result.verdict else "ok") if result else None,
                 "regions": [r.to_dict() for r in result.regions] if result else [],
-                "last_frame_age_s": None if age is None else round(age, 3), "viewers": viewers, "stats": self.stats()}
+                "last_frame_age_s": None if age is None else round(age, 3), "viewers": viewers,
+                "picture_errors": self.picture_errors, "last_picture_error": self.last_picture_error,
+                "stats": self.stats()}
 
     def scores(self, since: int = -1) -> dict:
         with self.changed:

@@ -168,6 +168,13 @@ def test_four_clients_at_once_every_frame_exactly_once_and_batched_on_the_server
     assert executions < images, (images, executions)  # the server's dynamic batcher put requests together
 
 
+def _pgid(pid: int):
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
 def test_server_killed_and_restarted_mid_run(artifact, videos, tmp_path):
     served = Served(artifact, free_ports(3), tmp_path / "serve.log").start()
     jsonl = tmp_path / "line.jsonl"
@@ -177,9 +184,16 @@ def test_server_killed_and_restarted_mid_run(artifact, videos, tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 30):
         time.sleep(0.05)
-    os.kill(served.tritonserver_pid(), signal.SIGKILL)  # the server dies mid-run
+    killed = served.tritonserver_pid()
+    os.kill(killed, signal.SIGKILL)  # the server dies mid-run
     served.process.wait(timeout=30)
     assert served.process.returncode != 0  # edgekd serve reports its server's death
+    # and leaves none of the dead server's Python-backend stubs (its process group) behind
+    deadline = time.monotonic() + 10  # SIGKILL is sent; the kernel and init take a moment to clear them
+    while (left := [p for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == killed]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == []
     served.handle.close()
     served.start()
     out, err = client.communicate(timeout=300)

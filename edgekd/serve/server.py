@@ -148,6 +148,7 @@ class TritonServer:
             return self.process.wait()
         finally:
             self._log_file.close()
+            reap_process_group(self.process.pid)
 
     def wait(self) -> int:
         while True:  # short waits, so a signal handler in this thread gets to run
@@ -155,6 +156,35 @@ class TritonServer:
                 return self.process.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 continue
+
+
+SHM_PREFIX = b"triton_python_backend_shm_region_"
+
+
+def reap_process_group(pgid: int, proc: Path = Path("/proc"), shm: Path = Path("/dev/shm")) -> int:
+    """After tritonserver has exited: its Python-backend stubs share its process group (it was started in a session
+    of its own) and outlive a server that crashed or was killed, each holding a shared-memory region. Kill what is
+    left of the group and remove the regions its stubs named. Returns how many processes were left."""
+    left, regions = 0, []
+    for entry in proc.iterdir() if proc.is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ProcessLookupError):
+            continue
+        left += 1
+        regions += [a.decode(errors="replace") for a in arguments if a.startswith(SHM_PREFIX)]
+    if left:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for region in regions:
+        (shm / region).unlink(missing_ok=True)
+    return left
 
 
 def make_work_dir() -> Path:

@@ -33,7 +33,7 @@ from edgekd.evaluate import evaluate
 from edgekd.machine import machine_info
 from edgekd.models.patch_memory import BALANCES, branch_scales, normal_maxima
 from edgekd.runtime.torch_backend import TorchRuntime
-from edgekd.train import split_normals, train
+from edgekd.train import normal_views, split_normals, train
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"image_auroc": 0.95, "pixel_auroc": 0.97, "aupro": 0.92}
@@ -101,10 +101,9 @@ def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str,
     """--reuse with --from-runs: a checkpoint trained without the colour branch gets it, fitted exactly as training
     fits it (the training images and their camera-augmented copies, the held-out images for the scale), with its
     thresholds re-calibrated on the held-out images; written to `out`."""
-    from edgekd.data.augment import augment_batch
     from edgekd.calibration import ThresholdRule, score_statistics, thresholds_from_normal
     from edgekd.checkpoint import read_checkpoint, save_checkpoint
-    from edgekd.models.colour_deviation import ColourDeviation
+    from edgekd.models.colour_deviation import ColourDeviation, fit_colour
     payload = read_checkpoint(checkpoint)
     runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
     model, settings = runtime.model, config["train"]
@@ -114,20 +113,12 @@ def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str,
     fit_idx, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
     fit_images = load_images([dataset.train[i] for i in fit_idx], model.input_size)
     calib = load_images([dataset.train[i] for i in val_idx], model.input_size)
-    augment = settings.get("augment", "none")
-    views = fit_images if augment == "none" else np.concatenate(
-        [fit_images, augment_batch(fit_images, augment, np.random.default_rng([settings["seed"], 2**31]))])
+    views = normal_views(fit_images, settings.get("augment", "none"), settings["seed"])
 
     def batches(images):
         return lambda: (torch.from_numpy(to_model_input(images[s:s + 8])) for s in range(0, len(images), 8))
     model.eval()
-    normal = payload["training"].get("normal_fit", {})
-    from edgekd.models.colour_deviation import fit_colour
-
-    def feature_map(batch):
-        teacher_feats = model.teacher_features(batch)
-        return model.feature_diff(teacher_feats, model.student_features(batch, teacher_feats), model.reference_diff)[0]
-    normal.update(fit_colour(model, batches(views), batches(calib), feature_map))
+    normal = {**payload["training"].get("normal_fit", {}), **fit_colour(model, batches(views), batches(calib))}
     calibrated = TorchRuntime(model, device="cpu").infer(calib, 8)
     merged = {**payload["config"], "model_options": {**payload["config"]["model_options"], "colour_weight": weight}}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,14 @@ def make_optimizer(parameters, settings: dict) -> torch.optim.Optimizer:
     raise EdgekdError(f"train.optimizer '{settings['optimizer']}' is unknown: use adam or sgd")
 
 
+def normal_views(fit_images: np.ndarray, augment: str, seed: int) -> np.ndarray:
+    """What the statistics of normal images (a patch memory, the colour branch) are fitted on: each training image
+    as stored and, when training augments, once more as a camera would deliver it (a fixed stream per seed)."""
+    if augment == "none":
+        return fit_images
+    return np.concatenate([fit_images, augment_batch(fit_images, augment, np.random.default_rng([seed, 2**31]))])
+
+
 def _batches(images: np.ndarray, batch_size: int, device: torch.device):
     """(B,3,H,W) model-input batches of uint8 NHWC images, on the device."""
     for start in range(0, len(images), batch_size):
@@ -255,11 +263,8 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
         # Calibrate on held-out normal images (the training images would give optimistic, too-low thresholds).
         calib = val_images if len(val_images) else fit_images
         model.eval()
-        # Statistics of normal images (e.g. a patch memory) see each training image as stored and, when training
-        # augments, once more as a camera would deliver it.
-        normal_views = fit_images if augment == "none" else np.concatenate(
-            [fit_images, augment_batch(fit_images, augment, np.random.default_rng([settings["seed"], 2**31]))])
-        normal_stats = model.fit_normal(lambda: _batches(normal_views, settings["batch_size"], device),
+        views = normal_views(fit_images, augment, settings["seed"])
+        normal_stats = model.fit_normal(lambda: _batches(views, settings["batch_size"], device),
                                         lambda: _batches(calib, settings["batch_size"], device))
         calibrated = TorchRuntime(model, device=device).infer(calib, settings["batch_size"], progress, "calibrate")
         maps, scores = calibrated.maps, calibrated.scores

@@ -37,14 +37,14 @@ def test_global_casts_and_brightness_do_not_count_local_shifts_do():
 def test_fitted_per_position_on_an_aligned_object():
     colour = ColourDeviation((128, 128), 0.5)
 
-    class Model:  # what fit_colour needs of a detector: its colour branch
-        pass
+    class Model:  # what fit_colour needs of a detector: its colour branch and its map without it
+        def feature_map(self, batch):
+            return torch.rand(batch.shape[0], 1, 128, 128) + 1.0
     model = Model()
     model.colour = colour
     normal = _images(24)
     held_out = _images(8, seed=1)
-    feature_map = lambda batch: torch.rand(batch.shape[0], 1, 128, 128) + 1.0  # noqa: E731
-    summary = fit_colour(model, lambda: iter([normal[:12], normal[12:]]), lambda: iter([held_out]), feature_map)
+    summary = fit_colour(model, lambda: iter([normal[:12], normal[12:]]), lambda: iter([held_out]))
     assert summary["colour_grid"] == [31, 31] and np.isfinite(summary["colour_scale"]) and summary["colour_scale"] > 0
     # normal images of the object stay within a few spreads everywhere, though its halves differ in colour
     assert float(colour(held_out).amax()) < 20.0

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.models.patch_memory import branch_scales
+
 PATCHES_ACROSS = 16  # the patch is 1/16 of the input's shorter side: 16 px at 256
 
 
@@ -54,10 +56,10 @@ class ColourDeviation(nn.Module):
 
 
 @torch.no_grad()
-def fit_colour(model, fit_batches, held_out_batches, feature_map) -> dict:
+def fit_colour(model, fit_batches, held_out_batches) -> dict:
     """Centre and spread per position from the training images (median and 1.4826 MAD); then the scale that puts
-    the branch beside `feature_map(images)` (the detector's map without colour) the way the patch memory is
-    balanced: each divided by the spread of its maxima on held-out normal images (floored at 1% of their mean)."""
+    the branch beside `model.feature_map(images)` (the detector's map without colour) the way the patch memory is
+    balanced (patch_memory.branch_scales, "spread")."""
     colour = model.colour
     residuals = torch.cat([colour.residual(batch).cpu() for batch in fit_batches()])
     centre = residuals.median(0, keepdim=True).values
@@ -66,10 +68,8 @@ def fit_colour(model, fit_batches, held_out_batches, feature_map) -> dict:
     colour.spread.copy_(spread.to(colour.spread.device))
     feature_maxima, colour_maxima = [], []
     for batch in held_out_batches():
-        feature_maxima.append(feature_map(batch).flatten(1).amax(1).float().cpu())
+        feature_maxima.append(model.feature_map(batch).flatten(1).amax(1).float().cpu())
         colour_maxima.append(colour(batch).flatten(1).amax(1).cpu())
-    maxima = torch.stack([torch.cat(feature_maxima), torch.cat(colour_maxima)])
-    spreads = maxima.std(1).maximum(0.01 * maxima.mean(1)).clamp(min=1e-6) if maxima.shape[1] > 1 \
-        else maxima.mean(1).clamp(min=1e-6)
+    spreads = branch_scales(torch.cat(feature_maxima), torch.cat(colour_maxima), "spread")
     colour.scale.fill_(float(spreads[1] / spreads[0]))
     return {"colour_weight": colour.weight, "colour_scale": float(colour.scale), "colour_grid": list(centre.shape[-2:])}

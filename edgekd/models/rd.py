@@ -113,8 +113,10 @@ class ReverseDistillation(AnomalyModel):
     def fit_normal(self, fit_batches, held_out_batches) -> dict:
         summary = fit_patch_memory(self, fit_batches, held_out_batches) if self.patch_memory is not None else {}
         if self.colour is not None:  # after the memory: it balances against the map the memory is part of
-            def feature_map(batch):
-                teacher_feats = self.teacher_features(batch)
-                return self.feature_diff(teacher_feats, self.student_features(batch, teacher_feats), self.reference_diff)[0]
-            summary.update(fit_colour(self, fit_batches, held_out_batches, feature_map))
+            summary.update(fit_colour(self, fit_batches, held_out_batches))
         return summary
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The detector's map from the features alone (distillation and memory), before finish_map."""
+        teacher_feats = self.teacher_features(images)
+        return self.feature_diff(teacher_feats, self.student_features(images, teacher_feats), self.reference_diff)[0]

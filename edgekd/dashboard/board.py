@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -156,21 +157,17 @@ class LiveBoard(Sink):
                     self.last_picture_error = f"{type(exc).__name__}: {exc}"[:200]
 
     # -- the server side (request threads) -------------------------------------------------------------------------
+    @contextmanager
     def watch(self):
-        """Context manager for a stream client: while any is open, the live picture is encoded."""
-        board = self
-
-        class _Watching:
-            def __enter__(self):
-                with board.changed:
-                    board.viewers += 1
-                    board.changed.notify_all()
-                return board
-
-            def __exit__(self, *exc):
-                with board.changed:
-                    board.viewers -= 1
-        return _Watching()
+        """For a stream client: while any is open, the live picture is encoded."""
+        with self.changed:
+            self.viewers += 1
+            self.changed.notify_all()
+        try:
+            yield self
+        finally:
+            with self.changed:
+                self.viewers -= 1
 
     def next_frame(self, after: int, timeout: float) -> tuple[int, bytes] | None:
         """The next live JPEG newer than frame `after`; None when none came in `timeout` s or the run is over."""

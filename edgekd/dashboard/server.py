@@ -25,7 +25,9 @@ from edgekd.errors import EdgekdError
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
           "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
           "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
-ROUTES = ("/stream.mjpg", "/api/status", "/api/scores", "/api/defects", "/api/frame.jpg", "/metrics", "/healthz")
+ROUTES = {"/stream.mjpg": "_stream", "/api/status": "_status", "/api/scores": "_scores", "/api/defects": "_defects",
+          "/api/frame.jpg": "_frame", "/metrics": "_metrics", "/healthz": "_healthz"}  # path -> handler method
+DEFECT_PICTURE = re.compile(r"/api/defects/(\d+)(\.thumb)?\.jpg")
 BOUNDARY = "edgekd-frame"
 STALL_S = 10.0  # /healthz turns 503 when no frame was scored for this long
 SECURITY_HEADERS = {
@@ -157,37 +159,46 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def _route(self, path: str, query: dict) -> None:
-        board = self.app.board
-        picture_route = re.fullmatch(r"/api/defects/(\d+)(\.thumb)?\.jpg", path)
-        if path not in self.app.assets and path not in ROUTES and not picture_route:
+        picture = DEFECT_PICTURE.fullmatch(path)
+        if path in self.app.assets:
+            answer = lambda: self._send(200, *self.app.assets[path])  # noqa: E731
+        elif path in ROUTES:
+            answer = lambda: getattr(self, ROUTES[path])(query)  # noqa: E731
+        elif picture:
+            answer = lambda: self._defect_picture(int(picture.group(1)), bool(picture.group(2)))  # noqa: E731
+        else:
             self._refuse(404, f"no page {path}: see / for the dashboard", "not_found")
             return
-        self.app.count("ok")
-        if path in self.app.assets:
-            self._send(200, *self.app.assets[path])
-        elif path == "/stream.mjpg":
-            self._stream()
-        elif path == "/api/status":
-            self._json(board.status())
-        elif path == "/api/scores":
-            since = (query.get("since") or ["-1"])[0]
-            self._json(board.scores(int(since) if re.fullmatch(r"-?\d+", since) else -1))
-        elif path == "/api/defects":
-            self._json({"defects": board.defects()})
-        elif path == "/api/frame.jpg":
-            picture = board.current_jpeg()
-            self._send(200, picture, "image/jpeg") if picture else self._text(404, "no frame yet")
-        elif picture_route:
-            picture = board.defect_picture(int(picture_route.group(1)), bool(picture_route.group(2)))
-            self._send(200, picture, "image/jpeg") if picture else self._text(404, "no such defect picture (the "
-                                                                               "gallery keeps the newest ones)")
-        elif path == "/metrics":
-            self._send(200, render(self.app.registry), "text/plain; version=0.0.4; charset=utf-8")
-        elif path == "/healthz":
-            healthy, detail = board.health(STALL_S)
-            self._json(detail, 200 if healthy else 503)
+        self.app.count("ok")  # counted before answering: a stream answers until the viewer leaves
+        answer()
 
-    def _stream(self) -> None:
+    def _status(self, query: dict) -> None:
+        self._json(self.app.board.status())
+
+    def _scores(self, query: dict) -> None:
+        since = (query.get("since") or ["-1"])[0]
+        self._json(self.app.board.scores(int(since) if re.fullmatch(r"-?\d+", since) else -1))
+
+    def _defects(self, query: dict) -> None:
+        self._json({"defects": self.app.board.defects()})
+
+    def _frame(self, query: dict) -> None:
+        picture = self.app.board.current_jpeg()
+        self._send(200, picture, "image/jpeg") if picture else self._text(404, "no frame yet")
+
+    def _defect_picture(self, shot_id: int, thumb: bool) -> None:
+        picture = self.app.board.defect_picture(shot_id, thumb)
+        self._send(200, picture, "image/jpeg") if picture else self._text(404, "no such defect picture (the gallery "
+                                                                           "keeps the newest ones)")
+
+    def _metrics(self, query: dict) -> None:
+        self._send(200, render(self.app.registry), "text/plain; version=0.0.4; charset=utf-8")
+
+    def _healthz(self, query: dict) -> None:
+        healthy, detail = self.app.board.health(STALL_S)
+        self._json(detail, 200 if healthy else 503)
+
+    def _stream(self, query: dict) -> None:
         """multipart/x-mixed-replace: each part a JPEG; browsers show it in a plain <img>."""
         self.send_response(200)
         for name, value in {**SECURITY_HEADERS, "Cache-Control": "no-store",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +25,11 @@ import numpy as np
 from edgekd.atomic import write_bytes_atomic
 from edgekd.calibrate import calibrate
 from edgekd.calibration import ThresholdRule
-from edgekd.data.layouts import load_dataset
-from edgekd.data.video import write_line_video
 from edgekd.machine import machine_info
 from edgekd.stream.cli_run import run_stream
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from video_targets import line_setup  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -36,14 +37,8 @@ CATEGORIES = ("grass", "gravel", "brick", "cork", "canvas", "fibre_paper", "past
 
 
 def scores_of(checkpoint: Path, data: Path, category: str, work: Path, frames: int) -> dict:
-    """The same clip and line video as benchmarks/video_targets.py (same seeds and halves)."""
-    dataset = load_dataset(data, category)
-    clip, line = work / f"{category}_good.mp4", work / f"{category}_line.mp4"
-    write_line_video(dataset, clip, frames // 2, [], normal_part="first", seed=1)
-    defect_frames = list(range(9, frames, 10))
-    write_line_video(dataset, line, frames, defect_frames, normal_part="second")
-    model = work / f"{category}.ckpt"
-    shutil.copy(checkpoint, model)
+    """The same clip and line video as benchmarks/video_targets.py."""
+    model, clip, line, defect_frames = line_setup(checkpoint, data, category, work, frames)
     calibration = calibrate(model, str(clip), frames=frames // 2, plot=work / f"{category}.png", dry_run=True)
     events = work / f"{category}.jsonl"
     run_stream(model=model, camera=None, source=str(line), backend=None, device="cpu", show=False, save_video=None,

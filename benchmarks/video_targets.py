@@ -29,13 +29,21 @@ REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"false_alarm_rate": 0.01, "recall": 0.95, "image_auroc_in_scope": 0.98}
 
 
-def one_category(checkpoint: Path, data: Path, category: str, work: Path, frames: int) -> dict:
+def line_setup(checkpoint: Path, data: Path, category: str, work: Path, frames: int) -> tuple[Path, Path, Path, list[int]]:
+    """A copy of the model to calibrate, a clip of good frames (the first half of the normal test images) and a
+    line video of the other half with a defect every 10th frame; and those frames."""
     dataset = load_dataset(data, category)
     clip, line = work / f"{category}_good.mp4", work / f"{category}_line.mp4"
+    defect_frames = list(range(9, frames, 10))
     write_line_video(dataset, clip, frames // 2, [], normal_part="first", seed=1)
-    write_line_video(dataset, line, frames, list(range(9, frames, 10)), normal_part="second")
+    write_line_video(dataset, line, frames, defect_frames, normal_part="second")
     model = work / f"{category}.ckpt"
     shutil.copy(checkpoint, model)
+    return model, clip, line, defect_frames
+
+
+def one_category(checkpoint: Path, data: Path, category: str, work: Path, frames: int) -> dict:
+    model, clip, line, _ = line_setup(checkpoint, data, category, work, frames)
     calibration = calibrate(model, str(clip), frames=frames // 2, plot=work / f"{category}_calibration.png")
     summary = run_stream(model=model, camera=None, source=str(line), backend=None, device="cpu", show=False,
                          save_video=None, save_masks=None, jsonl=None, threshold=None, min_area=0, hysteresis="1,1",

@@ -67,8 +67,6 @@ def read_sidecar(artifact: str | Path) -> dict:
     return info
 
 
-# Fields the exporter stamps into the ONNX file itself (metadata_props) and that must agree with its sidecar: a
-# sidecar copied from another model would otherwise bring its thresholds, input size or colour order along.
 def check_single_graph(artifact: str | Path, info: dict) -> None:
     """Servers (Triton, DeepStream, `edgekd serve`) run one graph per request: a teacher or student part of a
     split export (`--layout split`) is refused in one line."""
@@ -77,6 +75,8 @@ def check_single_graph(artifact: str | Path, info: dict) -> None:
                           "export with --layout single for a server, which runs one graph per request")
 
 
+# Fields the exporter stamps into the ONNX file itself (metadata_props) and that must agree with its sidecar: a
+# sidecar copied from another model would otherwise bring its thresholds, input size or colour order along.
 STAMPED_FIELDS = ("model", "precision", "layout", "input_size", "color", "thresholds", "source_sha256")
 
 

@@ -21,7 +21,7 @@ from edgekd.errors import EdgekdError, RunIncomplete
 from edgekd.stream.cli_run import run_stream
 from edgekd.stream.detect import Hysteresis, Thresholds, defect_regions, parse_hysteresis
 from edgekd.stream.runner import DONE, _NewestQueue
-from edgekd.stream.sources import CORRUPT, END, OK, open_source
+from edgekd.stream.sources import CORRUPT, END, OK, CaptureSettings, open_source
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mjpeg_server import MjpegServer  # noqa: E402
@@ -223,3 +223,29 @@ def test_checkpoint_runs_through_the_torch_backend(wood_checkpoint, line_video, 
 def test_stream_that_is_not_there_fails_in_one_line(tmp_path):
     with pytest.raises(EdgekdError, match=r"stream rtsp://127\.0\.0\.1:9/cam could not be opened"):
         open_source("rtsp://127.0.0.1:9/cam")  # the discard port: connection refused
+
+
+@pytest.mark.slow
+def test_run_option_mistakes_fail_in_one_line(onnx_exports, synth_root, tmp_path):
+    model = str(onnx_exports["fp32"])
+    folder = synth_root / "wood" / "test" / "good"
+    code, lines = _cli("--source", str(folder), "--model", model, "--bundle", str(tmp_path / "line.tar.gz"))
+    assert code == 2 and "exactly one of --model ARTIFACT or --bundle" in lines[-1]
+    code, lines = _cli("--source", str(folder), "--bundle", str(tmp_path / "line.tar.gz"), "--server",
+                       "grpc://127.0.0.1:8001")
+    assert code == 2 and "--bundle runs its model here" in lines[-1]
+    code, lines = _cli("--source", str(folder), "--model", model, "--pixel-threshold", "nan")
+    assert code == 2 and len(lines) == 1 and "--pixel-threshold nan is not a finite number" in lines[0]
+    code, lines = _cli("--source", str(folder), "--model", model, "--realtime")
+    assert code == 2 and "has no frame rate of its own: give --realtime a rate with --fps" in lines[-1]
+    with pytest.raises(EdgekdError, match="already delivers in real time"):
+        open_source(7, realtime=True)  # refused before the camera is even looked for
+
+
+def test_realtime_paces_a_folder_at_fps(synth_root):
+    source = open_source(synth_root / "wood" / "test" / "good", CaptureSettings(fps=20.0), realtime=True)
+    started = time.monotonic()
+    reads = [source.read() for _ in range(6)]
+    source.close()
+    assert [r.status for r in reads] == [OK] * 6 and source.fps == 20.0
+    assert time.monotonic() - started >= 5 / 20 - 0.01  # the first frame at once, then one every 50 ms

@@ -141,7 +141,8 @@ def refit_scales(model, config: dict, maxima: tuple[torch.Tensor, torch.Tensor])
 def throughput(model, images: np.ndarray, rounds: int = 3, batch: int = 8) -> dict:
     """img/s of each variant that changes the work done, in alternating turns (A B A B ...)."""
     runtime = TorchRuntime(model, device="cpu")
-    timed = {"default": {}} | ({"distill only": {"memory_off": True}} if getattr(model, "patch_memory", None) else {})
+    timed = {"default": {}} | ({"distill only": {"memory_off": True}} if getattr(model, "patch_memory", None) else {}) \
+        | ({"no colour branch": {"colour_off": True}} if getattr(model, "colour", None) is not None else {})
     seconds = {name: [] for name in timed}
     for _ in range(rounds):
         for name, setting in timed.items():

@@ -459,3 +459,16 @@ def test_a_picture_that_cannot_be_drawn_is_counted_and_the_board_goes_on():
         assert _wait_for(lambda: len(board.defects()) == 1) and board.defects()[0]["frame"] == 1
     finally:
         board.close()
+
+
+def test_a_live_picture_that_cannot_be_drawn_is_not_retried_in_a_loop():
+    board = _board(stream_fps=10.0)
+    try:
+        broken = _result(0, 0.2, False, 10.0)
+        broken.image = np.zeros((0, 0, 3), np.uint8)
+        board.write(broken, None)
+        with board.watch():
+            time.sleep(0.55)  # at 10 pictures a second: about 6 tries of the same frame, not thousands
+        assert 1 <= board.picture_errors <= 8
+    finally:
+        board.close()

@@ -131,8 +131,9 @@ class LiveBoard(Sink):
                     wait = next_frame_at - time.monotonic()
                     if wanted and wait <= 0:
                         job = ("frame", self.latest, self.latest_picture)
+                        next_frame_at = time.monotonic() + self.stream_period  # also after a picture that fails
                         break
-                    if self.finished and not self.pending_shots:
+                    if self.finished:  # and no defect picture is pending (taken first, above)
                         return
                     self.changed.wait(timeout=wait if wanted else 0.5)
             kind, result, drawn = job
@@ -146,7 +147,6 @@ class LiveBoard(Sink):
                     with self.changed:
                         self.gallery.append(shot)
                 else:
-                    next_frame_at = time.monotonic() + self.stream_period
                     data = encode_jpeg(picture, MAX_WIDTH)
                     with self.changed:
                         self.frame_jpeg = (result.index, data)

@@ -133,9 +133,7 @@ def one_turn(condition: str, model: Path, video: Path, work: Path, settle_s: flo
             attached.goto(url)
         out, err = process.communicate(timeout=1800)
     finally:
-        if condition == "viewer" and attached is not None:
-            attached.close()
-        elif condition == "chromium" and attached is not None:
+        if attached is not None:  # the viewer or the page: both close()
             attached.close()
     if process.returncode != 0:
         raise SystemExit(f"edgekd run failed ({condition}): {err}")

@@ -6,6 +6,12 @@ size divided by `map_stride`) -> combine across scales (add, mul, max, weighted)
 grid (sigma given in output pixels; the grid's blur leaves out what the upsample smooths) -> one bilinear upsample
 to the output size -> image score (max or top-k mean) of that map.
 
+How the ONNX body writes the same arithmetic, for onnxruntime's CPU kernels (benchmarks/results/scoring_lowering.md):
+the scales are combined by Add nodes, the final upsample by an integer factor is a 3x3 convolution into the
+factor^2 output phases and DepthToSpace instead of Resize, and, where the features come from float ops with known
+channel counts, each channel sum is a 1x1 convolution with ones, which stays in onnxruntime's blocked layout
+instead of reordering every product (edgekd/fused/onnx_function.py chooses; after Dequantize a ReduceSum is faster).
+
 The default grid is half the output size (stride 2): the combination and the blur touch a quarter of the pixels
 they did at output size (stride 1, the form every artifact written before `map_stride` existed uses). On the
 real-texture benchmark stride 2 keeps every category within 0.2 points of stride 1, and in onnxruntime it runs as
@@ -16,6 +22,8 @@ fast as stride 4 (the finest teacher scale), which loses 0.4 points of image AUR
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -70,12 +78,33 @@ class ScoringConfig:
         return asdict(self)
 
 
+_CONVOLUTION_CHANNEL_SUMS: ContextVar[bool] = ContextVar("edgekd_convolution_channel_sums", default=False)
+
+
+@contextmanager
+def channel_sums_as_convolutions():
+    """While tracing for ONNX inside this block, channel sums are written as 1x1 convolutions with ones. The
+    traced features must have their real channel counts: the ones are constants of that shape."""
+    token = _CONVOLUTION_CHANNEL_SUMS.set(True)
+    try:
+        yield
+    finally:
+        _CONVOLUTION_CHANNEL_SUMS.reset(token)
+
+
+def channel_sum(x: torch.Tensor) -> torch.Tensor:
+    """(B,C,h,w) -> (B,1,h,w)."""
+    if _CONVOLUTION_CHANNEL_SUMS.get() and torch.onnx.is_in_onnx_export():
+        return F.conv2d(x, torch.ones(1, int(x.shape[1]), 1, 1, dtype=x.dtype))
+    return x.sum(dim=1, keepdim=True)
+
+
 def cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """1 - cos over channels, (B,C,h,w) x2 -> (B,1,h,w), reductions in FP32 whatever the input precision (FP64
     inputs stay FP64: the kernel checks use this module as their float64 reference)."""
     t, s = (teacher, student) if teacher.dtype == torch.float64 else (teacher.float(), student.float())
-    dot = (t * s).sum(dim=1, keepdim=True)
-    norms = torch.sqrt((t * t).sum(dim=1, keepdim=True)) * torch.sqrt((s * s).sum(dim=1, keepdim=True))
+    dot = channel_sum(t * s)
+    norms = torch.sqrt(channel_sum(t * t)) * torch.sqrt(channel_sum(s * s))
     return 1.0 - dot / torch.clamp(norms, min=eps)
 
 
@@ -132,8 +161,11 @@ def gaussian_blur(amap: torch.Tensor, kernel1d: torch.Tensor) -> torch.Tensor:
 
 
 def combine_maps(maps: list[torch.Tensor], mode: str, weights: torch.Tensor | None = None) -> torch.Tensor:
-    if mode == "add":
-        return torch.stack(maps).sum(0)
+    if mode == "add":  # a chain of adds, not stack + sum: onnxruntime's ReduceSum over a stack is slow
+        total = maps[0]
+        for amap in maps[1:]:
+            total = total + amap
+        return total
     if mode == "mul":
         return torch.stack(maps).prod(0)
     if mode == "max":
@@ -162,6 +194,31 @@ def resize(amap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
 
 
+def upsample_phases(amap: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bilinear upsampling by an integer factor (align_corners=False), written as edge padding, one 3x3
+    convolution into the factor^2 output phases and DepthToSpace: output pixel factor*i+k samples input i +
+    (k + 0.5) / factor - 0.5, a two-tap blend of i and its neighbour, and the edge padding repeats the border as
+    the resize's clamping does."""
+    taps = []
+    for phase in range(factor):
+        offset = (phase + 0.5) / factor - 0.5
+        taps.append([-offset, 1.0 + offset, 0.0] if offset < 0 else [0.0, 1.0 - offset, offset])
+    rows = torch.tensor(taps, dtype=torch.float64)
+    kernel = (rows[:, None, :, None] * rows[None, :, None, :]).reshape(factor * factor, 1, 3, 3)
+    padded = F.pad(amap, (1, 1, 1, 1), mode="replicate")
+    return F.pixel_shuffle(F.conv2d(padded, kernel.to(amap.dtype)), factor)
+
+
+def upsample(amap: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
+    """The final upsample of the scoring grid to the output size: a bilinear resize, which ONNX export writes as
+    upsample_phases when the factor is a whole number on both axes (same values, faster in onnxruntime)."""
+    factor = to_size[0] // from_size[0]
+    whole = factor > 1 and (from_size[0] * factor, from_size[1] * factor) == tuple(to_size)
+    if whole and torch.onnx.is_in_onnx_export():
+        return upsample_phases(amap, factor)
+    return resize(amap, to_size)
+
+
 class FeatureDiff(nn.Module):
     """Teacher/student feature lists -> (anomaly map (B,1,H,W) FP32, image score (B,))."""
 
@@ -187,5 +244,5 @@ class FeatureDiff(nn.Module):
         if self.grid_sigma > 0:
             amap = gaussian_blur(amap, self.blur_kernel)
         if self.grid_size != self.output_size:  # static: fixed by the config, not by the traced shapes
-            amap = resize(amap, self.output_size)
+            amap = upsample(amap, self.grid_size, self.output_size)
         return amap, image_score(amap, self.config.score, self.config.topk)

@@ -372,3 +372,82 @@ def test_cpp_plugin_declares_every_attribute_with_the_python_plugins_type():
     assert declared == _FIELD_TYPES
     for name in _FIELD_TYPES:  # read back by the creator and written out when the engine is serialised
         assert f'name == "{name}"' in source and f'emplace_back("{name}"' in source
+
+
+def _fed_by(model: onnx.ModelProto, features: list[torch.Tensor], producer: str) -> onnx.ModelProto:
+    """The op model with each feature made by a `producer` node from a new input `<name>_raw` of fixed channels:
+    'Relu' (a float op) or 'DequantizeLinear' (after a QuantizeLinear, as in an INT8 graph); the body re-attached."""
+    graph = model.graph
+    for value, feature in zip(graph.input, features):
+        name = value.name
+        value.name = f"{name}_raw"
+        channels = value.type.tensor_type.shape.dim[1]
+        channels.ClearField("dim_param")
+        channels.dim_value = int(feature.shape[1])
+        if producer == "Relu":
+            graph.node.insert(0, onnx.helper.make_node("Relu", [value.name], [name]))
+            continue
+        graph.initializer.extend([onnx.numpy_helper.from_array(np.array(0.02, np.float32), f"{name}_scale"),
+                                  onnx.numpy_helper.from_array(np.array(128, np.uint8), f"{name}_zero")])
+        graph.node.insert(0, onnx.helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zero"],
+                                                   [name]))
+        graph.node.insert(0, onnx.helper.make_node("QuantizeLinear", [value.name, f"{name}_scale", f"{name}_zero"],
+                                                   [f"{name}_q"]))
+    from edgekd.fused.onnx_function import attach_function
+    return attach_function(model)
+
+
+def _what_features_become(features: list[torch.Tensor], producer: str) -> list[torch.Tensor]:
+    if producer == "Relu":
+        return [torch.relu(f.float()) for f in features]
+    return [(torch.clamp(torch.round(f.float() / 0.02) + 128, 0, 255) - 128) * 0.02 for f in features]
+
+
+def _ones_convolutions(body: onnx.FunctionProto) -> int:
+    """Convolutions in the body whose weight is a constant (1, C, 1, 1) of ones: channel sums."""
+    constants = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in body.node
+                 if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    weights = [constants.get(n.input[1]) for n in body.node if n.op_type == "Conv"]
+    return sum(1 for w in weights if w is not None and w.ndim == 4 and w.shape[0] == 1 and w.shape[2:] == (1, 1)
+               and w.shape[1] > 1 and np.all(w == 1))
+
+
+@pytest.mark.parametrize("producer", ["Relu", "DequantizeLinear"])
+def test_body_sums_channels_by_convolution_after_float_ops_and_by_reducesum_after_dequantize(producer):
+    spec = FusedOpSpec((64, 64), threshold=0.4, map_stride=4)
+    shapes = [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
+    features = _features(shapes, torch.float32)
+    model = _fed_by(op_model(spec, features), features, producer)
+    onnx.checker.check_model(model)
+    body = model.functions[0]
+    ops = [n.op_type for n in body.node]
+    if producer == "Relu":  # three sums per scale (t.s, t.t, s.s), no ReduceSum over channels left
+        assert _ones_convolutions(body) == 3 * len(shapes) and "ReduceSum" not in ops
+    else:
+        assert _ones_convolutions(body) == 0 and ops.count("ReduceSum") == 3 * len(shapes)
+    assert "DepthToSpace" in ops and ops.count("Resize") == len(shapes)  # the final upsample is no Resize
+    got = _run(model, features)
+    expected = spec.reference()(*_what_features_become(features, producer))
+    span = float(expected[0].max() - expected[0].min())
+    assert np.abs(got[0] - expected[0].numpy()).max() <= 1e-5 * span + 1e-6
+    assert np.allclose(got[1], expected[1].numpy(), rtol=1e-5, atol=1e-6)
+    assert (got[2] != expected[2].numpy()).mean() < 1e-4  # only pixels within rounding of the threshold may differ
+
+
+def test_feature_channels_refuses_unknown_or_mismatched_channels():
+    from edgekd.fused.onnx_function import feature_channels
+    spec = FusedOpSpec((32, 32))
+    features = _features([(4, 8, 8)], torch.float32)
+    model = op_model(spec, features)  # graph inputs: no producer, channels not fixed
+    assert feature_channels(model, fused_nodes(model)) is None
+    fixed = _fed_by(op_model(spec, features), features, "Relu")
+    assert feature_channels(fixed, fused_nodes(fixed)) == (4,)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+def test_upsample_phases_is_the_bilinear_resize(factor):
+    from edgekd.scoring import resize, upsample_phases
+    amap = torch.rand(2, 1, 9, 6, dtype=torch.float64)
+    expected = resize(amap, (9 * factor, 6 * factor))
+    assert torch.allclose(upsample_phases(amap, factor), expected, atol=1e-12)
+    assert torch.allclose(upsample_phases(amap.float(), factor), expected.float(), atol=1e-6)

@@ -8,7 +8,8 @@ Forms of the body (the arithmetic is the same in all; edgekd/scoring.py):
                (the body every export wrote until this change);
 - reducesum:   Add chain and the phase upsample (DepthToSpace), channel sums by ReduceSum;
 - convolution: Add chain and the phase upsample, channel sums by 1x1 convolutions with ones;
-- exported:    what the exporter attaches now (convolution after float features, reducesum after Dequantize).
+- exported:    what the exporter attaches now (convolution after float features; after DequantizeLinear,
+               reducesum with the squares as Pow, which onnxruntime dequantizes once fewer per feature).
 
     python benchmarks/scoring_lowering.py --stfpm runs/real/stfpm_lite0_grid2/cork/model.ckpt \
         --rd runs/real/rd_lite0_grid2/cork/model.ckpt --data data/real --category cork
@@ -165,7 +166,7 @@ def report(payload: dict) -> str:
              "Forms: **before** (stack + ReduceSum combine, Resize upsample, ReduceSum channel sums), **reducesum** "
              "(Add chain, phase upsample by DepthToSpace, ReduceSum channel sums), **convolution** (Add chain, phase "
              "upsample, 1x1 convolutions of ones for the channel sums), **exported** (what `edgekd export` writes now: "
-             "convolution after float features, reducesum after DequantizeLinear).", "",
+             "convolution after float features; after DequantizeLinear reducesum with the squares as Pow).", "",
              "| model | batch | x before: reducesum | convolution | exported | scoring share: before | exported | cut at taps x before |",
              "|---|---|---|---|---|---|---|---|"]
     for key, row in payload["results"].items():

@@ -10,7 +10,8 @@ How the ONNX body writes the same arithmetic, for onnxruntime's CPU kernels (ben
 the scales are combined by Add nodes, the final upsample by an integer factor is a 3x3 convolution into the
 factor^2 output phases and DepthToSpace instead of Resize, and, where the features come from float ops with known
 channel counts, each channel sum is a 1x1 convolution with ones, which stays in onnxruntime's blocked layout
-instead of reordering every product (edgekd/fused/onnx_function.py chooses; after Dequantize a ReduceSum is faster).
+instead of reordering every product; after DequantizeLinear the sums stay ReduceSum and the squares are Pow, which
+reads each feature once (edgekd/fused/onnx_function.py chooses).
 
 The default grid is half the output size (stride 2): the combination and the blur touch a quarter of the pixels
 they did at output size (stride 1, the form every artifact written before `map_stride` existed uses). On the
@@ -79,6 +80,7 @@ class ScoringConfig:
 
 
 _CONVOLUTION_CHANNEL_SUMS: ContextVar[bool] = ContextVar("edgekd_convolution_channel_sums", default=False)
+_SQUARES_AS_POWERS: ContextVar[bool] = ContextVar("edgekd_squares_as_powers", default=False)
 
 
 @contextmanager
@@ -90,6 +92,23 @@ def channel_sums_as_convolutions():
         yield
     finally:
         _CONVOLUTION_CHANNEL_SUMS.reset(token)
+
+
+@contextmanager
+def squares_as_powers():
+    """While tracing for ONNX inside this block, squares are written as Pow(x, 2), which reads x through one input
+    edge instead of two: onnxruntime gives every input edge fed by a DequantizeLinear its own copy of that node, so
+    in an INT8 graph each feature is dequantized twice instead of three times (x * x and x.pow(2) are the same
+    correctly rounded value)."""
+    token = _SQUARES_AS_POWERS.set(True)
+    try:
+        yield
+    finally:
+        _SQUARES_AS_POWERS.reset(token)
+
+
+def square(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2) if _SQUARES_AS_POWERS.get() and torch.onnx.is_in_onnx_export() else x * x
 
 
 def channel_sum(x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +123,7 @@ def cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1
     inputs stay FP64: the kernel checks use this module as their float64 reference)."""
     t, s = (teacher, student) if teacher.dtype == torch.float64 else (teacher.float(), student.float())
     dot = channel_sum(t * s)
-    norms = torch.sqrt(channel_sum(t * t)) * torch.sqrt(channel_sum(s * s))
+    norms = torch.sqrt(channel_sum(square(t))) * torch.sqrt(channel_sum(square(s)))
     return 1.0 - dot / torch.clamp(norms, min=eps)
 
 

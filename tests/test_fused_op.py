@@ -422,9 +422,10 @@ def test_body_sums_channels_by_convolution_after_float_ops_and_by_reducesum_afte
     body = model.functions[0]
     ops = [n.op_type for n in body.node]
     if producer == "Relu":  # three sums per scale (t.s, t.t, s.s), no ReduceSum over channels left
-        assert _ones_convolutions(body) == 3 * len(shapes) and "ReduceSum" not in ops
-    else:
+        assert _ones_convolutions(body) == 3 * len(shapes) and "ReduceSum" not in ops and "Pow" not in ops
+    else:  # squares by Pow: one input edge per feature, so one DequantizeLinear fewer per feature at run time
         assert _ones_convolutions(body) == 0 and ops.count("ReduceSum") == 3 * len(shapes)
+        assert ops.count("Pow") == 2 * len(shapes)
     assert "DepthToSpace" in ops and ops.count("Resize") == len(shapes)  # the final upsample is no Resize
     got = _run(model, features)
     expected = spec.reference()(*_what_features_become(features, producer))

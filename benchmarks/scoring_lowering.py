@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 import onnx
 
 from edgekd.atomic import write_bytes_atomic
@@ -50,7 +51,7 @@ def body_as_before():
     combine, upsample = scoring.combine_maps, scoring.upsample
 
     def stacked(maps, mode, weights=None):
-        return scoring.torch.stack(maps).sum(0) if mode == "add" else combine(maps, mode, weights)
+        return torch.stack(maps).sum(0) if mode == "add" else combine(maps, mode, weights)
 
     scoring.combine_maps = stacked
     scoring.upsample = lambda amap, from_size, to_size: scoring.resize(amap, to_size)

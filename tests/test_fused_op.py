@@ -250,6 +250,28 @@ def test_parser_imports_function_body_without_override_and_engine_builds():
     assert builder.build_serialized_network(network, config) is not None
 
 
+@pytest.mark.parametrize("producer", ["Relu", "DequantizeLinear"])
+def test_parser_builds_the_body_in_its_onnxruntime_forms(producer):
+    """The forms the body takes for onnxruntime (1x1 convolutions of ones, Pow, the phase upsample with edge
+    padding and DepthToSpace) are stock layers TensorRT's parser imports and builds."""
+    trt = _rtx()
+    spec = FusedOpSpec((32, 32), threshold=0.5, map_stride=4)
+    shapes = [(4, 8, 8), (6, 4, 4)]
+    features = _features(shapes, torch.float32)
+    model = _fed_by(op_model(spec, features), features, producer, np.array(0, np.int8))
+    ops = {n.op_type for n in model.functions[0].node}
+    assert "DepthToSpace" in ops and ("Pow" in ops) == (producer == "DequantizeLinear")
+    ok, builder, network = _parse(trt, model, override=False)
+    assert ok
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        dims = list(shapes[i % len(shapes)])
+        profile.set_shape(network.get_input(i).name, [1] + dims, [2] + dims, [4] + dims)
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is not None
+
+
 def test_parser_hands_the_node_to_a_registered_plugin():
     """With our creator registered, the parser asks it for the local function's node, with the node's attributes
     as plugin fields: because the node carries `plugin_namespace`, or (a node without it) because of the parser
@@ -374,9 +396,11 @@ def test_cpp_plugin_declares_every_attribute_with_the_python_plugins_type():
         assert f'name == "{name}"' in source and f'emplace_back("{name}"' in source
 
 
-def _fed_by(model: onnx.ModelProto, features: list[torch.Tensor], producer: str) -> onnx.ModelProto:
+def _fed_by(model: onnx.ModelProto, features: list[torch.Tensor], producer: str,
+            zero_point: np.ndarray = np.array(128, np.uint8)) -> onnx.ModelProto:
     """The op model with each feature made by a `producer` node from a new input `<name>_raw` of fixed channels:
-    'Relu' (a float op) or 'DequantizeLinear' (after a QuantizeLinear, as in an INT8 graph); the body re-attached."""
+    'Relu' (a float op) or 'DequantizeLinear' (after a QuantizeLinear, as in an INT8 graph: onnxruntime's UINT8
+    form by default, TensorRT's with an INT8 zero point of 0); the body re-attached."""
     graph = model.graph
     for value, feature in zip(graph.input, features):
         name = value.name
@@ -388,7 +412,7 @@ def _fed_by(model: onnx.ModelProto, features: list[torch.Tensor], producer: str)
             graph.node.insert(0, onnx.helper.make_node("Relu", [value.name], [name]))
             continue
         graph.initializer.extend([onnx.numpy_helper.from_array(np.array(0.02, np.float32), f"{name}_scale"),
-                                  onnx.numpy_helper.from_array(np.array(128, np.uint8), f"{name}_zero")])
+                                  onnx.numpy_helper.from_array(zero_point, f"{name}_zero")])
         graph.node.insert(0, onnx.helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zero"],
                                                    [name]))
         graph.node.insert(0, onnx.helper.make_node("QuantizeLinear", [value.name, f"{name}_scale", f"{name}_zero"],

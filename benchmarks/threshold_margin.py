@@ -7,8 +7,10 @@ scores, and each threshold is counted against the line's frames: good frames fla
 A frame's verdict is `score > image threshold` (`edgekd run` with --min-area 0), so applying a threshold to the
 stored scores gives exactly what `edgekd run` would print with that threshold.
 
-    python benchmarks/threshold_margin.py --runs runs/real/rd_lite0_grid2
-Writes benchmarks/results/threshold_margin.{json,md}.
+    python benchmarks/threshold_margin.py --runs runs/real/rd_lite0_grid2 [--swap-halves]
+Writes benchmarks/results/threshold_margin.{json,md}; with --swap-halves (calibrate on the second half of the normal
+test images, the line video from the first: a check of the margin on images it was not chosen on)
+threshold_margin_swapped.{json,md}.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 CATEGORIES = ("grass", "gravel", "brick", "cork", "canvas", "fibre_paper", "pastel_paper", "felt", "pcb")
 
 
-def scores_of(checkpoint: Path, data: Path, category: str, work: Path, frames: int) -> dict:
-    """The same clip and line video as benchmarks/video_targets.py."""
-    model, clip, line, defect_frames = line_setup(checkpoint, data, category, work, frames)
+def scores_of(checkpoint: Path, data: Path, category: str, work: Path, frames: int, calibrate_on: str) -> dict:
+    """The same clip and line video as benchmarks/video_targets.py (or with the halves swapped)."""
+    model, clip, line, defect_frames = line_setup(checkpoint, data, category, work, frames, calibrate_on)
     calibration = calibrate(model, str(clip), frames=frames // 2, plot=work / f"{category}.png", dry_run=True)
     events = work / f"{category}.jsonl"
     run_stream(model=model, camera=None, source=str(line), backend=None, device="cpu", show=False, save_video=None,
@@ -63,25 +65,31 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO / "data" / "real")
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--swap-halves", action="store_true", help="Calibrate on the second half of the normal test "
+                        "images and make the line video from the first.")
     args = parser.parse_args()
+    calibrate_on, name = ("second", "threshold_margin_swapped") if args.swap_halves else ("first", "threshold_margin")
     per_category = {}
     with tempfile.TemporaryDirectory() as folder:
         for category in CATEGORIES:
-            scores = scores_of(args.runs / category / "model.ckpt", args.data, category, Path(folder), args.frames)
+            scores = scores_of(args.runs / category / "model.ckpt", args.data, category, Path(folder), args.frames,
+                               calibrate_on)
             good, defect = np.array(scores["good"]), np.array(scores["defect"])
             per_category[category] = {"scores": scores, "margins": {str(m): counts(scores, m) for m in MARGINS},
                                       "defects_below_largest_good": int((defect <= good.max()).sum())}
             print(category, {m: (c["false_alarms"], c["detected"]) for m, c in per_category[category]["margins"].items()},
                   flush=True)
     machine = machine_info()
-    write_bytes_atomic(args.results / "threshold_margin.json", json.dumps(
+    write_bytes_atomic(args.results / f"{name}.json", json.dumps(
         {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine, "runs": str(args.runs), "margins": MARGINS,
-         "categories": per_category}, indent=1).encode())
+         "calibrated_on": f"{calibrate_on} half of the normal test images", "categories": per_category},
+        indent=1).encode())
+    halves = ("the first", "the other") if calibrate_on == "first" else ("the second", "the first")
     lines = ["# How wide the calibration margin should be", "",
-             f"`python benchmarks/threshold_margin.py --runs {args.runs}`, {time.strftime('%Y-%m-%d %H:%M')}, "
-             f"{machine['cpu']}. Per category: `edgekd calibrate` scores on a {args.frames // 2}-frame clip of half the "
-             f"normal test images; a {args.frames}-frame MPEG-4 line video of the other half with a defect every 10th "
-             "frame. Rule: threshold = max(Q0.99 + margin * s, largest + s), s = 1.4826 MAD. Cells: good frames "
+             f"`python benchmarks/threshold_margin.py --runs {args.runs}{' --swap-halves' if args.swap_halves else ''}`, "
+             f"{time.strftime('%Y-%m-%d %H:%M')}, {machine['cpu']}. Per category: `edgekd calibrate` scores on a "
+             f"{args.frames // 2}-frame clip of {halves[0]} half of the normal test images; a {args.frames}-frame MPEG-4 "
+             f"line video of {halves[1]} half with a defect every 10th frame. Rule: threshold = max(Q0.99 + margin * s, largest + s), s = 1.4826 MAD. Cells: good frames "
              "flagged / defect frames found. Last column: defect frames that score at or below the line's largest "
              "good score (no threshold finds them without a false alarm).", "",
              "| category | " + " | ".join(f"margin {m:g}" for m in MARGINS) + " | inseparable |",
@@ -98,7 +106,7 @@ def main() -> None:
         total = sum(r["margins"][str(m)]["defect_frames"] for r in per_category.values())
         totals.append(f"{fa}/{good} / {found}/{total}")
     lines.append("| **all** | " + " | ".join(totals) + " | |")
-    write_bytes_atomic(args.results / "threshold_margin.md", ("\n".join(lines) + "\n").encode())
+    write_bytes_atomic(args.results / f"{name}.md", ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -29,14 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"false_alarm_rate": 0.01, "recall": 0.95, "image_auroc_in_scope": 0.98}
 
 
-def line_setup(checkpoint: Path, data: Path, category: str, work: Path, frames: int) -> tuple[Path, Path, Path, list[int]]:
-    """A copy of the model to calibrate, a clip of good frames (the first half of the normal test images) and a
-    line video of the other half with a defect every 10th frame; and those frames."""
+def line_setup(checkpoint: Path, data: Path, category: str, work: Path, frames: int,
+               calibrate_on: str = "first") -> tuple[Path, Path, Path, list[int]]:
+    """A copy of the model to calibrate, a clip of good frames (one half of the normal test images, the first by
+    default) and a line video of the other half with a defect every 10th frame; and those frames."""
     dataset = load_dataset(data, category)
     clip, line = work / f"{category}_good.mp4", work / f"{category}_line.mp4"
     defect_frames = list(range(9, frames, 10))
-    write_line_video(dataset, clip, frames // 2, [], normal_part="first", seed=1)
-    write_line_video(dataset, line, frames, defect_frames, normal_part="second")
+    line_part = {"first": "second", "second": "first"}[calibrate_on]
+    write_line_video(dataset, clip, frames // 2, [], normal_part=calibrate_on, seed=1)
+    write_line_video(dataset, line, frames, defect_frames, normal_part=line_part)
     model = work / f"{category}.ckpt"
     shutil.copy(checkpoint, model)
     return model, clip, line, defect_frames

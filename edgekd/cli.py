@@ -273,7 +273,7 @@ def calibrate(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
               frames: int = typer.Option(300, "--frames", min=1, help="Good frames to score (fewer if the source ends)."),
               quantile: float = typer.Option(0.99, help="Rule: threshold = max(Q + margin*s, largest normal + s)."),
               margin: Optional[float] = typer.Option(None, help="Robust spreads (s = 1.4826 MAD) added above the "
-                                                     "quantile [default: 2; training's held-out images get 3]."),
+                                                     "quantile [default: 3, as for training's held-out images]."),
               plot: Optional[Path] = typer.Option(None, help="Histogram PNG (default <artifact>.calibration.png)."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Report and plot, but leave the artifact as it is."),
               width: Optional[int] = typer.Option(None, help="Capture width (cameras, CSI)."),

@@ -108,7 +108,9 @@ def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str,
     runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
     model, settings = runtime.model, config["train"]
     weight = float(config["model_options"]["colour_weight"])
+    gate = float(config["model_options"].get("colour_gate", 0.0))
     model.colour = ColourDeviation(model.input_size, weight)
+    model.colour_gate = gate
     dataset = load_dataset(data, category, seed=settings["seed"])
     fit_idx, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
     fit_images = load_images([dataset.train[i] for i in fit_idx], model.input_size)
@@ -118,9 +120,11 @@ def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str,
     def batches(images):
         return lambda: (torch.from_numpy(to_model_input(images[s:s + 8])) for s in range(0, len(images), 8))
     model.eval()
-    normal = {**payload["training"].get("normal_fit", {}), **fit_colour(model, batches(views), batches(calib))}
+    normal = {**payload["training"].get("normal_fit", {}),
+              **fit_colour(model, batches(views), batches(calib), gate or None)}
     calibrated = TorchRuntime(model, device="cpu").infer(calib, 8)
-    merged = {**payload["config"], "model_options": {**payload["config"]["model_options"], "colour_weight": weight}}
+    merged = {**payload["config"], "model_options": {**payload["config"]["model_options"], "colour_weight": weight,
+                                                     "colour_gate": gate}}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, model, merged, score_stats=score_statistics(calibrated.scores),
                     thresholds=thresholds_from_normal(calibrated.scores, calibrated.maps,

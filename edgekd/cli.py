@@ -130,6 +130,8 @@ def train(config: Optional[Path] = typer.Option(None, help="YAML config (see con
     _echo(f"trained {cfg['model']} ({cfg['teacher']}) for {result.epochs_run} epochs{resumed} on {result.device} in "
           f"{result.seconds:.0f}s, final loss {result.final_loss:.4f}")
     _echo(f"thresholds from {t['n']} held-out normal images: image {t['image']:.4f}, pixel {t['pixel']:.4f}")
+    for note in result.notes:
+        _echo(f"note: {note}")
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
     _echo(f"checkpoint: {result.checkpoint}\nnext: edgekd eval {result.checkpoint} --data {data}"

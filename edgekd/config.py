@@ -199,6 +199,9 @@ def _merge(base: dict, update: dict, path: str = "") -> dict:
             if not isinstance(value, dict):
                 raise EdgekdError(f"config key '{where}' must be a mapping")
             out[key] = _merge(base[key], value, where + ".")
+        elif isinstance(base.get(key), dict) and isinstance(value, dict):
+            # a free-form section takes any keys, but `--set model_options.x=1` changes x and keeps the others
+            out[key] = {**base[key], **copy.deepcopy(value)}
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -39,6 +39,7 @@ class TrainResult:
     device: str
     warnings: list[str]
     resumed_at: int = 0  # epochs already done when --resume picked the run up
+    notes: tuple[str, ...] = ()  # what fitting the normal statistics decided, for the user (e.g. the colour gate)
 
     @property
     def epochs_run(self) -> int:
@@ -283,4 +284,4 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
                               "layout": dataset.layout, "n_fit": len(fit_images), "n_calibration": len(calib),
                               **({"normal_fit": normal_stats} if normal_stats else {})})
     return TrainResult(final_path, settings["epochs"], epoch_loss, seconds, thresholds, str(device), warnings,
-                       start_epoch)
+                       start_epoch, tuple(normal_stats.get("notes", ())) if normal_stats else ())

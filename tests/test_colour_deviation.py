@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.models.colour_deviation import ColourDeviation, fit_colour
+from edgekd.models.colour_deviation import ColourDeviation, camera_shift, fit_colour
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -69,7 +69,8 @@ def test_trained_branch_joins_the_score_in_torch_and_onnx(synth_root, tmp_path):
     from edgekd.train import train
     configs = Path(__file__).resolve().parents[1] / "configs"
     config = load_config(configs / "rd_lite0.yaml", ["input_size=128", "train.batch_size=8", "train.epochs=1",
-                                                     "model_options.colour_weight=0.25"])
+                                                     "model_options.colour_weight=0.25",
+                                                     "model_options.colour_gate=0"])  # kept whatever the camera does
     checkpoint = train(config, synth_root, "wood", tmp_path / "run").checkpoint
     onnx_model = export_checkpoint(checkpoint, "fp32", out_dir=tmp_path / "export").artifact
     torch_runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
@@ -89,3 +90,71 @@ def test_trained_branch_joins_the_score_in_torch_and_onnx(synth_root, tmp_path):
         exported_map, exported_score = onnx_runtime.run(batch)
     np.testing.assert_allclose(exported_score, scored_with, rtol=1e-3)
     np.testing.assert_allclose(exported_map, with_colour, rtol=1e-3, atol=1e-3 * float(np.abs(with_colour).max()))
+
+
+def test_camera_shift_counts_in_robust_spreads_of_the_clean_maxima():
+    clean = np.array([1.0, 1.1, 0.9, 1.0, 1.05, 0.95])
+    spread = 1.4826 * np.median(np.abs(clean - np.median(clean)))
+    assert camera_shift(clean, clean + 3 * spread) == pytest.approx(3.0)
+    assert camera_shift(clean, clean) == 0.0
+    assert np.isfinite(camera_shift(np.ones(5), np.ones(5) * 2))  # identical clean maxima: floored spread
+
+
+class _Detector:  # what fit_colour needs of a detector: its colour branch and its map without it
+    def __init__(self, colour):
+        self.colour = colour
+
+    def feature_map(self, batch):
+        return torch.rand(batch.shape[0], 1, batch.shape[2], batch.shape[3]) + 1.0
+
+
+def _patchy(n: int, seed: int, contrast: float) -> torch.Tensor:
+    """Images of random colour patches (16 px) of the given chroma contrast around grey, plus fine noise."""
+    rng = np.random.default_rng(seed)
+    patches = 0.5 + contrast * rng.uniform(-1, 1, (n, 3, 8, 8)).astype(np.float32)
+    images = np.repeat(np.repeat(patches, 16, axis=2), 16, axis=3)
+    return torch.from_numpy((images + rng.normal(0, 0.01, images.shape)).clip(0, 1).astype(np.float32))
+
+
+@pytest.mark.parametrize("surface,kept", [("patches", True), ("aligned object", False)])
+def test_gate_keeps_the_branch_only_where_a_camera_leaves_it_steady(surface, kept):
+    """Random strongly coloured patches: a camera's noise, codec and colour drift are small beside their normal
+    spread (shift 0.04 spreads), the branch is kept. The two-coloured aligned object varies little from image to
+    image, so the same camera moves its branch by 13 normal spreads: the branch goes out."""
+    colour = ColourDeviation((128, 128), 0.5)
+    if surface == "patches":
+        normal, held_out = _patchy(24, 0, 0.3), _patchy(8, 1, 0.3)
+    else:
+        normal, held_out = _images(24), _images(8, seed=1)
+    summary = fit_colour(_Detector(colour), lambda: iter([normal]), lambda: iter([held_out]), gate=2.0)
+    assert summary["colour_kept"] is kept and colour.is_kept is kept
+    assert (summary["colour_camera_shift"] <= 2.0) is kept
+    assert "colour_kept" not in fit_colour(_Detector(ColourDeviation((128, 128), 0.5)), lambda: iter([normal]),
+                                           lambda: iter([held_out]))  # no gate: no check
+
+
+def test_gate_decision_is_saved_and_older_branches_load_as_kept():
+    colour = ColourDeviation((128, 128), 0.5)
+    colour.kept.fill_(0.0)
+    state = colour.state_dict()
+    again = ColourDeviation((128, 128), 0.5)
+    again.load_state_dict(state)
+    assert not again.is_kept
+    older = {k: v for k, v in state.items() if k != "kept"}  # fitted before the gate existed
+    again.load_state_dict(older)
+    assert again.is_kept
+
+
+def test_a_gated_off_branch_leaves_the_score_to_the_features():
+    from edgekd.config import load_config
+    from edgekd.checkpoint import build_model
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    config = load_config(configs / "rd_lite0.yaml", ["input_size=128", "model_options.memory_size=0"])
+    model = build_model(config, pretrained_teacher=False).eval()
+    assert model.colour is not None and model.colour_gate == 2.0  # the default config has both
+    images = _images(2)
+    with torch.no_grad():
+        features_only = model.feature_map(images)
+        model.colour.kept.fill_(0.0)
+        amap, score = model(images)[:2]
+    assert torch.allclose(amap, features_only) and torch.allclose(score, features_only.flatten(1).amax(1))

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -90,3 +92,12 @@ def test_checkpoint_of_an_earlier_revision_of_a_family_is_refused(tmp_path):
     del payload["model_revision"]
     torch.save(payload, tmp_path / "rd-old.ckpt")
     load_checkpoint(tmp_path / "rd-old.ckpt")
+
+
+def test_setting_one_model_option_keeps_the_others():
+    """`--set model_options.memory_size=0` on the default config once replaced the whole section, silently dropping
+    the config's width, memory and colour settings for the family's own defaults."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    base = load_config(configs / "rd_lite0.yaml")["model_options"]
+    changed = load_config(configs / "rd_lite0.yaml", ["model_options.memory_size=0"])["model_options"]
+    assert changed == {**base, "memory_size": 0} and len(base) > 1

@@ -71,11 +71,13 @@ class ReverseDistillation(AnomalyModel):
     """memory_size > 0 adds a patch memory (edgekd/models/patch_memory.py) whose nearest-neighbour map is fused
     with the distillation map: what the default config uses, since it is what holds on natural textures.
     colour_weight > 0 adds the colour branch (edgekd/models/colour_deviation.py) to the image score: local colour
-    shifts that the camera-augmented networks learned to ignore."""
+    shifts that the camera-augmented networks learned to ignore. colour_gate (normal spreads; 0 = no check) keeps
+    it out of the score on surfaces where a camera moves it by more than that."""
 
     def __init__(self, teacher, input_size, scoring, width: int = 96, embed: int = 192,
                  decoder_widths: tuple[int, int, int] = (32, 64, 128), memory_size: int = 0,
-                 memory_weight: float = 1.0, memory_balance: str = "spread", colour_weight: float = 0.0, **options):
+                 memory_weight: float = 1.0, memory_balance: str = "spread", colour_weight: float = 0.0,
+                 colour_gate: float = 0.0, **options):
         super().__init__(teacher, input_size, scoring, **options)
         self.bottleneck = OneClassBottleneck(teacher.channels, width, embed)
         self.decoder = StudentDecoder(teacher.channels, embed, list(decoder_widths))
@@ -90,6 +92,10 @@ class ReverseDistillation(AnomalyModel):
         if not isinstance(colour_weight, (int, float)) or not math.isfinite(colour_weight) or colour_weight < 0:
             raise EdgekdError(f"model_options.colour_weight must be a finite number >= 0, not {colour_weight!r}")
         self.colour = ColourDeviation(self.input_size, colour_weight) if colour_weight else None
+        if not isinstance(colour_gate, (int, float)) or not math.isfinite(colour_gate) or colour_gate < 0:
+            raise EdgekdError(f"model_options.colour_gate must be a finite number >= 0 (0: no camera check), "
+                              f"not {colour_gate!r}")
+        self.colour_gate = float(colour_gate)
 
     def student_features(self, images, teacher_feats):
         return self.decoder(self.bottleneck(teacher_feats))
@@ -104,7 +110,7 @@ class ReverseDistillation(AnomalyModel):
     def finish_map(self, images, outputs):
         """The colour branch joins the image score only: added to the map, its coarse patches lit the pixels around
         every colourful defect and cost grass 2.8 pixel-AUROC and 12 AUPRO points (real_textures_tried.md, 13)."""
-        if self.colour is None:
+        if self.colour is None or not self.colour.is_kept:
             return outputs
         amap = outputs[0]
         scored = amap + self.colour.fused_term(images, amap.shape[-2:])
@@ -113,7 +119,11 @@ class ReverseDistillation(AnomalyModel):
     def fit_normal(self, fit_batches, held_out_batches) -> dict:
         summary = fit_patch_memory(self, fit_batches, held_out_batches) if self.patch_memory is not None else {}
         if self.colour is not None:  # after the memory: it balances against the map the memory is part of
-            summary.update(fit_colour(self, fit_batches, held_out_batches))
+            summary.update(fit_colour(self, fit_batches, held_out_batches, self.colour_gate or None))
+            if "colour_kept" in summary:
+                shift, verdict = summary["colour_camera_shift"], "kept" if summary["colour_kept"] else "left out"
+                summary["notes"] = [f"colour branch {verdict}: a camera moves it {shift:.1f} normal spreads on these "
+                                    f"images (model_options.colour_gate {self.colour_gate:g})"]
         return summary
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:

@@ -145,7 +145,12 @@ def test_bundle_round_trip_runs_like_the_model_itself(onnx_exports, synth_root, 
     bundled = edgekd("run", "--bundle", elsewhere / "wood.tar.gz", "--source", video, "--jsonl", tmp_path / "bundled.jsonl",
                      "--stats-every", "0")
     assert direct.returncode == 0 and bundled.returncode == 0, bundled.stderr
-    assert events(tmp_path / "bundled.jsonl") == events(tmp_path / "direct.jsonl")
+    bundled_events, direct_events = events(tmp_path / "bundled.jsonl"), events(tmp_path / "direct.jsonl")
+    # The runner micro-batches frames as they arrive, and onnxruntime rounds some frames differently in a batch of
+    # 3 than alone (3.8e-6 on a score of 117, measured): scores agree to 1e-6, everything else exactly.
+    scores = [(b.pop("score"), d.pop("score")) for b, d in zip(bundled_events, direct_events)]
+    assert bundled_events == direct_events and len(scores) == 30
+    assert all(abs(b - d) <= 1e-6 * max(1.0, abs(d)) for b, d in scores)
     assert edgekd("bundle", artifact, "--out", tmp_path / "out" / "wood.tar.gz").returncode != 0  # no silent overwrite
 
 

@@ -19,6 +19,14 @@ def score_statistics(scores: np.ndarray) -> dict:
             "p99": float(np.percentile(scores, 99))}
 
 
+def robust_spread(values: np.ndarray, relative_floor: float = 1e-3) -> float:
+    """1.4826 x the median absolute deviation (the standard deviation, for normal data), floored at
+    `relative_floor` of the median's size and at 1e-6, so identical values still have a spread."""
+    median = float(np.median(values))
+    mad = 1.4826 * float(np.median(np.abs(values - median)))
+    return max(mad, relative_floor * abs(median), 1e-6)
+
+
 MIN_NORMAL = 10  # fewer normal samples than this cannot set a threshold
 # `edgekd calibrate` keeps training's 3 spreads. Margin 2 looked as safe on the 9 real-texture video tests it was
 # chosen on (benchmarks/results/threshold_margin.md: 0 of 1620 good frames flagged, 161 of 180 defect frames found
@@ -56,9 +64,7 @@ class ThresholdRule:
         return rule
 
     def spread(self, values: np.ndarray) -> float:
-        median = float(np.median(values))
-        mad = 1.4826 * float(np.median(np.abs(values - median)))
-        return max(mad, 1e-3 * abs(median), 1e-6)  # identical frames still get a margin
+        return robust_spread(values)  # identical frames still get a margin
 
     def threshold(self, values: np.ndarray) -> float:
         values = np.asarray(values, dtype=np.float64).reshape(-1)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.calibration import robust_spread
 from edgekd.data.augment import augment_batch
 from edgekd.models.patch_memory import branch_scales
 
@@ -75,8 +76,7 @@ class ColourDeviation(nn.Module):
 def camera_shift(clean_maxima: np.ndarray, camera_maxima: np.ndarray) -> float:
     """How far a camera moves the branch: the median of its image maxima on camera views minus that on the clean
     images, in robust spreads (1.4826 MAD) of the clean ones."""
-    spread = 1.4826 * float(np.median(np.abs(clean_maxima - np.median(clean_maxima))))
-    spread = max(spread, 0.01 * abs(float(np.median(clean_maxima))), 1e-6)
+    spread = robust_spread(clean_maxima, relative_floor=0.01)
     return (float(np.median(camera_maxima)) - float(np.median(clean_maxima))) / spread
 
 
@@ -88,7 +88,7 @@ def _camera_views(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
 
 
 @torch.no_grad()
-def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None, seed: int = 0) -> dict:
+def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) -> dict:
     """Centre and spread per position from the training images (median and 1.4826 MAD); then the scale that puts
     the branch beside `model.feature_map(images)` (the detector's map without colour) the way the patch memory is
     balanced (patch_memory.branch_scales, "spread"); then, with a `gate`, the camera check that may switch the
@@ -108,7 +108,7 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None, 
     summary = {"colour_weight": colour.weight, "colour_scale": float(colour.scale), "colour_grid": list(centre.shape[-2:])}
     if gate is None:
         return summary
-    rng = np.random.default_rng([seed, 2**30])
+    rng = np.random.default_rng([0, 2**30])  # the same camera views on every run
     camera_maxima = [colour(_camera_views(batch, rng)).flatten(1).amax(1).cpu()
                      for _ in range(CAMERA_VIEWS) for batch in held_out_batches()]
     shift = camera_shift(torch.cat(colour_maxima).numpy(), torch.cat(camera_maxima).numpy())

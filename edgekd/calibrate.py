@@ -163,7 +163,7 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
     if len(scores) < MIN_NORMAL:
         raise EdgekdError(f"only {len(scores)} frames came from {source}: calibration needs at least {MIN_NORMAL} good "
                           f"frames (advised {ADVISED_NORMAL}+); record a longer clip or raise --frames")
-    rule = rule or ThresholdRule.for_camera()
+    rule = rule or ThresholdRule()
     thresholds = {**thresholds_from_normal(scores, peaks[:, None], rule), "source": str(source),
                   "score_stats": score_statistics(scores)}
     warnings = []

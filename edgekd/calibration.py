@@ -28,11 +28,6 @@ def robust_spread(values: np.ndarray, relative_floor: float = 1e-3) -> float:
 
 
 MIN_NORMAL = 10  # fewer normal samples than this cannot set a threshold
-# `edgekd calibrate` keeps training's 3 spreads. Margin 2 looked as safe on the 9 real-texture video tests it was
-# chosen on (benchmarks/results/threshold_margin.md: 0 of 1620 good frames flagged, 161 of 180 defect frames found
-# against 159), but with the halves of the normal images swapped it flagged 2 of 180 pastel_paper frames and 1 gravel
-# frame (threshold_margin_swapped.md), over the 1% target; 3 flagged none on either split.
-CAMERA_MARGIN = 3.0
 ADVISED_NORMAL = 50  # below this the rule works, but a warning says more would be safer
 
 
@@ -46,12 +41,11 @@ class ThresholdRule:
     The quantile and the median absolute deviation hold up on small samples and ignore a few odd frames, where the
     mean and standard deviation of 16 images do not; the threshold is never below the largest normal value seen."""
     quantile: float = 0.99
+    # Training's held-out images and `edgekd calibrate`'s camera frames alike. Margin 2 looked as safe on the 9
+    # real-texture video tests it was chosen on (benchmarks/results/threshold_margin.md), but with the halves of the
+    # normal images swapped it flagged 2 of 180 pastel_paper frames and 1 gravel frame (threshold_margin_swapped.md),
+    # over the 1% target; 3 flagged none on either split.
     margin: float = 3.0
-
-    @classmethod
-    def for_camera(cls) -> "ThresholdRule":
-        """The rule `edgekd calibrate` applies by default to good frames of the line's own camera."""
-        return cls(margin=CAMERA_MARGIN)
 
     @classmethod
     def from_config(cls, section: dict | None) -> "ThresholdRule":

@@ -274,8 +274,8 @@ def calibrate(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
                                                    "http://..., csi://N or gst:<pipeline>."),
               frames: int = typer.Option(300, "--frames", min=1, help="Good frames to score (fewer if the source ends)."),
               quantile: float = typer.Option(0.99, help="Rule: threshold = max(Q + margin*s, largest normal + s)."),
-              margin: Optional[float] = typer.Option(None, help="Robust spreads (s = 1.4826 MAD) added above the "
-                                                     "quantile [default: 3, as for training's held-out images]."),
+              margin: float = typer.Option(3.0, help="Robust spreads (s = 1.4826 MAD) added above the quantile "
+                                           "(training's held-out images get the same)."),
               plot: Optional[Path] = typer.Option(None, help="Histogram PNG (default <artifact>.calibration.png)."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Report and plot, but leave the artifact as it is."),
               width: Optional[int] = typer.Option(None, help="Capture width (cameras, CSI)."),
@@ -289,8 +289,7 @@ def calibrate(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
         raise EdgekdError("say where the good frames come from: exactly one of --camera N or --source (clip, folder, URL)")
     if not artifact.is_file():
         raise EdgekdError(f"{artifact} does not exist: pass a model.ckpt, .onnx or .engine")
-    rule = ThresholdRule.from_config({"quantile": quantile,
-                                      "margin": ThresholdRule.for_camera().margin if margin is None else margin})
+    rule = ThresholdRule.from_config({"quantile": quantile, "margin": margin})
     result = run_calibration(artifact, camera if camera is not None else source, frames, backend, device,
                              CaptureSettings(width, height, fps), rule, plot, dry_run,
                              log=lambda text: typer.echo(text, err=True))

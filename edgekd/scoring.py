@@ -79,41 +79,42 @@ class ScoringConfig:
         return asdict(self)
 
 
-_CONVOLUTION_CHANNEL_SUMS: ContextVar[bool] = ContextVar("edgekd_convolution_channel_sums", default=False)
-_SQUARES_AS_POWERS: ContextVar[bool] = ContextVar("edgekd_squares_as_powers", default=False)
+@dataclass(frozen=True)
+class ExportForms:
+    """How an ONNX trace writes the channel sums and squares (eager torch is never affected).
+    channel_sums_as_convolutions: 1x1 convolutions with ones; the traced features must have their real channel
+    counts, since the ones are constants of that shape. squares_as_powers: Pow(x, 2), which reads x through one
+    input edge instead of two: onnxruntime gives every input edge fed by a DequantizeLinear its own copy of that
+    node, so in an INT8 graph each feature is dequantized twice instead of three times (x * x and x.pow(2) are the
+    same correctly rounded value)."""
+    channel_sums_as_convolutions: bool = False
+    squares_as_powers: bool = False
+
+
+_EXPORT_FORMS: ContextVar[ExportForms] = ContextVar("edgekd_export_forms", default=ExportForms())
 
 
 @contextmanager
-def channel_sums_as_convolutions():
-    """While tracing for ONNX inside this block, channel sums are written as 1x1 convolutions with ones. The
-    traced features must have their real channel counts: the ones are constants of that shape."""
-    token = _CONVOLUTION_CHANNEL_SUMS.set(True)
+def export_forms(forms: ExportForms):
+    """While tracing for ONNX inside this block, write the scoring in `forms`."""
+    token = _EXPORT_FORMS.set(forms)
     try:
         yield
     finally:
-        _CONVOLUTION_CHANNEL_SUMS.reset(token)
+        _EXPORT_FORMS.reset(token)
 
 
-@contextmanager
-def squares_as_powers():
-    """While tracing for ONNX inside this block, squares are written as Pow(x, 2), which reads x through one input
-    edge instead of two: onnxruntime gives every input edge fed by a DequantizeLinear its own copy of that node, so
-    in an INT8 graph each feature is dequantized twice instead of three times (x * x and x.pow(2) are the same
-    correctly rounded value)."""
-    token = _SQUARES_AS_POWERS.set(True)
-    try:
-        yield
-    finally:
-        _SQUARES_AS_POWERS.reset(token)
+def _traced_forms() -> ExportForms:
+    return _EXPORT_FORMS.get() if torch.onnx.is_in_onnx_export() else ExportForms()
 
 
 def square(x: torch.Tensor) -> torch.Tensor:
-    return x.pow(2) if _SQUARES_AS_POWERS.get() and torch.onnx.is_in_onnx_export() else x * x
+    return x.pow(2) if _traced_forms().squares_as_powers else x * x
 
 
 def channel_sum(x: torch.Tensor) -> torch.Tensor:
     """(B,C,h,w) -> (B,1,h,w)."""
-    if _CONVOLUTION_CHANNEL_SUMS.get() and torch.onnx.is_in_onnx_export():
+    if _traced_forms().channel_sums_as_convolutions:
         return F.conv2d(x, torch.ones(1, int(x.shape[1]), 1, 1, dtype=x.dtype))
     return x.sum(dim=1, keepdim=True)
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import io
 import warnings
-from contextlib import nullcontext
 
 import onnx
 import torch
 
 from edgekd.fused.spec import DOMAIN, OP_NAME, OP_VERSION, OUTPUTS, FusedOpSpec
-from edgekd.scoring import channel_sums_as_convolutions, squares_as_powers
+from edgekd.scoring import ExportForms, export_forms
 
 BODY_OPSET = 17
 FUNCTION_ATTRIBUTES = ("output_size", "combine", "weights", "sigma", "score", "topk", "eps", "threshold",
@@ -106,8 +105,7 @@ def function_body(spec: FusedOpSpec, num_scales: int, channels: tuple[int, ...] 
             dynamic[name][1] = f"channels_{name}"
     dynamic.update({name: {0: "batch"} for name in outputs})
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), (channel_sums_as_convolutions() if channels else nullcontext()), \
-            (squares_as_powers() if dequantized else nullcontext()):
+    with warnings.catch_warnings(), export_forms(ExportForms(channels is not None, dequantized)):
         warnings.simplefilter("ignore")
         torch.onnx.export(spec.reference().eval(), dummies, buffer, dynamo=False, opset_version=BODY_OPSET,
                           input_names=names, output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
@@ -141,13 +139,18 @@ def node_spec(node: onnx.NodeProto) -> FusedOpSpec:
     return FusedOpSpec.from_attributes({a.name: onnx.helper.get_attribute_value(a) for a in node.attribute})
 
 
+def _producers(model: onnx.ModelProto) -> dict[str, str]:
+    """Tensor name -> the op type that makes it (graph inputs and initializers have none)."""
+    return {output: node.op_type for node in model.graph.node for output in node.output}
+
+
 def feature_channels(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> tuple[int, ...] | None:
     """The channel count of each scale when the body may sum channels with convolutions: every feature of every
     fused node comes from a float op (not DequantizeLinear) and has a known channel count, the same across nodes.
     onnxruntime then runs the products and the 1x1 convolutions in its blocked layout with no reorder of the
     products; after DequantizeLinear the features are plain NCHW and ReduceSum is faster (measured in
     benchmarks/results/scoring_lowering.md)."""
-    producers = {output: node.op_type for node in model.graph.node for output in node.output}
+    producers = _producers(model)
     inferred = onnx.shape_inference.infer_shapes(model).graph
     shapes = {v.name: v.type.tensor_type.shape for v in list(inferred.value_info) + list(inferred.input)}
     found = set()
@@ -168,7 +171,7 @@ def feature_channels(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> tup
 
 def fed_by_dequantize(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> bool:
     """Every feature of every fused node comes straight from a DequantizeLinear (an INT8 graph)."""
-    producers = {output: node.op_type for node in model.graph.node for output in node.output}
+    producers = _producers(model)
     return all(producers.get(name) == "DequantizeLinear" for node in nodes for name in node.input)
 
 

@@ -110,7 +110,6 @@ def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str,
     weight = float(config["model_options"]["colour_weight"])
     gate = float(config["model_options"].get("colour_gate", 0.0))
     model.colour = ColourDeviation(model.input_size, weight)
-    model.colour_gate = gate
     dataset = load_dataset(data, category, seed=settings["seed"])
     fit_idx, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
     fit_images = load_images([dataset.train[i] for i in fit_idx], model.input_size)

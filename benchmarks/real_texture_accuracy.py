@@ -78,10 +78,15 @@ def variants(model, maxima: tuple[torch.Tensor, torch.Tensor] | None = None) -> 
         other = next(b for b in BALANCES if b != model.memory_balance)
         weight = 2.0 if other == "maximum" else 1.0  # each rule with the weight it was tuned with
         others[f"balance {other}, weight {weight:g}"] = {"scales": branch_scales(*maxima, other), "memory_weight": weight}
-    colour = {"no colour branch": {"colour_off": True}} if getattr(model, "colour", None) is not None else {}
-    return {"default": {}, **colour, "distill only": {"memory_off": True}, "memory only": {"distill_off": True}, **others,
-            "top-100 image score": {"score": "topk"},
-            "memory only, top-100 image score": {"distill_off": True, "score": "topk"}}
+    ablations = {"distill only": {"memory_off": True}, "memory only": {"distill_off": True}, **others,
+                 "top-100 image score": {"score": "topk"},
+                 "memory only, top-100 image score": {"distill_off": True, "score": "topk"}}
+    if getattr(model, "colour", None) is None:
+        return {"default": {}, **ablations}
+    # The colour branch is put in the units of the default's feature map; beside another map it would not be, so
+    # the ablations of the feature branches leave it out.
+    return {"default": {}, "no colour branch": {"colour_off": True},
+            **{name: {**setting, "colour_off": True} for name, setting in ablations.items()}}
 
 
 def held_out_maxima(model, config: dict, data: Path, category: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,9 +112,13 @@ def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str,
     payload = read_checkpoint(checkpoint)
     runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
     model, settings = runtime.model, config["train"]
-    weight = float(config["model_options"]["colour_weight"])
-    gate = float(config["model_options"].get("colour_gate", 0.0))
-    model.colour = ColourDeviation(model.input_size, weight)
+    options = config["model_options"]
+    colour_options = {"colour_weight": float(options.get("colour_weight", 0.0)),
+                      "colour_image_weight": float(options.get("colour_image_weight", 0.0)),
+                      "colour_gate": float(options.get("colour_gate", 0.0))}
+    gate = colour_options["colour_gate"]
+    model.colour = ColourDeviation(model.input_size, colour_options["colour_weight"],
+                                   colour_options["colour_image_weight"])
     dataset = load_dataset(data, category, seed=settings["seed"])
     fit_idx, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
     fit_images = load_images([dataset.train[i] for i in fit_idx], model.input_size)
@@ -122,8 +131,7 @@ def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str,
     normal = {**payload["training"].get("normal_fit", {}),
               **fit_colour(model, batches(views), batches(calib), gate or None)}
     calibrated = TorchRuntime(model, device="cpu").infer(calib, 8)
-    merged = {**payload["config"], "model_options": {**payload["config"]["model_options"], "colour_weight": weight,
-                                                     "colour_gate": gate}}
+    merged = {**payload["config"], "model_options": {**payload["config"]["model_options"], **colour_options}}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, model, merged, score_stats=score_statistics(calibrated.scores),
                     thresholds=thresholds_from_normal(calibrated.scores, calibrated.maps,
@@ -186,6 +194,9 @@ def report(rows: list[dict], peers: dict, config_name: str, machine: dict, start
     if refit_scales:
         lines.append("Checkpoints reused from an earlier training run with the same networks and memory; only the "
                      "branch balance was refitted on the held-out images by this config's rule (`--refit-scales`).\n")
+    if "no colour branch" in names:
+        lines.append("The columns after 'no colour branch' are ablations of the feature branches and leave the colour "
+                     "branch out: it is fitted to the default's map and would not be in another map's units.\n")
     for metric in METRICS:
         header = ["category"] + [f"edgekd {n}" for n in names] + [f"anomalib {m}" for m in peer_models]
         lines.append(f"\n## {metric.replace('_', ' ')}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))

@@ -35,7 +35,7 @@ def test_global_casts_and_brightness_do_not_count_local_shifts_do():
 
 
 def test_fitted_per_position_on_an_aligned_object():
-    colour = ColourDeviation((128, 128), 0.5)
+    colour = ColourDeviation((128, 128), 0.5, 1.0)
 
     class Model:  # what fit_colour needs of a detector: its colour branch and its map without it
         def feature_map(self, batch):
@@ -55,6 +55,38 @@ def test_fitted_per_position_on_an_aligned_object():
     term = colour.fused_term(swapped, (128, 128))
     assert term.shape == (8, 1, 128, 128) and torch.allclose(term.amax(), colour(swapped).amax() * 0.5 / colour.scale,
                                                               rtol=0.05)
+    term = colour.image_term(swapped)
+    assert term.shape == (8,) and torch.allclose(term, colour(swapped).flatten(1).amax(1) / colour.image_scale
+                                                 + colour.offset)
+
+
+@pytest.mark.parametrize("weight,image_weight", [(0.0, 1.0), (0.0, 0.5), (0.5, 1.0)])
+def test_image_term_is_in_the_units_of_the_maps_score(weight, image_weight):
+    """On the held-out images the branch's image maxima, put through image_term, have the mean and the spread of
+    the score it competes with (the map's maxima with the pixel term added): a colour score 3 spreads above normal
+    reads 3 spreads above in the score's units. image_weight scales the distance from that mean."""
+    torch.manual_seed(0)
+    held_out = _images(16, seed=1)
+    feature_maxima = 5.0 + 0.5 * torch.randn(16)
+
+    class Model:
+        def __init__(self, colour):
+            self.colour = colour
+
+        def feature_map(self, batch):  # a map whose maxima are known
+            start = self.seen
+            self.seen += batch.shape[0]
+            return feature_maxima[start:start + batch.shape[0]].view(-1, 1, 1, 1).expand(-1, 1, 8, 8)
+    model = Model(ColourDeviation((128, 128), weight, image_weight))
+    model.seen = 0
+    fit_colour(model, lambda: iter([_images(24)]), lambda: iter([held_out[:8], held_out[8:]]))
+    maps = feature_maxima.view(-1, 1, 1, 1).expand(-1, 1, 8, 8)
+    scored = (maps + model.colour.fused_term(held_out, (8, 8))).flatten(1).amax(1)
+    if weight == 0:
+        assert torch.equal(scored, feature_maxima)
+    term = model.colour.image_term(held_out)
+    assert float(term.mean()) == pytest.approx(float(scored.mean()), rel=1e-5)
+    assert float(term.std()) == pytest.approx(image_weight * float(scored.std()), rel=1e-4)
 
 
 @pytest.mark.slow
@@ -69,7 +101,6 @@ def test_trained_branch_joins_the_score_in_torch_and_onnx(synth_root, tmp_path):
     from edgekd.train import train
     configs = Path(__file__).resolve().parents[1] / "configs"
     config = load_config(configs / "rd_lite0.yaml", ["input_size=128", "train.batch_size=8", "train.epochs=1",
-                                                     "model_options.colour_weight=0.25",
                                                      "model_options.colour_gate=0"])  # kept whatever the camera does
     checkpoint = train(config, synth_root, "wood", tmp_path / "run").checkpoint
     onnx_model = export_checkpoint(checkpoint, "fp32", out_dir=tmp_path / "export").artifact
@@ -88,6 +119,12 @@ def test_trained_branch_joins_the_score_in_torch_and_onnx(synth_root, tmp_path):
     assert np.all(scored_with > scored_without + 1e-4)
     with open_runtime(onnx_model, None, "cpu") as onnx_runtime:
         exported_map, exported_score = onnx_runtime.run(batch)
+    # the image score: the map's maximum with the pixel term, or the branch's own image term where that is larger
+    x = torch.from_numpy(batch)
+    with torch.no_grad():
+        pixel = (torch.from_numpy(with_colour) + model.colour.fused_term(x, with_colour.shape[-2:])).flatten(1).amax(1)
+        expected = np.maximum(pixel.numpy(), model.colour.image_term(x).numpy())
+    np.testing.assert_allclose(scored_with, expected, rtol=1e-5)
     np.testing.assert_allclose(exported_score, scored_with, rtol=1e-3)
     np.testing.assert_allclose(exported_map, with_colour, rtol=1e-3, atol=1e-3 * float(np.abs(with_colour).max()))
 
@@ -158,3 +195,23 @@ def test_a_gated_off_branch_leaves_the_score_to_the_features():
         model.colour.kept.fill_(0.0)
         amap, score = model(images)[:2]
     assert torch.allclose(amap, features_only) and torch.allclose(score, features_only.flatten(1).amax(1))
+
+
+def test_branches_fitted_before_the_image_term_score_as_they_did():
+    """A checkpoint written before image_term (no `image_scale`, `offset`; no colour_image_weight in its config)
+    loads with image_weight 0: the pixel term alone, as it was fitted and calibrated."""
+    from edgekd.checkpoint import build_model
+    from edgekd.config import load_config
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    config = load_config(configs / "rd_lite0.yaml", ["input_size=128", "model_options.memory_size=0"])
+    del config["model_options"]["colour_image_weight"]
+    model = build_model(config, pretrained_teacher=False).eval()
+    assert model.colour.weight == 0.25 and model.colour.image_weight == 0.0
+    state = {k: v for k, v in model.colour.state_dict().items() if k not in ("image_scale", "offset")}
+    model.colour.load_state_dict(state)
+    model.colour.offset.fill_(1e6)  # would win every maximum if the image term were used
+    images = _images(2)
+    with torch.no_grad():
+        amap, score = model(images)[:2]
+        pixel = (amap + model.colour.fused_term(images, amap.shape[-2:])).flatten(1).amax(1)
+    assert torch.allclose(score, pixel)

@@ -14,7 +14,14 @@ images go through the camera augmentation (codec, blur, noise, light and colour 
 of the branch's image maxima by more than `gate` of their normal spreads, the branch stays out of the score (on
 grass, gravel and brick it moved 4-12 spreads and cost defects on video; on the other six surfaces under 1.5).
 
-Measured on the real-texture benchmark: benchmarks/results/real_textures_tried.md, items 13-14.
+How it joins the image score (never the map: masks and pixel figures are the feature map's), two ways:
+- `weight`: added to the map pixel by pixel before the maximum is taken, so colour that rises where the features
+  rise counts with them (fibre_paper scratches with a faint tint: 90 -> 95 image AUROC);
+- `image_weight`: the branch's own image maximum, put in the units of that score (the same mean and spread on the
+  held-out normal images), and the image score is the larger of the two: a colour defect far out of its normal range
+  counts even where the features barely move (a PCB stain that darkens and tints the board: 77 -> 98).
+
+Measured on the real-texture benchmark: benchmarks/results/real_textures_tried.md, items 13-15.
 """
 
 from __future__ import annotations
@@ -35,15 +42,20 @@ CAMERA_VIEWS = 3  # camera-augmented copies of each held-out image for the gate
 
 
 class ColourDeviation(nn.Module):
-    def __init__(self, input_size: tuple[int, int], weight: float):
+    def __init__(self, input_size: tuple[int, int], weight: float, image_weight: float = 0.0):
         super().__init__()
         self.kernel = max(2, round(min(input_size) / PATCHES_ACROSS))
         self.stride = max(1, self.kernel // 2)
         grid = tuple((n - self.kernel) // self.stride + 1 for n in input_size)
         self.weight = float(weight)
+        self.image_weight = float(image_weight)
         self.register_buffer("centre", torch.zeros(1, 2, *grid))
         self.register_buffer("spread", torch.ones(1, 2, *grid))
         self.register_buffer("scale", torch.ones(1))  # its normal maxima's spread against the feature map's
+        # Its image maxima's spread against the map's score's (with the pixel term), and the offset that puts their
+        # normal means together: what image_term needs.
+        self.register_buffer("image_scale", torch.ones(1))
+        self.register_buffer("offset", torch.zeros(1))
         self.register_buffer("kept", torch.ones(1))  # 0 when the gate found the branch unsteady under a camera
 
     @property
@@ -52,6 +64,8 @@ class ColourDeviation(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "kept", torch.ones(1))  # fitted before the gate existed: always kept
+        for name, value in (("image_scale", 1.0), ("offset", 0.0)):  # before image_term: built with image_weight 0
+            state_dict.setdefault(prefix + name, torch.full((1,), value))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def residual(self, images: torch.Tensor) -> torch.Tensor:
@@ -72,12 +86,23 @@ class ColourDeviation(nn.Module):
         colour = F.interpolate(self(images), size=size, mode="bilinear", align_corners=False)
         return colour * (self.weight / self.scale)
 
+    def image_term(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) the branch's image maximum in the units of the map's score: mean_s + image_weight x (max - mean_c)
+        x spread_s / spread_c, from the held-out normal images (fit_colour)."""
+        return self(images).flatten(1).amax(1) * (self.image_weight / self.image_scale) + self.offset
+
 
 def camera_shift(clean_maxima: np.ndarray, camera_maxima: np.ndarray) -> float:
     """How far a camera moves the branch: the median of its image maxima on camera views minus that on the clean
     images, in robust spreads (1.4826 MAD) of the clean ones."""
     spread = robust_spread(clean_maxima, relative_floor=0.01)
     return (float(np.median(camera_maxima)) - float(np.median(clean_maxima))) / spread
+
+
+def _spread_ratio(colour_maxima: torch.Tensor, other_maxima: torch.Tensor) -> torch.Tensor:
+    """The colour maxima's spread over the other's, as the patch memory balances its branches."""
+    spreads = branch_scales(other_maxima, colour_maxima, "spread")
+    return spreads[1] / spreads[0]
 
 
 def _camera_views(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -89,28 +114,33 @@ def _camera_views(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
 
 @torch.no_grad()
 def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) -> dict:
-    """Centre and spread per position from the training images (median and 1.4826 MAD); then the scale that puts
-    the branch beside `model.feature_map(images)` (the detector's map without colour) the way the patch memory is
-    balanced (patch_memory.branch_scales, "spread"); then, with a `gate`, the camera check that may switch the
-    branch off (`kept`)."""
+    """Centre and spread per position from the training images (median and 1.4826 MAD). On the held-out images:
+    the scale that puts the branch's map beside `model.feature_map(images)` (the detector's map without colour) the
+    way the patch memory is balanced (patch_memory.branch_scales, "spread"); then the image scale and offset that
+    give its image maxima the mean and spread of the map's score with that pixel term. Then, with a `gate`, the
+    camera check that may switch the branch off (`kept`)."""
     colour = model.colour
     residuals = torch.cat([colour.residual(batch).cpu() for batch in fit_batches()])
     centre = residuals.median(0, keepdim=True).values
     spread = (1.4826 * (residuals - centre).abs().median(0, keepdim=True).values).clamp(min=1e-3)
     colour.centre.copy_(centre.to(colour.centre.device))
     colour.spread.copy_(spread.to(colour.spread.device))
-    feature_maxima, colour_maxima = [], []
-    for batch in held_out_batches():
-        feature_maxima.append(model.feature_map(batch).flatten(1).amax(1).float().cpu())
-        colour_maxima.append(colour(batch).flatten(1).amax(1).cpu())
-    spreads = branch_scales(torch.cat(feature_maxima), torch.cat(colour_maxima), "spread")
-    colour.scale.fill_(float(spreads[1] / spreads[0]))
-    summary = {"colour_weight": colour.weight, "colour_scale": float(colour.scale), "colour_grid": list(centre.shape[-2:])}
+    held_out = [(batch, model.feature_map(batch).float()) for batch in held_out_batches()]
+    colour_maxima = torch.cat([colour(batch).flatten(1).amax(1).cpu() for batch, _ in held_out])
+    feature_maxima = torch.cat([amap.flatten(1).amax(1).cpu() for _, amap in held_out])
+    colour.scale.fill_(float(_spread_ratio(colour_maxima, feature_maxima)))
+    scored_maxima = torch.cat([(amap + colour.fused_term(batch, amap.shape[-2:])).flatten(1).amax(1).cpu()
+                               for batch, amap in held_out])
+    colour.image_scale.fill_(float(_spread_ratio(colour_maxima, scored_maxima)))
+    colour.offset.fill_(float(scored_maxima.mean() - colour_maxima.mean() * colour.image_weight / colour.image_scale))
+    summary = {"colour_weight": colour.weight, "colour_image_weight": colour.image_weight,
+               "colour_scale": float(colour.scale), "colour_image_scale": float(colour.image_scale),
+               "colour_offset": float(colour.offset), "colour_grid": list(centre.shape[-2:])}
     if gate is None:
         return summary
     rng = np.random.default_rng([0, 2**30])  # the same camera views on every run
     camera_maxima = [colour(_camera_views(batch, rng)).flatten(1).amax(1).cpu()
                      for _ in range(CAMERA_VIEWS) for batch in held_out_batches()]
-    shift = camera_shift(torch.cat(colour_maxima).numpy(), torch.cat(camera_maxima).numpy())
+    shift = camera_shift(colour_maxima.numpy(), torch.cat(camera_maxima).numpy())
     colour.kept.fill_(1.0 if shift <= gate else 0.0)
     return {**summary, "colour_camera_shift": shift, "colour_gate": gate, "colour_kept": colour.is_kept}

@@ -70,14 +70,15 @@ class StudentDecoder(nn.Module):
 class ReverseDistillation(AnomalyModel):
     """memory_size > 0 adds a patch memory (edgekd/models/patch_memory.py) whose nearest-neighbour map is fused
     with the distillation map: what the default config uses, since it is what holds on natural textures.
-    colour_weight > 0 adds the colour branch (edgekd/models/colour_deviation.py) to the image score: local colour
-    shifts that the camera-augmented networks learned to ignore. colour_gate (normal spreads; 0 = no check) keeps
-    it out of the score on surfaces where a camera moves it by more than that."""
+    colour_weight > 0 (pixel by pixel) or colour_image_weight > 0 (its own image maximum) adds the colour branch
+    (edgekd/models/colour_deviation.py) to the image score: local colour shifts that the camera-augmented networks
+    learned to ignore. colour_gate (normal spreads; 0 = no check) keeps it out of the score on surfaces where a
+    camera moves it by more than that."""
 
     def __init__(self, teacher, input_size, scoring, width: int = 96, embed: int = 192,
                  decoder_widths: tuple[int, int, int] = (32, 64, 128), memory_size: int = 0,
                  memory_weight: float = 1.0, memory_balance: str = "spread", colour_weight: float = 0.0,
-                 colour_gate: float = 0.0, **options):
+                 colour_image_weight: float = 0.0, colour_gate: float = 0.0, **options):
         super().__init__(teacher, input_size, scoring, **options)
         self.bottleneck = OneClassBottleneck(teacher.channels, width, embed)
         self.decoder = StudentDecoder(teacher.channels, embed, list(decoder_widths))
@@ -89,9 +90,11 @@ class ReverseDistillation(AnomalyModel):
             raise EdgekdError(f"model_options.memory_balance must be one of {', '.join(BALANCES)}, "
                               f"not {memory_balance!r}")
         self.memory_balance = memory_balance
-        if not isinstance(colour_weight, (int, float)) or not math.isfinite(colour_weight) or colour_weight < 0:
-            raise EdgekdError(f"model_options.colour_weight must be a finite number >= 0, not {colour_weight!r}")
-        self.colour = ColourDeviation(self.input_size, colour_weight) if colour_weight else None
+        for name, value in (("colour_weight", colour_weight), ("colour_image_weight", colour_image_weight)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise EdgekdError(f"model_options.{name} must be a finite number >= 0, not {value!r}")
+        self.colour = ColourDeviation(self.input_size, colour_weight, colour_image_weight) \
+            if colour_weight or colour_image_weight else None
         if not isinstance(colour_gate, (int, float)) or not math.isfinite(colour_gate) or colour_gate < 0:
             raise EdgekdError(f"model_options.colour_gate must be a finite number >= 0 (0: no camera check), "
                               f"not {colour_gate!r}")
@@ -108,13 +111,18 @@ class ReverseDistillation(AnomalyModel):
         return amap, image_score(amap, self.scorer.config.score, self.scorer.config.topk)
 
     def finish_map(self, images, outputs):
-        """The colour branch joins the image score only: added to the map, its coarse patches lit the pixels around
-        every colourful defect and cost grass 2.8 pixel-AUROC and 12 AUPRO points (real_textures_tried.md, 13)."""
+        """The colour branch joins the image score only (colour_deviation.py says how). Added to the map itself, its
+        coarse patches lit the pixels around every colourful defect and cost grass 2.8 pixel-AUROC and 12 AUPRO
+        points (real_textures_tried.md, 13)."""
         if self.colour is None or not self.colour.is_kept:
             return outputs
-        amap = outputs[0]
-        scored = amap + self.colour.fused_term(images, amap.shape[-2:])
-        return (amap, image_score(scored, self.scorer.config.score, self.scorer.config.topk), *outputs[2:])
+        amap, score = outputs[0], outputs[1]
+        if self.colour.weight:
+            score = image_score(amap + self.colour.fused_term(images, amap.shape[-2:]), self.scorer.config.score,
+                                self.scorer.config.topk)
+        if self.colour.image_weight:
+            score = torch.maximum(score, self.colour.image_term(images))
+        return (amap, score, *outputs[2:])
 
     def fit_normal(self, fit_batches, held_out_batches) -> dict:
         summary = fit_patch_memory(self, fit_batches, held_out_batches) if self.patch_memory is not None else {}

@@ -323,7 +323,8 @@ def export(checkpoint: Path = typer.Argument(..., help="model.ckpt"),
                                         "build-engine takes) or 'onnxruntime' (uint8 activations, fast on CPU; "
                                         "written as NAME.int8-ort.onnx)."),
            int8_stems: str = typer.Option("auto", "--int8-stems", help="INT8: the stem-to-stride-4 segments in 'int8', "
-                                          "in 'float', or 'auto' (INT8, and float when that fails parity or --max-drop)."),
+                                          "in 'float', or 'auto' (INT8, and float when that fails parity or --max-drop). With float stems the patch "
+                                          "memory's product (INT8 for onnxruntime) stays float too."),
            max_drop: float = typer.Option(1.0, "--max-drop", help="Refuse fp16/int8 if a metric drops more points than this."),
            force: bool = typer.Option(False, help="Keep a reduced-precision export that fails the accuracy gate."),
            fused_op: str = typer.Option("function", "--fused-op", help="Scoring as one edgekd::MultiScaleFeatureDiff node "

@@ -154,6 +154,12 @@ def test_int8_for_onnxruntime_runs_as_integer_convolutions(wood_checkpoint, synt
     network_convs = [n for n in model.graph.node if n.op_type == "Conv" and not n.name.startswith("/patch_memory/")]
     assert len(network_convs) > 10 and any("/segments.0/" in n.name for n in network_convs)
     assert sum(n.op_type == "QLinearConv" for n in optimized) == len(network_convs)
+    # the patch memory's product: INT8 on both sides, an integer product with float output in onnxruntime
+    producers = {o: n for n in model.graph.node for o in n.output}
+    products = [n for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith("/patch_memory/")]
+    assert len(products) == 1 and all(producers[i].op_type == "DequantizeLinear" for i in products[0].input)
+    assert not any(n.op_type == "MatMul" for n in optimized)
+    assert sum(n.op_type in ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger") for n in optimized) == 1
     with open_runtime(result.artifact) as runtime:  # and it ranks images like the checkpoint
         images = load_images(load_dataset(synth_root, "wood").test[::4], (128, 128))
         got = runtime.infer(images)
@@ -193,6 +199,8 @@ def test_int8_stems_auto_falls_back_to_float_stems_when_the_gate_fails(wood_chec
     quantized_inputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     stem_convs = [n for n in model.graph.node if n.op_type == "Conv" and "/segments.0/" in n.name]
     assert stem_convs and not any(n.input[0] in quantized_inputs for n in stem_convs)  # float stems: no Q/DQ input
+    products = [n for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith("/patch_memory/")]
+    assert products and not any(i in quantized_inputs for n in products for i in n.input)  # and a float memory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wood.int8-ort.json", "wood.int8-ort.onnx"]
     with pytest.raises(EdgekdError, match="--int8-stems 'half' is unknown"):
         export_checkpoint(wood_checkpoint, "int8", out_dir=tmp_path, int8_stems="half")

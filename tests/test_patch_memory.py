@@ -96,9 +96,11 @@ def test_memory_exports_with_parity_stays_fp32_and_builds_an_engine(memory_check
     minimum = [n for n in graph.graph.node if "patch_memory" in n.name and n.op_type == "ReduceMin"]
     assert [a.ints for n in minimum for a in n.attribute if a.name == "axes"] in ([[-1]], [[2]])  # contiguous axis
     int8 = export_checkpoint(memory_checkpoint.checkpoint, "int8", out_dir=tmp_path, calib_images=16, force=True)
+    # the TensorRT form (the default target) keeps it float: INT8 there is not measured; onnxruntime's is
+    # (tests/test_export.py)
     graph = onnx.load(str(int8.artifact))
     producers = {o: n for n in graph.graph.node for o in n.output}
     memory_products = [n for n in graph.graph.node if n.name.startswith("/patch_memory/") and n.op_type == "MatMul"]
     assert memory_products and all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
-                                   for n in memory_products for i in n.input), "the memory must stay float in INT8"
+                                   for n in memory_products for i in n.input), "the memory must stay float for TensorRT"
     builds_engine(fp32.artifact)

@@ -51,13 +51,12 @@ def stride_copy(checkpoint: Path, stride: int, out: Path, data: Path, category: 
     before the grid existed, for a same-run before/after of the scoring's cost."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from scoring_grid import convert
-    if not out.is_file():
-        convert(checkpoint, stride, out.parent, data, category)
+    convert(checkpoint, stride, out.parent, data, category)
     return out
 
 
 def prepare(args) -> dict[str, Path]:
-    """ONNX files by name (exported once into --work) and the line video."""
+    """ONNX files by name, exported into the empty --work from the checkpoints given, and the line video."""
     work, models = args.work, {REFERENCE: args.anomalib}
     sources = {"stfpm": args.stfpm, "rd": args.rd,
                "stfpm_output_form": stride_copy(args.stfpm, 1, work / "stfpm_output_form" / "model.ckpt", args.data,
@@ -69,19 +68,15 @@ def prepare(args) -> dict[str, Path]:
         for precision, int8_for, suffix in (("fp32", "tensorrt", "fp32"), ("int8", "onnxruntime", "int8-ort")):
             if family == "stfpm_output_form" and precision == "int8" and not args.before_int8:
                 continue
-            artifact = work / "export" / f"{family}.{suffix}.onnx"
-            if not artifact.is_file():
-                print(f"export {family} {suffix}", flush=True)
-                # "before": the output-size scoring with the stems in float, as every export was before this work
-                stems = "float" if family == "stfpm_output_form" else "auto"
-                export_checkpoint(checkpoint, precision, out_dir=work / "export", name=family, data=args.data,
-                                  category=args.category, int8_for=int8_for, int8_stems=stems, max_drop=100.0,
-                                  force=True)
-            models[f"edgekd_{family}_{precision}"] = artifact
+            print(f"export {family} {suffix}", flush=True)
+            # "before": the output-size scoring with the stems in float, as every export was before this work
+            stems = "float" if family == "stfpm_output_form" else "auto"
+            models[f"edgekd_{family}_{precision}"] = export_checkpoint(
+                checkpoint, precision, out_dir=work / "export", name=family, data=args.data, category=args.category,
+                int8_for=int8_for, int8_stems=stems, max_drop=100.0, force=True).artifact
     video = work / "line.mp4"
-    if not video.is_file():
-        write_line_video(load_dataset(args.data, args.category), video, args.frames,
-                         list(range(9, args.frames, 10)), fps=25.0, size=256)
+    write_line_video(load_dataset(args.data, args.category), video, args.frames, list(range(9, args.frames, 10)),
+                     fps=25.0, size=256)
     return {"models": models, "video": video}
 
 
@@ -235,7 +230,9 @@ def main() -> int:
     parser.add_argument("--anomalib", type=Path, default=Path("/tmp/anomalib-peer/export/stfpm/weights/onnx/model.onnx"))
     parser.add_argument("--data", type=Path, default=REPO / "data" / "real")
     parser.add_argument("--category", default="cork")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekd-vs-anomalib")
+    parser.add_argument("--work", type=Path, default=None, help="An empty folder for the exports and the video "
+                        "(default: a new temporary folder). Never reused: exports left from another checkpoint or an "
+                        "earlier edgekd once went into the figures unnoticed.")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "vs_anomalib.md")
     parser.add_argument("--rounds", type=int, default=10)
@@ -253,6 +250,12 @@ def main() -> int:
         if not Path(path).is_file():
             print(f"error: {what} {path} does not exist", file=sys.stderr)
             return 2
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="edgekd-vs-anomalib-"))
+    elif args.work.exists() and any(args.work.iterdir()):
+        print(f"error: --work {args.work} is not empty: pass an empty folder (or none), so that every model is "
+              "exported from the checkpoints given", file=sys.stderr)
+        return 2
     args.runner_models = ["edgekd_rd_int8", "edgekd_stfpm_int8"]
     setup = prepare(args)
     started = time.strftime("%Y-%m-%d %H:%M")

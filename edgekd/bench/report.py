@@ -64,7 +64,7 @@ def markdown(records: list[dict], environment: dict, outcome_notes: list[str], s
              comparison: list[dict] | None = None) -> str:
     where = where_it_ran(environment)
     header = "| " + " | ".join(c for c in COLUMNS if c != "reason") + " |"
-    lines = [f"# edgekd benchmark\n", f"Run {started}, {seconds:.0f} s. Speed: median and p99 latency per call of the "
+    lines = ["# edgekd benchmark\n", f"Run {started}, {seconds:.0f} s. Speed: median and p99 latency per call of the "
              "row's batch size, FPS = batch / median latency, all rows timed in the same interleaved rounds; "
              "x rd / x dskd = this row's FPS over the rd / dskd row with the same backend, precision and batch. "
              "mem_mb: peak resident memory of the row's artifact at its batch size, in a process of its own, above "

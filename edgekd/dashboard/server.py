@@ -12,7 +12,6 @@ import re
 import socket
 import threading
 from collections import Counter
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit

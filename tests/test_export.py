@@ -159,7 +159,7 @@ def test_int8_for_onnxruntime_runs_as_integer_convolutions(wood_checkpoint, synt
     products = [n for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith("/patch_memory/")]
     assert len(products) == 1 and all(producers[i].op_type == "DequantizeLinear" for i in products[0].input)
     assert not any(n.op_type == "MatMul" for n in optimized)
-    assert sum(n.op_type in ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger") for n in optimized) == 1
+    assert [n.op_type for n in optimized if "MatMul" in n.op_type] == ["MatMulIntegerToFloat"]  # no dequantized output
     with open_runtime(result.artifact) as runtime:  # and it ranks images like the checkpoint
         images = load_images(load_dataset(synth_root, "wood").test[::4], (128, 128))
         got = runtime.infer(images)

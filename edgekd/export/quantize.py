@@ -40,11 +40,39 @@ def stem_nodes(graph: onnx.GraphProto) -> list[str]:
 
 def memory_product_nodes(graph: onnx.GraphProto) -> list[str]:
     """The patch memory's matrix product (patches x memory items): a quarter of the RD INT8 graph's time while it
-    stayed float. In INT8 onnxruntime runs it as integer products with float output (the distances around it stay
-    float): the whole RD graph 1.27x at batch 1 and 1.23x at batch 8, image AUROC within 0.13 points on the PCB,
-    cork and grass (benchmarks/results/memory_int8.md). Only for the onnxruntime target: the TensorRT form is not
-    measured (that needs a GPU), so it keeps the product float."""
+    stayed float. In INT8 onnxruntime runs it as one integer MatMul with float output (_unquantize_outputs; the
+    distances around it stay float): the whole RD graph 1.23x at batch 1 and 1.47x at batch 8, no metric on the 9
+    real-texture categories more than 0.22 points from the float product (benchmarks/results/memory_int8.md). Only
+    for the onnxruntime target: the TensorRT form is not measured (that needs a GPU), so it keeps the product
+    float."""
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.name.startswith("/patch_memory/")]
+
+
+def _unquantize_outputs(model: onnx.ModelProto, names: list[str]) -> int:
+    """Drop the Quantize/Dequantize pair the quantizer puts after these nodes' outputs, so that their consumers read
+    the float output. For the memory's product (patches x memory items, 2M values per image) onnxruntime then fuses
+    the product and its dequantization into one integer MatMul with float output; with the pair it ran a quantized
+    MatMul, then dequantized its whole output (1 ms per image). Returns how many pairs went."""
+    graph = model.graph
+    outputs = {output for node in graph.node if node.name in set(names) for output in node.output}
+    quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in outputs]
+    dropped, replaced = [], {}
+    for quantizer in quantizers:
+        dequantizers = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantizer.output[0]]
+        if len(dequantizers) != sum(quantizer.output[0] in n.input for n in graph.node):
+            continue  # something else reads the quantized tensor: leave the pair
+        dropped += [quantizer, *dequantizers]
+        replaced.update({d.output[0]: quantizer.input[0] for d in dequantizers})
+    for node in dropped:
+        graph.node.remove(node)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in replaced:
+                node.input[i] = replaced[name]
+    used = {name for node in graph.node for name in node.input}
+    for initializer in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(initializer)
+    return len(quantizers)
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray], method: str = "minmax",
@@ -100,6 +128,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
         root.setLevel(level)
         prepared.unlink(missing_ok=True)
     model = onnx.load(str(out_path))
+    if not for_tensorrt and not float_stems and _unquantize_outputs(model, memory_product_nodes(model.graph)):
+        onnx.save(model, str(out_path))
     if fused_nodes(model):  # the features now come from DequantizeLinear: the body's channel sums change form
         onnx.save(attach_function(model), str(out_path))
     return out_path

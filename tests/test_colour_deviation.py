@@ -52,10 +52,10 @@ def test_fitted_per_position_on_an_aligned_object():
     swapped = held_out.clone()
     swapped[:, :, 40:80, 8:40] = held_out[:, :, 40:80, 80:112]
     assert float(colour(swapped).amax()) > 10 * float(colour(held_out).amax())
-    term = colour.fused_term(swapped, (128, 128))
+    term = colour.fused_term(colour(swapped), (128, 128))
     assert term.shape == (8, 1, 128, 128) and torch.allclose(term.amax(), colour(swapped).amax() * 0.5 / colour.scale,
                                                               rtol=0.05)
-    term = colour.image_term(swapped)
+    term = colour.image_term(colour(swapped))
     assert term.shape == (8,) and torch.allclose(term, colour(swapped).flatten(1).amax(1) / colour.image_scale
                                                  + colour.offset)
 
@@ -81,10 +81,10 @@ def test_image_term_is_in_the_units_of_the_maps_score(weight, image_weight):
     model.seen = 0
     fit_colour(model, lambda: iter([_images(24)]), lambda: iter([held_out[:8], held_out[8:]]))
     maps = feature_maxima.view(-1, 1, 1, 1).expand(-1, 1, 8, 8)
-    scored = (maps + model.colour.fused_term(held_out, (8, 8))).flatten(1).amax(1)
+    scored = (maps + model.colour.fused_term(model.colour(held_out), (8, 8))).flatten(1).amax(1)
     if weight == 0:
         assert torch.equal(scored, feature_maxima)
-    term = model.colour.image_term(held_out)
+    term = model.colour.image_term(model.colour(held_out))
     assert float(term.mean()) == pytest.approx(float(scored.mean()), rel=1e-5)
     assert float(term.std()) == pytest.approx(image_weight * float(scored.std()), rel=1e-4)
 
@@ -122,8 +122,9 @@ def test_trained_branch_joins_the_score_in_torch_and_onnx(synth_root, tmp_path):
     # the image score: the map's maximum with the pixel term, or the branch's own image term where that is larger
     x = torch.from_numpy(batch)
     with torch.no_grad():
-        pixel = (torch.from_numpy(with_colour) + model.colour.fused_term(x, with_colour.shape[-2:])).flatten(1).amax(1)
-        expected = np.maximum(pixel.numpy(), model.colour.image_term(x).numpy())
+        colour_map = model.colour(x)
+        pixel = (torch.from_numpy(with_colour) + model.colour.fused_term(colour_map, with_colour.shape[-2:]))
+        expected = np.maximum(pixel.flatten(1).amax(1).numpy(), model.colour.image_term(colour_map).numpy())
     np.testing.assert_allclose(scored_with, expected, rtol=1e-5)
     np.testing.assert_allclose(exported_score, scored_with, rtol=1e-3)
     np.testing.assert_allclose(exported_map, with_colour, rtol=1e-3, atol=1e-3 * float(np.abs(with_colour).max()))
@@ -213,5 +214,5 @@ def test_branches_fitted_before_the_image_term_score_as_they_did():
     images = _images(2)
     with torch.no_grad():
         amap, score = model(images)[:2]
-        pixel = (amap + model.colour.fused_term(images, amap.shape[-2:])).flatten(1).amax(1)
+        pixel = (amap + model.colour.fused_term(model.colour(images), amap.shape[-2:])).flatten(1).amax(1)
     assert torch.allclose(score, pixel)

@@ -81,15 +81,16 @@ class ColourDeviation(nn.Module):
         deviation = (self.residual(images) - self.centre) / self.spread
         return deviation.pow(2).sum(1, keepdim=True).sqrt()
 
-    def fused_term(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    # Both terms take the branch's map (forward), so a detector computes it once for both.
+    def fused_term(self, colour_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """What the branch adds to the detector's map of `size`: weight x map / scale, upsampled."""
-        colour = F.interpolate(self(images), size=size, mode="bilinear", align_corners=False)
+        colour = F.interpolate(colour_map, size=size, mode="bilinear", align_corners=False)
         return colour * (self.weight / self.scale)
 
-    def image_term(self, images: torch.Tensor) -> torch.Tensor:
+    def image_term(self, colour_map: torch.Tensor) -> torch.Tensor:
         """(B,) the branch's image maximum in the units of the map's score: mean_s + image_weight x (max - mean_c)
         x spread_s / spread_c, from the held-out normal images (fit_colour)."""
-        return self(images).flatten(1).amax(1) * (self.image_weight / self.image_scale) + self.offset
+        return colour_map.flatten(1).amax(1) * (self.image_weight / self.image_scale) + self.offset
 
 
 def camera_shift(clean_maxima: np.ndarray, camera_maxima: np.ndarray) -> float:
@@ -125,12 +126,12 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
     spread = (1.4826 * (residuals - centre).abs().median(0, keepdim=True).values).clamp(min=1e-3)
     colour.centre.copy_(centre.to(colour.centre.device))
     colour.spread.copy_(spread.to(colour.spread.device))
-    held_out = [(batch, model.feature_map(batch).float()) for batch in held_out_batches()]
-    colour_maxima = torch.cat([colour(batch).flatten(1).amax(1).cpu() for batch, _ in held_out])
+    held_out = [(colour(batch), model.feature_map(batch).float()) for batch in held_out_batches()]
+    colour_maxima = torch.cat([colour_map.flatten(1).amax(1).cpu() for colour_map, _ in held_out])
     feature_maxima = torch.cat([amap.flatten(1).amax(1).cpu() for _, amap in held_out])
     colour.scale.fill_(float(_spread_ratio(colour_maxima, feature_maxima)))
-    scored_maxima = torch.cat([(amap + colour.fused_term(batch, amap.shape[-2:])).flatten(1).amax(1).cpu()
-                               for batch, amap in held_out])
+    scored_maxima = torch.cat([(amap + colour.fused_term(colour_map, amap.shape[-2:])).flatten(1).amax(1).cpu()
+                               for colour_map, amap in held_out])
     colour.image_scale.fill_(float(_spread_ratio(colour_maxima, scored_maxima)))
     colour.offset.fill_(float(scored_maxima.mean() - colour_maxima.mean() * colour.image_weight / colour.image_scale))
     summary = {"colour_weight": colour.weight, "colour_image_weight": colour.image_weight,

@@ -116,12 +116,12 @@ class ReverseDistillation(AnomalyModel):
         points (real_textures_tried.md, 13)."""
         if self.colour is None or not self.colour.is_kept:
             return outputs
-        amap, score = outputs[0], outputs[1]
+        amap, score, colour_map = outputs[0], outputs[1], self.colour(images)
         if self.colour.weight:
-            score = image_score(amap + self.colour.fused_term(images, amap.shape[-2:]), self.scorer.config.score,
+            score = image_score(amap + self.colour.fused_term(colour_map, amap.shape[-2:]), self.scorer.config.score,
                                 self.scorer.config.topk)
         if self.colour.image_weight:
-            score = torch.maximum(score, self.colour.image_term(images))
+            score = torch.maximum(score, self.colour.image_term(colour_map))
         return (amap, score, *outputs[2:])
 
     def fit_normal(self, fit_batches, held_out_batches) -> dict:

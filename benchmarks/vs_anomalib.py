@@ -84,7 +84,10 @@ def model_only(models: dict[str, Path], args) -> dict:
     out = args.work / "harness.json"
     command = [sys.executable, str(HARNESS), "--reference", REFERENCE, "--images",
                str(args.data / args.category / "test" / "**" / "*.png"), "--rounds", str(args.rounds),
-               "--images-per-turn", str(args.images_per_turn), "--profile", str(args.profile), "--json", str(out)]
+               "--images-per-turn", str(args.images_per_turn), "--profile", str(args.profile), "--json", str(out),
+               # Each model first in turn: with a fixed order a session right after another ran up to 13% slower
+               # (a scratch check: two copies of one graph, the previous session's threads still spinning).
+               "--order", "rotate"]
     for name, path in models.items():
         command += ["--model", f"{name}={path}"]
     print("model only:", " ".join(command), flush=True)
@@ -124,13 +127,20 @@ def end_to_end(models: dict[str, Path], video: Path, args) -> dict:
     for name in args.runner_models:
         turns[f"{name} bare b8"], turns[f"{name} run"] = [], []
     summaries = {}
+
+    def run_turn(name: str) -> float:
+        fps, summaries[name] = runner_fps(models[name], video, "cpu", 8)
+        return fps
+    measure = {f"{REFERENCE} b1": lambda: bare_fps(Bare(), frames, 1),
+               f"{REFERENCE} b8": lambda: bare_fps(Bare(), frames, 8)}
+    for name in args.runner_models:
+        measure[f"{name} bare b8"] = lambda name=name: bare_fps(runtimes[name], frames, 8)
+        measure[f"{name} run"] = lambda name=name: run_turn(name)
+    order = list(measure)
     for round_index in range(args.e2e_rounds):
-        turns[f"{REFERENCE} b1"].append(bare_fps(Bare(), frames, 1))
-        turns[f"{REFERENCE} b8"].append(bare_fps(Bare(), frames, 8))
-        for name in args.runner_models:
-            turns[f"{name} bare b8"].append(bare_fps(runtimes[name], frames, 8))
-            fps, summaries[name] = runner_fps(models[name], video, "cpu", 8)
-            turns[f"{name} run"].append(fps)
+        shift = round_index % len(order)  # each turn first in turn, as the model-only harness's rotate order
+        for key in order[shift:] + order[:shift]:
+            turns[key].append(measure[key]())
         print(f"end to end round {round_index + 1}/{args.e2e_rounds}: " +
               ", ".join(f"{k} {v[-1]:.1f}" for k, v in turns.items()), flush=True)
     for runtime in runtimes.values():
@@ -159,7 +169,9 @@ def report(payload: dict) -> str:
              f"{harness.get('onnxruntime', '?')}, 256x256 real-texture `{payload['category']}` test images, by "
              "`benchmarks/vs_anomalib.py`. Model only: the shared harness (`../shared/peers/anomalib/speed_bench.py`), "
              f"one process, {harness['settings']['rounds']} interleaved rounds of "
-             f"{harness['settings']['images_per_turn']} images per turn, 2 intra-op threads; ratios are medians of the "
+             f"{harness['settings']['images_per_turn']} images per turn (order "
+             f"{harness['settings'].get('order', 'fixed')}: each round starts one model later), 2 intra-op threads; "
+             "ratios are medians of the "
              "per-round ratios to anomalib STFPM FP32 (its own `to_onnx`, Lite0 teacher) at the same batch. Raw: "
              "`benchmarks/results/vs_anomalib.{json,txt}`. Only ratios count: these VMs vary 2-3x between sessions.",
              "", "## Model only", "",
@@ -190,7 +202,7 @@ def report(payload: dict) -> str:
     lines += ["", "## `edgekd run` end to end", "",
               f"`edgekd run --source line.mp4 --jsonl ...` over a {e2e['frames']}-frame 256x256 MP4 made from the test "
               "split (decode, preprocess, micro-batched inference, regions, verdict, a JSON line per frame), against "
-              "the bare models on the pre-decoded frames, in alternating turns "
+              "the bare models on the pre-decoded frames, in interleaved turns, each round starting one turn later "
               f"({len(next(iter(e2e['rows'].values()))['turns'])} rounds).", "",
               "| turn | frames/s (median) | x anomalib STFPM FP32 b1 (model only) | runner / own bare model |",
               "|---|---|---|---|"]

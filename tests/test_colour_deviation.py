@@ -216,3 +216,20 @@ def test_branches_fitted_before_the_image_term_score_as_they_did():
         amap, score = model(images)[:2]
         pixel = (amap + model.colour.fused_term(model.colour(images), amap.shape[-2:])).flatten(1).amax(1)
     assert torch.allclose(score, pixel)
+
+
+@pytest.mark.parametrize("option", ["colour_weight", "colour_image_weight", "colour_gate"])
+def test_bad_colour_options_are_refused_naming_the_option(option):
+    """A negative number stops at the config; text that is no number ('nan' from --set is text) stops at the model,
+    by name."""
+    from edgekd.checkpoint import build_model
+    from edgekd.config import load_config
+    from edgekd.errors import EdgekdError
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with pytest.raises(EdgekdError, match=rf"model_options\.{option}=-1.* must be finite and >= 0"):
+        load_config(configs / "rd_lite0.yaml", [f"model_options.{option}=-1"])
+    for bad in ("nan", "strong"):
+        config = load_config(configs / "rd_lite0.yaml", ["input_size=128", "model_options.memory_size=0",
+                                                          f"model_options.{option}={bad}"])
+        with pytest.raises(EdgekdError, match=rf"model_options\.{option} must be a finite number >= 0.*'{bad}'"):
+            build_model(config, pretrained_teacher=False)

@@ -66,6 +66,13 @@ class StudentDecoder(nn.Module):
         return [d1, d2, d3]
 
 
+def _non_negative(name: str, value, hint: str = "") -> float:
+    """A weight or gate of model_options: a finite number >= 0, or one line naming it."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise EdgekdError(f"model_options.{name} must be a finite number >= 0{hint}, not {value!r}")
+    return float(value)
+
+
 @register("rd")
 class ReverseDistillation(AnomalyModel):
     """memory_size > 0 adds a patch memory (edgekd/models/patch_memory.py) whose nearest-neighbour map is fused
@@ -83,22 +90,16 @@ class ReverseDistillation(AnomalyModel):
         self.bottleneck = OneClassBottleneck(teacher.channels, width, embed)
         self.decoder = StudentDecoder(teacher.channels, embed, list(decoder_widths))
         self.patch_memory = PatchMemory(teacher.channels, int(memory_size)) if memory_size else None
-        self.memory_weight = float(memory_weight)
-        if not math.isfinite(self.memory_weight) or self.memory_weight < 0:
-            raise EdgekdError(f"model_options.memory_weight must be a finite number >= 0, not {memory_weight!r}")
+        self.memory_weight = _non_negative("memory_weight", float(memory_weight))
         if memory_balance not in BALANCES:
             raise EdgekdError(f"model_options.memory_balance must be one of {', '.join(BALANCES)}, "
                               f"not {memory_balance!r}")
         self.memory_balance = memory_balance
-        for name, value in (("colour_weight", colour_weight), ("colour_image_weight", colour_image_weight)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise EdgekdError(f"model_options.{name} must be a finite number >= 0, not {value!r}")
+        colour_weight = _non_negative("colour_weight", colour_weight)
+        colour_image_weight = _non_negative("colour_image_weight", colour_image_weight)
         self.colour = ColourDeviation(self.input_size, colour_weight, colour_image_weight) \
             if colour_weight or colour_image_weight else None
-        if not isinstance(colour_gate, (int, float)) or not math.isfinite(colour_gate) or colour_gate < 0:
-            raise EdgekdError(f"model_options.colour_gate must be a finite number >= 0 (0: no camera check), "
-                              f"not {colour_gate!r}")
-        self.colour_gate = float(colour_gate)
+        self.colour_gate = _non_negative("colour_gate", colour_gate, " (0: no camera check)")
 
     def student_features(self, images, teacher_feats):
         return self.decoder(self.bottleneck(teacher_feats))

@@ -53,13 +53,17 @@ def _unquantize_outputs(model: onnx.ModelProto, names: list[str]) -> int:
     the float output. For the memory's product (patches x memory items, 2M values per image) onnxruntime then fuses
     the product and its dequantization into one integer MatMul with float output; with the pair it ran a quantized
     MatMul, then dequantized its whole output (1 ms per image). Returns how many pairs went."""
-    graph = model.graph
-    outputs = {output for node in graph.node if node.name in set(names) for output in node.output}
+    graph, names = model.graph, set(names)
+    outputs = {output for node in graph.node if node.name in names for output in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
     quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in outputs]
     dropped, replaced = [], {}
     for quantizer in quantizers:
-        dequantizers = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantizer.output[0]]
-        if len(dequantizers) != sum(quantizer.output[0] in n.input for n in graph.node):
+        dequantizers = readers.get(quantizer.output[0], [])
+        if any(n.op_type != "DequantizeLinear" for n in dequantizers):
             continue  # something else reads the quantized tensor: leave the pair
         dropped += [quantizer, *dequantizers]
         replaced.update({d.output[0]: quantizer.input[0] for d in dequantizers})
@@ -72,7 +76,7 @@ def _unquantize_outputs(model: onnx.ModelProto, names: list[str]) -> int:
     used = {name for node in graph.node for name in node.input}
     for initializer in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(initializer)
-    return len(quantizers)
+    return sum(node.op_type == "QuantizeLinear" for node in dropped)
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray], method: str = "minmax",
@@ -114,7 +118,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
             graph = onnx.load(str(prepared)).graph
             keep_float = float32_nodes(graph) + (stem_nodes(graph) if float_stems else [])
             for_tensorrt = target == "tensorrt"
-            if not for_tensorrt and not float_stems:
+            integer_memory = not for_tensorrt and not float_stems  # memory_product_nodes says why
+            if integer_memory:
                 integer_products = set(memory_product_nodes(graph))
                 keep_float = [name for name in keep_float if name not in integer_products]
             quantize_static(str(prepared), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -128,7 +133,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
         root.setLevel(level)
         prepared.unlink(missing_ok=True)
     model = onnx.load(str(out_path))
-    if not for_tensorrt and not float_stems and _unquantize_outputs(model, memory_product_nodes(model.graph)):
+    if integer_memory and _unquantize_outputs(model, memory_product_nodes(model.graph)):
         onnx.save(model, str(out_path))
     if fused_nodes(model):  # the features now come from DequantizeLinear: the body's channel sums change form
         onnx.save(attach_function(model), str(out_path))

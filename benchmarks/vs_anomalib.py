@@ -2,14 +2,14 @@
 """edgekd beside anomalib STFPM in onnxruntime, the figures users choose by: model-only throughput of STFPM and RD
 (FP32 and INT8, batch 1 and 8) and `edgekd run` end to end.
 
-Two measurements, each in one process on the same inputs with interleaved turns (A B C A B C ...), medians and
-per-round ratios, on an idle machine:
+Two measurements, each in one process on the same inputs with interleaved turns in rotating order (A B C, B C A,
+C A B ...: no model always runs after the same other one), medians and per-round ratios, on an idle machine:
 1. model only: the shared peer harness (../shared/peers/anomalib/speed_bench.py) over every ONNX file, with
    onnxruntime profiles and each graph also cut at its feature taps, so the share of the time spent after the
    features (scoring and post-processing) is a measured figure;
 2. end to end: `edgekd run` on a line video made from the real-texture test split (decode, preprocess, model,
    regions, verdict, one JSON line per frame) against the bare models (pre-decoded frames, `session.run` only) in
-   alternating turns.
+   the same rotating turns.
 
     python benchmarks/vs_anomalib.py --stfpm runs/x/stfpm/model.ckpt --rd runs/x/rd/model.ckpt \
         --anomalib /tmp/anomalib-peer/export/stfpm/weights/onnx/model.onnx --data data/real --category cork
@@ -108,7 +108,7 @@ def after_features_share(throughput: dict, name: str) -> float | None:
 
 
 def end_to_end(models: dict[str, Path], video: Path, args) -> dict:
-    """`edgekd run` (decode to JSONL) against bare models, in alternating turns."""
+    """`edgekd run` (decode to JSONL) against bare models, in rotating turns."""
     import onnxruntime as ort
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from runner_fps import bare_fps, decoded_frames, runner_fps
@@ -123,9 +123,6 @@ def end_to_end(models: dict[str, Path], video: Path, args) -> dict:
             return anomalib.run(None, {anomalib_input: batch})
 
     runtimes = {name: open_runtime(models[name]) for name in args.runner_models}
-    turns = {f"{REFERENCE} b1": [], f"{REFERENCE} b8": []}
-    for name in args.runner_models:
-        turns[f"{name} bare b8"], turns[f"{name} run"] = [], []
     summaries = {}
 
     def run_turn(name: str) -> float:
@@ -137,6 +134,7 @@ def end_to_end(models: dict[str, Path], video: Path, args) -> dict:
         measure[f"{name} bare b8"] = lambda name=name: bare_fps(runtimes[name], frames, 8)
         measure[f"{name} run"] = lambda name=name: run_turn(name)
     order = list(measure)
+    turns = {key: [] for key in order}
     for round_index in range(args.e2e_rounds):
         shift = round_index % len(order)  # each turn first in turn, as the model-only harness's rotate order
         for key in order[shift:] + order[:shift]:

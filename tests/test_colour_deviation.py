@@ -34,6 +34,18 @@ def test_global_casts_and_brightness_do_not_count_local_shifts_do():
     assert change.max() > 0.15 and 2 <= row <= 10 and 2 <= column <= 10  # where the stain is (stride 4 grid)
 
 
+def test_residual_is_the_patch_average_of_each_pixels_chroma():
+    """The branch averages RGB over a patch before taking chroma (the same values, fewer operations): checked
+    against the definition, chroma per pixel first."""
+    colour = ColourDeviation((128, 128), 1.0)
+    images = _images(2) * torch.linspace(0.6, 1.0, 128).view(1, 1, 1, -1)
+    red, green, blue = images[:, 0], images[:, 1], images[:, 2]
+    chroma = torch.stack([(red - green) / np.sqrt(2.0), (red + green - 2.0 * blue) / np.sqrt(6.0)], 1)
+    patches = torch.nn.functional.avg_pool2d(chroma, colour.kernel, colour.stride)
+    expected = patches - patches.mean(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(colour.residual(images), expected, rtol=0, atol=1e-6)
+
+
 def test_fitted_per_position_on_an_aligned_object():
     colour = ColourDeviation((128, 128), 0.5, 1.0)
 

@@ -154,12 +154,16 @@ def test_int8_for_onnxruntime_runs_as_integer_convolutions(wood_checkpoint, synt
     network_convs = [n for n in model.graph.node if n.op_type == "Conv" and not n.name.startswith("/patch_memory/")]
     assert len(network_convs) > 10 and any("/segments.0/" in n.name for n in network_convs)
     assert sum(n.op_type == "QLinearConv" for n in optimized) == len(network_convs)
-    # the patch memory's product: INT8 on both sides, an integer product with float output in onnxruntime
-    producers = {o: n for n in model.graph.node for o in n.output}
-    products = [n for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith("/patch_memory/")]
-    assert len(products) == 1 and all(producers[i].op_type == "DequantizeLinear" for i in products[0].input)
-    assert not any(n.op_type == "MatMul" for n in optimized)
-    assert [n.op_type for n in optimized if "MatMul" in n.op_type] == ["MatMulIntegerToFloat"]  # no dequantized output
+    # the patch memory's product: INT8 on both sides, one integer product with float output that adds the memory's
+    # squared norms as its bias, and nothing else reads the product
+    initializers = {i.name for i in model.graph.initializer}
+    products = [n for n in model.graph.node if "MatMul" in n.op_type]
+    assert [(n.op_type, n.domain) for n in products] == [("MatMulIntegerToFloat", "com.microsoft")]
+    assert len(products[0].input) == 7 and products[0].input[6].endswith("patch_memory.bank_sq")
+    assert products[0].input[1] in initializers  # the memory's INT8 weights themselves
+    assert [n.op_type for n in optimized if "MatMul" in n.op_type] == ["MatMulIntegerToFloat"]
+    readers = [n.op_type for n in optimized if products[0].output[0] in n.input]
+    assert readers == ["ReduceMin"]
     with open_runtime(result.artifact) as runtime:  # and it ranks images like the checkpoint
         images = load_images(load_dataset(synth_root, "wood").test[::4], (128, 128))
         got = runtime.infer(images)

@@ -70,11 +70,12 @@ class ColourDeviation(nn.Module):
 
     def residual(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) RGB in [0, 1] -> (B,2,h,w): each patch's chroma minus the image's mean chroma."""
-        images = images.float()
-        red, green, blue = images[:, 0], images[:, 1], images[:, 2]
-        chroma = torch.stack([(red - green) / math.sqrt(2.0), (red + green - 2.0 * blue) / math.sqrt(6.0)], 1)
-        patches = F.avg_pool2d(chroma, self.kernel, self.stride)
-        return patches - patches.mean(dim=(2, 3), keepdim=True)
+        # Chroma is linear in RGB, so the patch average comes first: the same values, with the per-pixel arithmetic
+        # on the patch grid instead of on every input pixel.
+        patches = F.avg_pool2d(images.float(), self.kernel, self.stride)
+        red, green, blue = patches[:, 0:1], patches[:, 1:2], patches[:, 2:3]
+        chroma = torch.cat([(red - green) * (1.0 / math.sqrt(2.0)), (red + green - 2.0 * blue) * (1.0 / math.sqrt(6.0))], 1)
+        return chroma - chroma.mean(dim=(2, 3), keepdim=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,1,h,w): the patch's distance from normal, in normal spreads."""
@@ -83,9 +84,9 @@ class ColourDeviation(nn.Module):
 
     # Both terms take the branch's map (forward), so a detector computes it once for both.
     def fused_term(self, colour_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """What the branch adds to the detector's map of `size`: weight x map / scale, upsampled."""
-        colour = F.interpolate(colour_map, size=size, mode="bilinear", align_corners=False)
-        return colour * (self.weight / self.scale)
+        """What the branch adds to the detector's map of `size`: weight x map / scale, upsampled (the factor first,
+        on the branch's grid: the upsample is linear)."""
+        return F.interpolate(colour_map * (self.weight / self.scale), size=size, mode="bilinear", align_corners=False)
 
     def image_term(self, colour_map: torch.Tensor) -> torch.Tensor:
         """(B,) the branch's image maximum in the units of the map's score: mean_s + image_weight x (max - mean_c)

@@ -75,10 +75,11 @@ class PatchMemory(nn.Module):
         return torch.sqrt(torch.clamp(d2, min=0.0)).transpose(1, 2).reshape(batch, 1, height, width)
 
     def fuse(self, distill_map: torch.Tensor, teacher_feats: list[torch.Tensor], weight: float) -> torch.Tensor:
-        """distill_map / its scale + weight * (memory map upsampled to the same size) / its scale."""
-        memory_map = F.interpolate(self(teacher_feats), size=distill_map.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-        return distill_map / self.branch_scales[0] + weight * memory_map / self.branch_scales[1]
+        """distill_map / its scale + weight * (memory map upsampled to the same size) / its scale. The memory's
+        factor is applied before the upsample (it is linear): on its grid, not on every output pixel."""
+        memory_map = self(teacher_feats) * (weight / self.branch_scales[1])
+        memory_map = F.interpolate(memory_map, size=distill_map.shape[-2:], mode="bilinear", align_corners=False)
+        return distill_map / self.branch_scales[0] + memory_map
 
     @torch.no_grad()
     def fill(self, embeddings: torch.Tensor, seed: int = 0) -> dict:

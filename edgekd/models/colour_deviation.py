@@ -74,7 +74,8 @@ class ColourDeviation(nn.Module):
         # on the patch grid instead of on every input pixel.
         patches = F.avg_pool2d(images.float(), self.kernel, self.stride)
         red, green, blue = patches[:, 0:1], patches[:, 1:2], patches[:, 2:3]
-        chroma = torch.cat([(red - green) * (1.0 / math.sqrt(2.0)), (red + green - 2.0 * blue) * (1.0 / math.sqrt(6.0))], 1)
+        chroma = torch.cat([(red - green) * (1.0 / math.sqrt(2.0)),
+                            (red + green - 2.0 * blue) * (1.0 / math.sqrt(6.0))], 1)
         return chroma - chroma.mean(dim=(2, 3), keepdim=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,9 @@ Forms: "today" (what `edgekd export --precision int8 --int8-for onnxruntime` wri
 choice put back:
 - "memory float": the patch memory's product left float (edgekd/export/quantize.py memory_product_nodes);
 - "product without bias": the memory's squared norms added after the integer product instead of as its bias
-  (edgekd/export/quantize.py _product_with_bias).
+  (edgekd/export/quantize.py _product_with_bias);
+- "stems float": the stem-to-stride-4 segments in float (`--int8-stems float`, which keeps the memory's product
+  float too).
 
 Accuracy: each export's own check (points lost against the checkpoint's FP32 export on the category's test split).
 Speed: the exports of one category in one onnxruntime process, 2 intra-op threads with thread spinning off, the
@@ -42,24 +44,27 @@ from edgekd.export.exporter import GATED_METRICS, export_checkpoint
 from edgekd.machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
-# form -> (module, attribute, stand-in) that puts the earlier choice back for one export
+# form -> (module, attribute, stand-in) that puts the earlier choice back for one export, or the export's option
 EARLIER_CHOICES = {
     "today": None,
     "memory float": (quantize, "memory_product_nodes", lambda graph: []),
     "product without bias": (quantize, "_product_with_bias", lambda model, names: 0),
+    "stems float": {"int8_stems": "float"},
 }
 
 
 def export_form(checkpoint: Path, data: Path, category: str, form: str, out: Path):
     """The onnxruntime INT8 export in `form`."""
-    choice = EARLIER_CHOICES[form]
+    choice, options = EARLIER_CHOICES[form], {"int8_stems": "int8"}
+    if isinstance(choice, dict):
+        choice, options = None, {**options, **choice}
     if choice is not None:
         module, attribute, stand_in = choice
         chosen = getattr(module, attribute)
         setattr(module, attribute, stand_in)
     try:
         return export_checkpoint(checkpoint, "int8", out_dir=out, name=category, data=data, category=category,
-                                 int8_for="onnxruntime", int8_stems="int8", force=True)
+                                 int8_for="onnxruntime", force=True, **options)
     finally:
         if choice is not None:
             setattr(module, attribute, chosen)
@@ -99,8 +104,8 @@ def speed(artifacts: dict[str, Path], images: np.ndarray, rounds: int) -> dict:
 def report(payload: dict) -> str:
     forms = payload["forms"]
     lines = [f"# Forms of the onnxruntime INT8 export: {', '.join(forms)} ({payload['date']})", "",
-             f"Checkpoints `{payload['runs']}` (the default detector), data `{payload['data']}`, stems INT8 in every "
-             f"form. Machine: {payload['machine'].get('cpu', '?')}, {payload['machine'].get('cores', '?')} cores. "
+             f"Checkpoints `{payload['runs']}`, data `{payload['data']}`, stems INT8 in every form but \"stems "
+             f"float\". Machine: {payload['machine'].get('cpu', '?')}, {payload['machine'].get('cores', '?')} cores. "
              f"Made by `benchmarks/int8_forms.py --forms \"{','.join(forms)}\"` (the forms: its docstring).", "",
              "## Accuracy: points lost against the FP32 export (positive = worse)", "",
              "| category | " + " | ".join(f"{form}: img / pix / AUPRO" for form in forms) + " |",

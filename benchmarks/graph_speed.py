@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Throughput of several ONNX graphs in one onnxruntime process, in interleaved turns (A B C A B C ...).
+"""Throughput of several ONNX graphs in one onnxruntime process, in interleaved turns (A B C, B C A, ...; each
+turn starts with an untimed run: benchmarks/interleaved.py).
 
 For comparing forms of one model made by different code (e.g. a family before and after a change): export each
 graph with the code in question, then time them here side by side, so only ratios from one run are compared.
@@ -19,6 +20,7 @@ import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
+from interleaved import rotated, session_options
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,8 +36,7 @@ def main() -> int:
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
+    options = session_options(args.threads)
     sessions = {}
     for item in args.graphs:
         label, _, path = item.partition("=")
@@ -46,7 +47,9 @@ def main() -> int:
         session.run(None, {"images": frames})
     rates: dict[str, list[float]] = {label: [] for label in sessions}
     for round_ in range(args.rounds):
-        for label, (session, frames, _) in sessions.items():
+        for label in rotated(list(sessions), round_):
+            session, frames, _ = sessions[label]
+            session.run(None, {"images": frames})  # untimed: benchmarks/interleaved.py says why
             done, started = 0, time.perf_counter()
             while time.perf_counter() - started < args.seconds:
                 session.run(None, {"images": frames})

@@ -11,10 +11,10 @@ choice put back:
   float too).
 
 Accuracy: each export's own check (points lost against the checkpoint's FP32 export on the category's test split).
-Speed: the exports of one category in one onnxruntime process, 2 intra-op threads with thread spinning off, the
-category's test images, interleaved rounds (each round starts one form later), medians of the per-round ratios to
-the first form. With spinning on, a session's idle threads kept spinning into the next session's turn: the first
-run of this script (then memory_int8.py) gave the INT8 memory product 1.23x / 1.47x, spinning off 1.15x / 1.29x.
+Speed: the exports of one category in one onnxruntime process, 2 intra-op threads, the category's test images,
+interleaved rounds as benchmarks/interleaved.py says (an untimed run to start each turn, rotating order), medians
+of the per-round ratios to the first form. The first run of this script (then memory_int8.py, no untimed run per
+turn) gave the INT8 memory product 1.23x / 1.47x; this way, 1.23x / 1.37x.
 
     python benchmarks/int8_forms.py --forms "product without bias,today"
 
@@ -42,6 +42,7 @@ from edgekd.data.loading import load_images
 from edgekd.data.real_textures import parse_categories
 from edgekd.export.exporter import GATED_METRICS, export_checkpoint
 from edgekd.machine import machine_info
+from interleaved import rotated, session_options
 
 REPO = Path(__file__).resolve().parents[1]
 # form -> (module, attribute, stand-in) that puts the earlier choice back for one export, or the export's option
@@ -73,9 +74,7 @@ def export_form(checkpoint: Path, data: Path, category: str, form: str, out: Pat
 def speed(artifacts: dict[str, Path], images: np.ndarray, rounds: int) -> dict:
     """img/s per form and the median per-round ratio of each form's speed to the first form's."""
     import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # the docstring says why
+    options = session_options(2)
     sessions = {form: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 for form, path in artifacts.items()}
     name = next(iter(sessions.values())).get_inputs()[0].name
@@ -88,7 +87,8 @@ def speed(artifacts: dict[str, Path], images: np.ndarray, rounds: int) -> dict:
         forms = list(sessions)
         seconds = {form: [] for form in forms}
         for turn in range(rounds):
-            for form in forms[turn % len(forms):] + forms[:turn % len(forms)]:
+            for form in rotated(forms, turn):
+                sessions[form].run(None, feed)  # untimed: interleaved.py says why
                 started = time.perf_counter()
                 for _ in range(repeats):
                     sessions[form].run(None, feed)

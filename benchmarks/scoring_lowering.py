@@ -40,6 +40,7 @@ from edgekd.export.exporter import export_checkpoint
 from edgekd.fused import onnx_function
 from edgekd import scoring
 from edgekd.machine import environment_info
+from interleaved import rotated, session_options
 
 REPO = Path(__file__).resolve().parents[1]
 FORMS = ("before", "reducesum", "convolution", "exported")
@@ -117,8 +118,7 @@ def images(data: Path, category: str, count: int) -> np.ndarray:
 
 def measure(models: dict[str, Path], batch_images: np.ndarray, rounds: int, images_per_turn: int) -> dict:
     import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
+    options = session_options(2)
     results = {}
     for model_name, path in models.items():
         model = onnx.load(str(path))
@@ -137,8 +137,9 @@ def measure(models: dict[str, Path], batch_images: np.ndarray, rounds: int, imag
             turns = {form: [] for form in sessions}
             feeds = [batch_images[i:i + batch] for i in range(0, len(batch_images) - batch + 1, batch)]
             calls = max(1, images_per_turn // batch)
-            for _ in range(rounds):
-                for form, session in sessions.items():
+            for round_index in range(rounds):
+                for form in rotated(list(sessions), round_index):
+                    session = sessions[form]
                     session.run(None, {input_name: feeds[0]})  # warm after the other forms' turns
                     start = time.perf_counter()
                     for call in range(calls):
@@ -161,7 +162,7 @@ def report(payload: dict) -> str:
     lines = [f"# How the scoring body is written, measured ({payload['date']})", "",
              f"Made by `benchmarks/scoring_lowering.py`: {payload['environment'].get('cpu', 'CPU')}, onnxruntime "
              f"{payload['environment'].get('onnxruntime', {}).get('version', '?')}, 2 intra-op threads, {payload['rounds']} interleaved rounds "
-             f"of {payload['images_per_turn']} real `{payload['category']}` test images per turn. Same exported models, "
+             f"(an untimed run to start each turn, rotating order: `benchmarks/interleaved.py`) of {payload['images_per_turn']} real `{payload['category']}` test images per turn. Same exported models, "
              "only the `edgekd::MultiScaleFeatureDiff` function body differs. Ratios are medians of per-round ratios; "
              "the scoring share is 1 - (img/s of the graph / img/s of the same graph cut at its feature taps).", "",
              "Forms: **before** (stack + ReduceSum combine, Resize upsample, ReduceSum channel sums), **reducesum** "

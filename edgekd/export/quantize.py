@@ -42,7 +42,7 @@ def stem_nodes(graph: onnx.GraphProto) -> list[str]:
 def memory_product_nodes(graph: onnx.GraphProto) -> list[str]:
     """The patch memory's matrix product (patches x memory items): a quarter of the RD INT8 graph's time while it
     stayed float. In INT8 onnxruntime runs it as one integer MatMul with float output (_unquantize_outputs; the
-    distances around it stay float): the whole RD graph 1.15x at batch 1 and 1.29x at batch 8, 1.26x and 1.45x
+    distances around it stay float): the whole RD graph 1.23x at batch 1 and 1.37x at batch 8, 1.32x and 1.57x
     with _product_with_bias, no metric on the 9 real-texture categories more than 0.22 points from the float product
     (benchmarks/results/int8_forms.md). Only
     for the onnxruntime target: the TensorRT form is not measured (that needs a GPU), so it keeps the product

@@ -50,6 +50,15 @@ def memory_product_nodes(graph: onnx.GraphProto) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.name.startswith("/patch_memory/")]
 
 
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def _unquantize_outputs(model: onnx.ModelProto, names: list[str]) -> int:
     """Drop the Quantize/Dequantize pair the quantizer puts after these nodes' outputs, so that their consumers read
     the float output. For the memory's product (patches x memory items, 2M values per image) onnxruntime then fuses
@@ -57,10 +66,7 @@ def _unquantize_outputs(model: onnx.ModelProto, names: list[str]) -> int:
     MatMul, then dequantized its whole output (1 ms per image). Returns how many pairs went."""
     graph, names = model.graph, set(names)
     outputs = {output for node in graph.node if node.name in names for output in node.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(graph)
     quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in outputs]
     dropped, replaced = [], {}
     for quantizer in quantizers:
@@ -88,10 +94,7 @@ def _product_with_bias(model: onnx.ModelProto, names: list[str]) -> int:
     product's 2M values per image (0.39 ms of RD INT8's 8 ms). Returns how many it wrote."""
     graph, names = model.graph, set(names)
     producers = {output: node for node in graph.node for output in node.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(graph)
     vectors = {i.name: i for i in graph.initializer if len(i.dims) == 1}
     written = 0
     for product in [n for n in graph.node if n.name in names and n.op_type == "MatMul"]:

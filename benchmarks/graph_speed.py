@@ -43,8 +43,6 @@ def main() -> int:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         shape = [args.batch if not isinstance(d, int) else d for d in session.get_inputs()[0].shape]
         sessions[label] = (session, np.random.default_rng(0).random(shape, np.float32), path)
-    for session, frames, _ in sessions.values():
-        session.run(None, {"images": frames})
     rates: dict[str, list[float]] = {label: [] for label in sessions}
     for round_ in range(args.rounds):
         for label in rotated(list(sessions), round_):

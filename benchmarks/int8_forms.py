@@ -25,7 +25,6 @@ and "memory int8", the latter that day's form).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -35,7 +34,6 @@ import numpy as np
 
 import edgekd.export.quantize as quantize
 from edgekd.artifacts import read_sidecar
-from edgekd.atomic import write_bytes_atomic
 from edgekd.data.images import to_model_input
 from edgekd.data.layouts import load_dataset
 from edgekd.data.loading import load_images
@@ -43,6 +41,7 @@ from edgekd.data.real_textures import parse_categories
 from edgekd.export.exporter import GATED_METRICS, export_checkpoint
 from edgekd.machine import machine_info
 from interleaved import rotated, session_options
+from results_files import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 # form -> (module, attribute, stand-in) that puts the earlier choice back for one export, or the export's option
@@ -82,8 +81,6 @@ def speed(artifacts: dict[str, Path], images: np.ndarray, rounds: int) -> dict:
     for batch in (1, 8):
         feed = {name: images[:batch]}
         repeats = max(1, 8 // batch)
-        for session in sessions.values():
-            session.run(None, feed)
         forms = list(sessions)
         seconds = {form: [] for form in forms}
         for turn in range(rounds):
@@ -160,11 +157,7 @@ def main() -> None:
     payload = {"benchmark": args.name, "date": started, "machine": machine_info(), "runs": str(args.runs),
                "data": str(args.data), "forms": forms, "rows": rows, "speed_category": args.speed_category,
                "rounds": args.rounds, "speed": timing}
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(args.results / f"{args.name}.json", json.dumps(payload, indent=2).encode())
-    text = report(payload)
-    write_bytes_atomic(args.results / f"{args.name}.md", text.encode())
-    print(text)
+    write_results(args.results, args.name, payload, report)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,16 @@ check (points lost against the checkpoint's FP32 export on the category's test s
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from edgekd.atomic import write_bytes_atomic
 from edgekd.data.real_textures import parse_categories
 from edgekd.export.exporter import GATED_METRICS, export_checkpoint
 from edgekd.machine import machine_info
+from results_files import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,11 +75,7 @@ def main() -> None:
                "data": str(args.data), "targets": targets, "rows": rows,
                "worst": {t: {s: float(np.max([r[t][s][m] for r in rows for m in GATED_METRICS]))
                              for s in ("int8", "float")} for t in targets}}
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(args.results / f"{args.name}.json", json.dumps(payload, indent=2).encode())
-    text = report(payload)
-    write_bytes_atomic(args.results / f"{args.name}.md", text.encode())
-    print(text)
+    write_results(args.results, args.name, payload, report)
 
 
 if __name__ == "__main__":

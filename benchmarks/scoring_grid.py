@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_texture_accuracy import METRICS, held_out_maxima, refit_scales  # noqa: E402
+from results_files import write_results  # noqa: E402
 
 from edgekd.checkpoint import save_checkpoint  # noqa: E402
 from edgekd.data.layouts import load_dataset  # noqa: E402
 from edgekd.export.exporter import recalibrate  # noqa: E402
-from edgekd.atomic import write_bytes_atomic  # noqa: E402
 from edgekd.checkpoint import read_checkpoint  # noqa: E402
 from edgekd.data.real_textures import parse_categories  # noqa: E402
 from edgekd.evaluate import evaluate  # noqa: E402
@@ -128,11 +127,7 @@ def main() -> None:
     payload = {"benchmark": args.name, "date": started, "machine": machine_info(), "runs": str(args.runs),
                "config_name": (config or {}).get("model", "?") + " / " + (config or {}).get("teacher", "?"),
                "strides": strides, "tolerance_points": TOLERANCE, "rows": rows, "mean": mean, "verdicts": verdicts}
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(args.results / f"{args.name}.json", json.dumps(payload, indent=2).encode())
-    text = report(payload)
-    write_bytes_atomic(args.results / f"{args.name}.md", text.encode())
-    print(text)
+    write_results(args.results, args.name, payload, report)
 
 
 if __name__ == "__main__":

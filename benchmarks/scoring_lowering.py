@@ -20,7 +20,6 @@ Writes benchmarks/results/scoring_lowering.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,7 +32,6 @@ import numpy as np
 import torch
 import onnx
 
-from edgekd.atomic import write_bytes_atomic
 from edgekd.data.images import read_rgb, resize_rgb, to_model_input
 from edgekd.data.layouts import load_dataset
 from edgekd.export.exporter import export_checkpoint
@@ -41,6 +39,7 @@ from edgekd.fused import onnx_function
 from edgekd import scoring
 from edgekd.machine import environment_info
 from interleaved import rotated, session_options
+from results_files import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 FORMS = ("before", "reducesum", "convolution", "exported")
@@ -209,11 +208,7 @@ def main() -> int:
                "rounds": args.rounds, "images_per_turn": args.images_per_turn,
                "checkpoints": {"stfpm": str(args.stfpm), "rd": str(args.rd)},
                "results": measure(models, batch_images, args.rounds, args.images_per_turn)}
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(args.results / "scoring_lowering.json", json.dumps(payload, indent=2).encode())
-    text = report(payload)
-    write_bytes_atomic(args.results / "scoring_lowering.md", text.encode())
-    print(text)
+    write_results(args.results, "scoring_lowering", payload, report)
     return 0
 
 

@@ -111,6 +111,7 @@ def end_to_end(models: dict[str, Path], video: Path, args) -> dict:
     """`edgekd run` (decode to JSONL) against bare models, in rotating turns."""
     import onnxruntime as ort
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from interleaved import rotated
     from runner_fps import bare_fps, decoded_frames, runner_fps
     from edgekd.runtime import open_runtime
 
@@ -136,8 +137,7 @@ def end_to_end(models: dict[str, Path], video: Path, args) -> dict:
     order = list(measure)
     turns = {key: [] for key in order}
     for round_index in range(args.e2e_rounds):
-        shift = round_index % len(order)  # each turn first in turn, as the model-only harness's rotate order
-        for key in order[shift:] + order[:shift]:
+        for key in rotated(order, round_index):  # each turn first in turn, as the model-only harness's rotate order
             turns[key].append(measure[key]())
         print(f"end to end round {round_index + 1}/{args.e2e_rounds}: " +
               ", ".join(f"{k} {v[-1]:.1f}" for k, v in turns.items()), flush=True)

@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--forms", default="product without bias,today",
                         help=f"comma-separated, the first is the reference for speed: {', '.join(EARLIER_CHOICES)}")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "real")
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "real" / "real_textures_colour_both")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "real" / "real_textures_layout")
     parser.add_argument("--categories", default="all")
     parser.add_argument("--speed-category", default="cork")
     parser.add_argument("--rounds", type=int, default=20)

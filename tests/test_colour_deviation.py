@@ -1,5 +1,6 @@
 """RD's colour branch: blind to global casts and brightness offsets, alert to local colour shifts, fitted per
-position (aligned objects), joining the image score (not the map) in torch and in the exported graph."""
+position (aligned objects, where brightness counts too), joining the image score (not the map) in torch and in the
+exported graph."""
 
 from pathlib import Path
 
@@ -20,8 +21,10 @@ def _images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(images.clip(0, 1))
 
 
-def test_global_casts_and_brightness_do_not_count_local_shifts_do():
+@pytest.mark.parametrize("brightness", [False, True])
+def test_global_casts_and_brightness_do_not_count_local_shifts_do(brightness):
     colour = ColourDeviation((128, 128), 1.0)  # unfitted: centre 0, spread 1
+    colour.channels[0, 2] = float(brightness)
     images = 0.5 + 0.03 * torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     base = colour(images)
     cast, brighter = images.clone(), images + 0.1
@@ -34,13 +37,14 @@ def test_global_casts_and_brightness_do_not_count_local_shifts_do():
     assert change.max() > 0.15 and 2 <= row <= 10 and 2 <= column <= 10  # where the stain is (stride 4 grid)
 
 
-def test_residual_is_the_patch_average_of_each_pixels_chroma():
-    """The branch averages RGB over a patch before taking chroma (the same values, fewer operations): checked
-    against the definition, chroma per pixel first."""
+def test_residual_is_the_patch_average_of_each_pixels_chroma_and_brightness():
+    """The branch averages RGB over a patch before taking chroma and brightness (the same values, fewer
+    operations): checked against the definition, per pixel first."""
     colour = ColourDeviation((128, 128), 1.0)
     images = _images(2) * torch.linspace(0.6, 1.0, 128).view(1, 1, 1, -1)
     red, green, blue = images[:, 0], images[:, 1], images[:, 2]
-    chroma = torch.stack([(red - green) / np.sqrt(2.0), (red + green - 2.0 * blue) / np.sqrt(6.0)], 1)
+    chroma = torch.stack([(red - green) / np.sqrt(2.0), (red + green - 2.0 * blue) / np.sqrt(6.0),
+                          (red + green + blue) / np.sqrt(3.0)], 1)
     patches = torch.nn.functional.avg_pool2d(chroma, colour.kernel, colour.stride)
     expected = patches - patches.mean(dim=(2, 3), keepdim=True)
     torch.testing.assert_close(colour.residual(images), expected, rtol=0, atol=1e-6)
@@ -245,3 +249,60 @@ def test_bad_colour_options_are_refused_naming_the_option(option):
                                                           f"model_options.{option}={bad}"])
         with pytest.raises(EdgekdError, match=rf"model_options\.{option} must be a finite number >= 0.*'{bad}'"):
             build_model(config, pretrained_teacher=False)
+
+
+def _darkened(images: torch.Tensor) -> torch.Tensor:
+    """A dark speck of dirt (12 px square): all three channels down by the same amount, so chroma stays."""
+    specked = images.clone()
+    specked[:, :, 50:62, 20:32] -= 0.2
+    return specked.clamp(0, 1)
+
+
+@pytest.mark.parametrize("surface,fixed", [("patches", False), ("aligned object", True)])
+def test_brightness_counts_on_a_fixed_layout_only(surface, fixed):
+    """The aligned object's positions differ in normal colour by many spreads: a fixed layout, so a dark speck (no
+    chroma change) is found by its brightness. Random patches put any colour anywhere: brightness stays out, and
+    the same speck moves the branch no more than chroma noise does."""
+    colour = ColourDeviation((128, 128), 0.5)
+    if surface == "patches":
+        normal, held_out = _patchy(24, 0, 0.3), _patchy(8, 1, 0.3)
+    else:
+        normal, held_out = _images(24), _images(8, 1)
+    summary = fit_colour(_Detector(colour), lambda: iter([normal]), lambda: iter([held_out]))
+    assert summary["colour_brightness"] is fixed and colour.counts_brightness is fixed
+    assert (summary["colour_layout"] > 1.0) is fixed
+    assert (summary["colour_layout"] > 3.0) if fixed else (summary["colour_layout"] < 0.5)
+    clean, specked = colour(held_out).amax(), colour(_darkened(held_out)).amax()
+    if fixed:
+        assert float(specked) > 3 * float(clean)
+    else:
+        assert float(specked) < 1.5 * float(clean)
+
+
+def test_branches_fitted_before_brightness_score_as_they_did():
+    """A branch saved with chroma statistics only (2 channels, no `channels`) loads with brightness off and gives
+    the map it gave, even on a surface where a new fit would count brightness."""
+    colour = ColourDeviation((128, 128), 0.5)
+    fit_colour(_Detector(colour), lambda: iter([_images(24)]), lambda: iter([_images(8, 1)]))
+    assert colour.counts_brightness  # a new fit of this aligned object counts it
+    colour.channels[0, 2] = 0.0
+    images = _darkened(_images(4, 2))
+    expected = colour(images)
+    older = {k: (v[:, :2] if k in ("centre", "spread") else v) for k, v in colour.state_dict().items()
+             if k != "channels"}
+    again = ColourDeviation((128, 128), 0.5)
+    again.load_state_dict(older)
+    assert not again.counts_brightness
+    torch.testing.assert_close(again(images), expected, rtol=0, atol=0)
+
+
+def test_fit_notes_say_what_counts_and_why():
+    from edgekd.models.colour_deviation import fit_notes
+    notes = fit_notes({"colour_brightness": True, "colour_layout": 6.04, "colour_kept": False,
+                       "colour_camera_shift": 2.5, "colour_gate": 2.0})
+    assert notes[0].startswith("colour branch: the positions' normal colours lie 6.0 normal spreads apart, a fixed "
+                               "layout: chroma and brightness count")
+    assert "left out: a camera moves it 2.5" in notes[1]
+    assert fit_notes({"colour_brightness": False, "colour_layout": 0.1}) == [
+        "colour branch: the positions' normal colours lie 0.1 normal spreads apart, a texture: chroma only count "
+        "(fixed above 1)"]

@@ -9,6 +9,14 @@ image's mean chroma, then against that position's normal centre and spread from 
 object such as a PCB has different colours in different places; a texture has the same everywhere, and then the
 per-position statistics simply agree). A global cast moves the image mean with the patches and changes nothing.
 
+On a fixed layout the branch also counts brightness (the patch's mean of R, G and B against the image's, per
+position): a dark speck of dirt on a PCB barely moves chroma or the features, but it is darker than that place of
+the board always is. A texture has no fixed places, its brightness varies patch to patch at random, and counting it
+there only adds normal noise (cork lost 2 of 20 defect frames on video with it). Fitting decides from normal images:
+the layout is fixed when the positions' normal centres lie further apart than one normal spread (0.1-0.3 on the
+eight textures of the real-texture benchmark, 6 on its PCB). An equal offset of all three channels still changes
+nothing; a gain scales the patches' brightness differences, which the camera-augmented training views cover.
+
 Where a camera moves the branch itself, it is switched off for that surface: after fitting, the held-out normal
 images go through the camera augmentation (codec, blur, noise, light and colour drift) and if that moves the median
 of the branch's image maxima by more than `gate` of their normal spreads, the branch stays out of the score (on
@@ -21,7 +29,7 @@ How it joins the image score (never the map: masks and pixel figures are the fea
   held-out normal images), and the image score is the larger of the two: a colour defect far out of its normal range
   counts even where the features barely move (a PCB stain that darkens and tints the board: 77 -> 98).
 
-Measured on the real-texture benchmark: benchmarks/results/real_textures_tried.md, items 13-15.
+Measured on the real-texture benchmark: benchmarks/results/real_textures_tried.md, items 13-16.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from edgekd.models.patch_memory import branch_scales
 
 PATCHES_ACROSS = 16  # the patch is 1/16 of the input's shorter side: 16 px at 256
 CAMERA_VIEWS = 3  # camera-augmented copies of each held-out image for the gate
+FIXED_LAYOUT = 1.0  # positions' normal centres this many normal spreads apart: a fixed layout, brightness counts
+CHROMA_ONLY = (1.0, 1.0, 0.0)  # weights of (red-green, yellow-blue, brightness): what counts on a texture
 
 
 class ColourDeviation(nn.Module):
@@ -49,8 +59,9 @@ class ColourDeviation(nn.Module):
         grid = tuple((n - self.kernel) // self.stride + 1 for n in input_size)
         self.weight = float(weight)
         self.image_weight = float(image_weight)
-        self.register_buffer("centre", torch.zeros(1, 2, *grid))
-        self.register_buffer("spread", torch.ones(1, 2, *grid))
+        self.register_buffer("centre", torch.zeros(1, 3, *grid))
+        self.register_buffer("spread", torch.ones(1, 3, *grid))
+        self.register_buffer("channels", torch.tensor(CHROMA_ONLY).view(1, 3, 1, 1))  # fit_colour may add brightness
         self.register_buffer("scale", torch.ones(1))  # its normal maxima's spread against the feature map's
         # Its image maxima's spread against the map's score's (with the pixel term), and the offset that puts their
         # normal means together: what image_term needs.
@@ -62,25 +73,37 @@ class ColourDeviation(nn.Module):
     def is_kept(self) -> bool:
         return bool(self.kept.item() > 0)
 
+    @property
+    def counts_brightness(self) -> bool:
+        return bool(self.channels[0, 2].item() > 0)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "kept", torch.ones(1))  # fitted before the gate existed: always kept
         for name, value in (("image_scale", 1.0), ("offset", 0.0)):  # before image_term: built with image_weight 0
             state_dict.setdefault(prefix + name, torch.full((1,), value))
+        # Fitted before brightness: chroma statistics only, and they score on as they were calibrated.
+        state_dict.setdefault(prefix + "channels", torch.tensor(CHROMA_ONLY).view(1, 3, 1, 1))
+        for name, filler in (("centre", 0.0), ("spread", 1.0)):
+            value = state_dict.get(prefix + name)
+            if value is not None and value.shape[1] == 2:
+                state_dict[prefix + name] = torch.cat([value, torch.full_like(value[:, :1], filler)], 1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def residual(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) RGB in [0, 1] -> (B,2,h,w): each patch's chroma minus the image's mean chroma."""
-        # Chroma is linear in RGB, so the patch average comes first: the same values, with the per-pixel arithmetic
+        """(B,3,H,W) RGB in [0, 1] -> (B,3,h,w): each patch's chroma (2 opponent colours) and brightness minus
+        the image's mean."""
+        # Both are linear in RGB, so the patch average comes first: the same values, with the per-pixel arithmetic
         # on the patch grid instead of on every input pixel.
         patches = F.avg_pool2d(images.float(), self.kernel, self.stride)
         red, green, blue = patches[:, 0:1], patches[:, 1:2], patches[:, 2:3]
-        chroma = torch.cat([(red - green) * (1.0 / math.sqrt(2.0)),
-                            (red + green - 2.0 * blue) * (1.0 / math.sqrt(6.0))], 1)
-        return chroma - chroma.mean(dim=(2, 3), keepdim=True)
+        channels = torch.cat([(red - green) * (1.0 / math.sqrt(2.0)),
+                              (red + green - 2.0 * blue) * (1.0 / math.sqrt(6.0)),
+                              (red + green + blue) * (1.0 / math.sqrt(3.0))], 1)
+        return channels - channels.mean(dim=(2, 3), keepdim=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,1,h,w): the patch's distance from normal, in normal spreads."""
-        deviation = (self.residual(images) - self.centre) / self.spread
+        deviation = (self.residual(images) - self.centre) / self.spread * self.channels
         return deviation.pow(2).sum(1, keepdim=True).sqrt()
 
     # Both terms take the branch's map (forward), so a detector computes it once for both.
@@ -102,6 +125,14 @@ def camera_shift(clean_maxima: np.ndarray, camera_maxima: np.ndarray) -> float:
     return (float(np.median(camera_maxima)) - float(np.median(clean_maxima))) / spread
 
 
+def layout_contrast(centre: torch.Tensor, spread: torch.Tensor) -> float:
+    """How far apart the positions' normal centres lie, in typical normal spreads: the standard deviation of the
+    centres over the grid against the median spread, averaged over the channels. About 0 on a texture (every
+    position alike), several on a fixed layout."""
+    apart = centre.flatten(2).std(2) / spread.flatten(2).median(2).values.clamp(min=1e-6)
+    return float(apart.mean())
+
+
 def _spread_ratio(colour_maxima: torch.Tensor, other_maxima: torch.Tensor) -> torch.Tensor:
     """The colour maxima's spread over the other's, as the patch memory balances its branches."""
     spreads = branch_scales(other_maxima, colour_maxima, "spread")
@@ -117,7 +148,8 @@ def _camera_views(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
 
 @torch.no_grad()
 def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) -> dict:
-    """Centre and spread per position from the training images (median and 1.4826 MAD). On the held-out images:
+    """Centre and spread per position from the training images (median and 1.4826 MAD), and from them whether the
+    layout is fixed (then brightness counts, FIXED_LAYOUT). On the held-out images:
     the scale that puts the branch's map beside `model.feature_map(images)` (the detector's map without colour) the
     way the patch memory is balanced (patch_memory.branch_scales, "spread"); then the image scale and offset that
     give its image maxima the mean and spread of the map's score with that pixel term. Then, with a `gate`, the
@@ -128,6 +160,8 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
     spread = (1.4826 * (residuals - centre).abs().median(0, keepdim=True).values).clamp(min=1e-3)
     colour.centre.copy_(centre.to(colour.centre.device))
     colour.spread.copy_(spread.to(colour.spread.device))
+    layout = layout_contrast(centre, spread)
+    colour.channels[0, 2] = 1.0 if layout > FIXED_LAYOUT else 0.0
     held_out = [(colour(batch), model.feature_map(batch).float()) for batch in held_out_batches()]
     colour_maxima = torch.cat([colour_map.flatten(1).amax(1).cpu() for colour_map, _ in held_out])
     feature_maxima = torch.cat([amap.flatten(1).amax(1).cpu() for _, amap in held_out])
@@ -138,7 +172,8 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
     colour.offset.fill_(float(scored_maxima.mean() - colour_maxima.mean() * colour.image_weight / colour.image_scale))
     summary = {"colour_weight": colour.weight, "colour_image_weight": colour.image_weight,
                "colour_scale": float(colour.scale), "colour_image_scale": float(colour.image_scale),
-               "colour_offset": float(colour.offset), "colour_grid": list(centre.shape[-2:])}
+               "colour_offset": float(colour.offset), "colour_grid": list(centre.shape[-2:]),
+               "colour_layout": layout, "colour_brightness": colour.counts_brightness}
     if gate is None:
         return summary
     rng = np.random.default_rng([0, 2**30])  # the same camera views on every run
@@ -147,3 +182,15 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
     shift = camera_shift(colour_maxima.numpy(), torch.cat(camera_maxima).numpy())
     colour.kept.fill_(1.0 if shift <= gate else 0.0)
     return {**summary, "colour_camera_shift": shift, "colour_gate": gate, "colour_kept": colour.is_kept}
+
+
+def fit_notes(summary: dict) -> list[str]:
+    """What fit_colour decided, in words for the person training."""
+    layout = "a fixed layout: chroma and brightness" if summary["colour_brightness"] else "a texture: chroma only"
+    notes = [f"colour branch: the positions' normal colours lie {summary['colour_layout']:.1f} normal spreads apart, "
+             f"{layout} count (fixed above {FIXED_LAYOUT:g})"]
+    if "colour_kept" in summary:
+        verdict = "kept" if summary["colour_kept"] else "left out"
+        notes.append(f"colour branch {verdict}: a camera moves it {summary['colour_camera_shift']:.1f} normal spreads "
+                     f"on these images (model_options.colour_gate {summary['colour_gate']:g})")
+    return notes

@@ -14,7 +14,7 @@ from torch import nn
 from edgekd.errors import EdgekdError
 from edgekd.models.base import AnomalyModel
 from edgekd.models.blocks import ResidualBlock, conv_bn_relu, up_conv_bn_relu
-from edgekd.models.colour_deviation import ColourDeviation, fit_colour
+from edgekd.models.colour_deviation import ColourDeviation, fit_colour, fit_notes
 from edgekd.models.patch_memory import BALANCES, PatchMemory, fit_patch_memory
 from edgekd.models.registry import register
 from edgekd.scoring import image_score
@@ -129,10 +129,7 @@ class ReverseDistillation(AnomalyModel):
         summary = fit_patch_memory(self, fit_batches, held_out_batches) if self.patch_memory is not None else {}
         if self.colour is not None:  # after the memory: it balances against the map the memory is part of
             summary.update(fit_colour(self, fit_batches, held_out_batches, self.colour_gate or None))
-            if "colour_kept" in summary:
-                shift, verdict = summary["colour_camera_shift"], "kept" if summary["colour_kept"] else "left out"
-                summary["notes"] = [f"colour branch {verdict}: a camera moves it {shift:.1f} normal spreads on these "
-                                    f"images (model_options.colour_gate {self.colour_gate:g})"]
+            summary["notes"] = fit_notes(summary)
         return summary
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,9 @@ per-position statistics simply agree). A global cast moves the image mean with t
 On a fixed layout the branch also counts brightness (the patch's mean of R, G and B against the image's, per
 position): a dark speck of dirt on a PCB barely moves chroma or the features, but it is darker than that place of
 the board always is. A texture has no fixed places, its brightness varies patch to patch at random, and counting it
-there only adds normal noise (cork lost 2 of 20 defect frames on video with it). Fitting decides from normal images:
-the layout is fixed when the positions' normal centres lie further apart than one normal spread (0.1-0.3 on the
-eight textures of the real-texture benchmark, 6 on its PCB). An equal offset of all three channels still changes
+there only adds normal noise (cork lost up to 2 of 20 defect frames on video with it). Fitting decides from normal
+images: the layout is fixed when the positions' normal centres lie further apart than one normal spread (0.05-0.12
+on the eight textures of the real-texture benchmark, 6 on its PCB). An equal offset of all three channels still changes
 nothing; a gain scales the patches' brightness differences, which the camera-augmented training views cover.
 
 Where a camera moves the branch itself, it is switched off for that surface: after fitting, the held-out normal

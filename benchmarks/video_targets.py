@@ -27,11 +27,13 @@ from edgekd.calibrate import calibrate
 from edgekd.data.layouts import load_dataset
 from edgekd.data.video import write_line_video
 from edgekd.export.exporter import export_checkpoint
+from edgekd.export.quantize import STEM_MODES
 from edgekd.machine import machine_info
 from edgekd.stream.cli_run import run_stream
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"false_alarm_rate": 0.01, "recall": 0.95, "image_auroc_in_scope": 0.98}
+OTHER_HALF = {"first": "second", "second": "first"}  # the clip takes one half of the normal images, the line the other
 
 
 def line_setup(checkpoint: Path, data: Path, category: str, work: Path, frames: int,
@@ -41,7 +43,7 @@ def line_setup(checkpoint: Path, data: Path, category: str, work: Path, frames: 
     dataset = load_dataset(data, category)
     clip, line = work / f"{category}_good.mp4", work / f"{category}_line.mp4"
     defect_frames = list(range(9, frames, 10))
-    line_part = {"first": "second", "second": "first"}[calibrate_on]
+    line_part = OTHER_HALF[calibrate_on]
     write_line_video(dataset, clip, frames // 2, [], normal_part=calibrate_on, seed=1)
     write_line_video(dataset, line, frames, defect_frames, normal_part=line_part)
     model = work / f"{category}.ckpt"
@@ -87,8 +89,8 @@ def main() -> None:
     parser.add_argument("--name", default="video_targets_rd_lite0")
     parser.add_argument("--artifact", choices=("checkpoint", "int8-ort"), default="checkpoint",
                         help="Calibrate and run the checkpoint (torch) or its onnxruntime INT8 export.")
-    parser.add_argument("--int8-stems", choices=("auto", "int8", "float"), default="auto")
-    parser.add_argument("--calibrate-on", choices=("first", "second"), default="first",
+    parser.add_argument("--int8-stems", choices=STEM_MODES, default="auto")
+    parser.add_argument("--calibrate-on", choices=tuple(OTHER_HALF), default="first",
                         help="The half of the normal test images the clip is made of; the line gets the other.")
     args = parser.parse_args()
     accuracy = {r["category"]: r["variants"]["default"]["image_auroc"]
@@ -109,7 +111,7 @@ def main() -> None:
          "int8_stems": args.int8_stems if args.artifact != "checkpoint" else None,
          "calibrate_on": args.calibrate_on, "rows": rows},
         indent=2, default=float).encode())
-    line_half = {"first": "second", "second": "first"}[args.calibrate_on]
+    line_half = OTHER_HALF[args.calibrate_on]
     deployed_as = "checkpoint, torch runtime" if args.artifact == "checkpoint" else \
         f"onnxruntime INT8 export, --int8-stems {args.int8_stems}"
     lines = [f"# Verdicts on video: {args.name}\n",

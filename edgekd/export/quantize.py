@@ -176,8 +176,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
         root.setLevel(level)
         prepared.unlink(missing_ok=True)
     model = onnx.load(str(out_path))
-    if integer_memory and _unquantize_outputs(model, memory_product_nodes(model.graph)):
-        _product_with_bias(model, memory_product_nodes(model.graph))
+    products = memory_product_nodes(model.graph) if integer_memory else []
+    if products and _unquantize_outputs(model, products):
+        _product_with_bias(model, products)
         onnx.save(model, str(out_path))
     if fused_nodes(model):  # the features now come from DequantizeLinear: the body's channel sums change form
         onnx.save(attach_function(model), str(out_path))

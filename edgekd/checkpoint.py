@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import pickle
+import re
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgekd import __version__
@@ -47,9 +50,25 @@ def save_checkpoint(path: str | Path, model: AnomalyModel, config: dict, **extra
     return Path(path)
 
 
+def _plain(value, where: str = "checkpoint"):
+    """The payload as tensors and plain values only, what read_checkpoint's safe loader accepts (numpy numbers
+    become Python ones); anything else is a bug caught at save time, not a checkpoint nobody can read."""
+    if isinstance(value, dict):
+        return type(value)((k, _plain(v, f"{where}.{k}")) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v, where) for v in value)
+    if value is None or isinstance(value, (str, bool, int, float, torch.Tensor)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{where} holds a {type(value).__name__}, which checkpoints do not store")
+
+
 def _write_payload(path: str | Path, payload: dict) -> None:
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save(_plain(payload), buffer)
     write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -60,7 +79,15 @@ def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
     if not path.is_file():
         raise EdgekdError(f"checkpoint {path} does not exist: train one with 'edgekd train' or fix the path")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain values only; a pickle that would import or call anything is refused
+        # before it runs (a checkpoint is data, never code)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        needs = re.search(r"GLOBAL ([\w.]+)|global ([\w.]+)", str(exc))
+        what = next((g for g in needs.groups() if g), "code") if needs else "code"
+        raise EdgekdError(f"checkpoint {path} refused: loading it would run {what}, and edgekd loads only tensors and "
+                          "plain values (a checkpoint from 'edgekd train' never needs more): do not use this file; "
+                          "re-train or get the model from its source") from None
     except Exception as exc:
         raise EdgekdError(f"checkpoint {path} is truncated or corrupt ({exc.__class__.__name__}): "
                           "copy it again or re-run 'edgekd train'") from None

@@ -259,7 +259,7 @@ def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP 
         if server is not None:
             raise EdgekdError("--bundle runs its model here; with --server the server holds the model")
         from edgekd.deploy.bundle import open_bundle
-        model = str(open_bundle(bundle))
+        model = str(open_bundle(bundle, log=lambda line: typer.echo(line, err=True)))
     run_stream(model=model, server=server, camera=camera, source=source, backend=backend, device=device, show=show,
                save_video=save_video, save_masks=save_masks, jsonl=jsonl, threshold=threshold, min_area=min_area,
                hysteresis=hysteresis, batch=batch, width=width, height=height, fps=fps, max_frames=max_frames,

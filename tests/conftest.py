@@ -1,8 +1,11 @@
 import os
+import tempfile
 
 import pytest
 
 os.environ["EDGEKD_OFFLINE"] = "1"  # tests never try to download weights
+# unpacked bundles go to a private cache of this test session, not the user's ~/.cache/edgekd
+os.environ["EDGEKD_CACHE"] = tempfile.mkdtemp(prefix="edgekd-test-cache-")
 
 
 @pytest.fixture(scope="session")

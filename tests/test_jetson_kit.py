@@ -175,7 +175,7 @@ def test_damaged_or_hostile_bundles_are_refused(onnx_exports, tmp_path):
         entry = tarfile.TarInfo("../escaped.txt")
         entry.size = 2
         archive.addfile(entry, io.BytesIO(b"hi"))
-    with pytest.raises(EdgekdError, match="cannot be unpacked"):
+    with pytest.raises(EdgekdError, match="not a plain relative file name"):
         open_bundle(hostile, tmp_path / "cache")
     assert not (tmp_path / "escaped.txt").exists()
     truncated = tmp_path / "truncated.tar.gz"

@@ -472,3 +472,55 @@ def test_a_live_picture_that_cannot_be_drawn_is_not_retried_in_a_loop():
         assert 1 <= board.picture_errors <= 8
     finally:
         board.close()
+
+
+# -- strict HTTP framing (the smuggling report) -----------------------------------------------------------------------
+def _raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes on one connection and read until the server closes it (or goes quiet)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+def test_a_request_smuggled_in_a_refused_body_is_never_answered(guarded):
+    """A 405 on a keep-alive connection used to leave its body unread, and the body was then served as a second
+    request. Now the refusal closes the connection: one response, and the smuggled GET never reaches a route."""
+    smuggled = f"GET /api/status HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    for method in (b"POST", b"PUT", b"GET"):
+        reply = _raw(guarded.dashboard.port, method + b" /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+                     + str(len(smuggled)).encode() + b"\r\nConnection: keep-alive\r\n\r\n" + smuggled)
+        assert reply.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in reply, reply
+        assert reply.startswith(b"HTTP/1.1 405" if method != b"GET" else b"HTTP/1.1 400") and b'"frames"' not in reply
+    chunked = _raw(guarded.dashboard.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + hex(len(smuggled))[2:].encode() + b"\r\n" + smuggled + b"\r\n0\r\n\r\n")
+    assert chunked.count(b"HTTP/1.1 ") == 1 and chunked.startswith(b"HTTP/1.1 400")
+    # a refused (401) request on keep-alive closes too, so a pipelined request after it is not read
+    pipelined = _raw(guarded.dashboard.port, b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + smuggled)
+    assert pipelined.count(b"HTTP/1.1 ") == 1 and pipelined.startswith(b"HTTP/1.1 401")
+
+
+def test_headers_are_capped_and_good_keep_alive_still_works(guarded):
+    huge = b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(
+        b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(40)) + b"\r\n"
+    reply = _raw(guarded.dashboard.port, huge)
+    assert reply.startswith(b"HTTP/1.1 431") and reply.count(b"HTTP/1.1 ") == 1
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    two = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"\r\n") * 2
+    with socket.create_connection(("127.0.0.1", guarded.dashboard.port), timeout=5) as sock:
+        sock.sendall(two)
+        data = b""
+        while data.count(b"HTTP/1.1 ") < 2 or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.count(b"HTTP/1.1 200") == 2  # both pipelined requests answered on one connection

@@ -1,5 +1,8 @@
 """The dashboard's HTTP server: a thread per request (the MJPEG stream holds one per viewer), GET and HEAD only.
 
+Strict about framing: requests carry no body, headers are capped, every refusal closes its connection, and an idle
+connection is closed after IDLE_TIMEOUT_S, so one connection can never carry a request the gate did not see.
+
 Nothing here can change the model or write a file: every route reads the board, and the static assets are a fixed
 list shipped inside the package (no CDN, no path taken from the request).
 """
@@ -28,7 +31,9 @@ ROUTES = {"/stream.mjpg": "_stream", "/api/status": "_status", "/api/scores": "_
           "/api/frame.jpg": "_frame", "/metrics": "_metrics", "/healthz": "_healthz"}  # path -> handler method
 DEFECT_PICTURE = re.compile(r"/api/defects/(\d+)(\.thumb)?\.jpg")
 BOUNDARY = "edgekd-frame"
-STALL_S = 10.0  # /healthz turns 503 when no frame was scored for this long
+STALL_S = 10.0
+IDLE_TIMEOUT_S = 30.0
+MAX_HEADER_BYTES = 16 * 1024  # /healthz turns 503 when no frame was scored for this long
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
                                "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
@@ -105,6 +110,26 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "edgekd"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_S  # a connection that sends nothing (or trickles a request) is closed
+
+    def parse_request(self) -> bool:
+        """The standard parse, then the limits: headers of at most MAX_HEADER_BYTES, and no request body (no route
+        takes one). A request that breaks them is answered and its connection closed, so no byte of it can be read
+        as a second request."""
+        if not super().parse_request():
+            return False
+        if sum(len(k) + len(v) for k, v in self.headers.items()) > MAX_HEADER_BYTES:
+            self.close_connection = True
+            self.send_error(431, "request headers too large")
+            return False
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") is not None or (length is not None and length.strip() != "0"):
+            self.close_connection = True
+            self.send_error(400 if self.command in ("GET", "HEAD") else 405,
+                            "edgekd dashboard takes no request bodies (it is read-only: GET and HEAD)")
+            self.app.count("not_allowed" if self.command not in ("GET", "HEAD") else "bad_request")
+            return False
+        return True
 
     @property
     def app(self) -> Dashboard:
@@ -115,6 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- answering ------------------------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, kind: str, headers: dict | None = None) -> None:
+        if status >= 400:  # a refused request ends its connection: nothing after it is read as another request
+            self.close_connection = True
+            headers = {**(headers or {}), "Connection": "close"}
         self.send_response(status)
         for name, value in {**SECURITY_HEADERS, "Content-Type": kind, "Content-Length": str(len(body)),
                             "Cache-Control": "no-store", **(headers or {})}.items():

@@ -105,3 +105,41 @@ def check_onnx_matches_sidecar(artifact: str | Path, info: dict, metadata: dict[
         if stamped != expected[key]:
             raise EdgekdError(f"{artifact} and its sidecar {sidecar_path(artifact)} disagree on {key} (file: {stamped!r}, "
                               f"sidecar: {expected[key]!r}): they come from different exports; {_remake(artifact)}")
+
+
+def check_engine_matches_sidecar(path: str | Path, info: dict) -> None:
+    """The plan is the one its sidecar describes (a copied sidecar, a half-copied or replaced plan are caught here,
+    before TensorRT reads a byte of it)."""
+    expected = info.get("engine_sha256")
+    if expected and sha256_of(path) != expected:
+        source = (info.get("onnx") or {}).get("path", "MODEL.onnx")
+        raise EdgekdError(f"engine {path} does not match its sidecar {sidecar_path(path)} (different checksum): the "
+                          f"plan was replaced, truncated or paired with another sidecar; rebuild it with "
+                          f"'edgekd build-engine {source}'")
+
+
+def onnx_metadata(path: str | Path, model=None) -> dict[str, str]:
+    """The edgekd fields an ONNX file carries about itself (metadata_props); `model` when already loaded."""
+    if model is None:
+        import onnx
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # onnx raises several types for damaged files
+            raise EdgekdError(f"{path} is not a readable ONNX file ({exc.__class__.__name__}): {_remake(path)}") from None
+    return {entry.key: entry.value for entry in model.metadata_props}
+
+
+def check_artifact_pair(artifact: str | Path, info: dict, metadata: dict[str, str] | None = None,
+                        thresholds: bool = True) -> None:
+    """What every consumer of an exported artifact checks before trusting its sidecar (the runtimes, `serve`,
+    `export-triton`, `export-deepstream`, `doctor`): the file is the one the sidecar describes, and its thresholds
+    are finite numbers (a NaN threshold would call every defect normal in any server that reads it). A runtime
+    passes thresholds=False: it checks them on every use, and `calibrate` opens it to replace bad ones."""
+    from edgekd.calibration import check_thresholds
+    path = Path(artifact)
+    if path.suffix.lower() in (".engine", ".plan"):
+        check_engine_matches_sidecar(path, info)
+    elif info.get("layout", "single") == "single":
+        check_onnx_matches_sidecar(path, info, onnx_metadata(path) if metadata is None else metadata)
+    if thresholds:
+        check_thresholds(info.get("thresholds"), str(path))

@@ -470,7 +470,7 @@ def export_triton(artifact: Path = typer.Argument(..., help="An .engine (tensorr
     if kind not in ("gpu", "cpu"):
         raise EdgekdError(f"--kind {kind!r} is unknown: use gpu or cpu")
     platform = platform or ("tensorrt" if artifact.suffix.lower() in (".engine", ".plan") else "onnxruntime")
-    options = RepositoryOptions(name=name or default_name(artifact), platform=platform, max_batch=max_batch,
+    options = RepositoryOptions(name=default_name(artifact) if name is None else name, platform=platform, max_batch=max_batch,
                                 instances=instances, kind=f"KIND_{kind.upper()}", container=container, plugin=plugin)
     target = write_repository(artifact, repo, options, overwrite=overwrite)
     _echo(f"wrote {target} ({platform}); start it as {repo / 'README.md'} shows")

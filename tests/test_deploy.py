@@ -146,3 +146,62 @@ def test_deepstream_refuses_rtx_engines_and_full_folders(rtx_engine, onnx_export
     assert f"model-engine-file={engine.name}" in config and "batch-size=2" in config
     full = edgekd("export-deepstream", onnx_exports["fp32"], "--out", tmp_path / "ds")
     assert full.returncode != 0 and "is not empty: pass --overwrite" in full.stderr
+
+
+# -- what a stock server is handed is consistent and finite (the runtime's own checks, in one place) -----------------
+def _copy_pair(artifact, folder, sidecar_from=None, edit=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / artifact.name
+    shutil.copyfile(artifact, target)
+    info = json.loads((sidecar_from or artifact).with_suffix(".json").read_text())
+    if edit:
+        edit(info)
+    target.with_suffix(".json").write_text(json.dumps(info))
+    return target
+
+
+def _nan_thresholds(artifact, folder):
+    """An ONNX and sidecar that agree with each other and both carry a NaN image threshold."""
+    import onnx
+    model = onnx.load(str(artifact))
+    info = json.loads(artifact.with_suffix(".json").read_text())
+    info["thresholds"]["image"] = float("nan")
+    for entry in model.metadata_props:
+        if entry.key == "thresholds":
+            entry.value = json.dumps(info["thresholds"])
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / artifact.name
+    onnx.save(model, str(target))
+    target.with_suffix(".json").write_text(json.dumps(info))
+    return target
+
+
+def test_servers_get_only_consistent_finite_thresholds_and_safe_names(onnx_exports, tmp_path):
+    mixed = _copy_pair(onnx_exports["fp32"], tmp_path / "mixed", sidecar_from=onnx_exports["fp16"])
+    nan = _nan_thresholds(onnx_exports["fp32"], tmp_path / "nan")
+    for command in ("export-triton", "export-deepstream"):
+        where = ("--repo", tmp_path / f"{command}-repo") if command == "export-triton" else ("--out", tmp_path / f"{command}-ds")
+        refused = edgekd(command, mixed, *where)
+        assert refused.returncode == 2 and "disagree on precision" in refused.stderr, refused.stderr
+        refused = edgekd(command, nan, *where)
+        assert refused.returncode == 2 and "unusable image threshold" in refused.stderr, refused.stderr
+        assert not where[1].exists() or not any(where[1].iterdir())
+    refused = edgekd("serve", nan, "--http", "0", "--grpc", "0", "--metrics", "0")
+    assert refused.returncode == 2 and "unusable image threshold" in refused.stderr, refused.stderr
+    for name in ("../../x", "a\"b", "x y", "", "-lead", "a" * 65):
+        refused = edgekd("export-triton", onnx_exports["fp32"], "--repo", tmp_path / "repo", "--name", name)
+        assert refused.returncode == 2 and "is not a Triton model name" in refused.stderr, (name, refused.stderr)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "repo").exists()
+    written = edgekd("export-triton", onnx_exports["fp32"], "--repo", tmp_path / "repo", "--name", "line_3-a")
+    assert written.returncode == 0, written.stderr
+    assert parse_config(tmp_path / "repo" / "line_3-a" / "config.pbtxt").name == "line_3-a"
+
+
+def test_deepstream_refuses_the_onnxruntime_int8_form_and_a_file_as_out(onnx_exports, tmp_path):
+    ort_form = _copy_pair(onnx_exports["int8"], tmp_path / "ort", edit=lambda info: info.update(int8_for="onnxruntime"))
+    refused = edgekd("export-deepstream", ort_form, "--out", tmp_path / "ds")
+    assert refused.returncode == 2 and "onnxruntime form of INT8" in refused.stderr and not (tmp_path / "ds").exists()
+    (tmp_path / "file").write_text("x")
+    for command, option in (("export-deepstream", "--out"), ("export-triton", "--repo")):
+        refused = edgekd(command, onnx_exports["fp32"], option, tmp_path / "file")
+        assert refused.returncode == 2 and "is a file" in refused.stderr and "Traceback" not in refused.stderr

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekd.artifacts import INPUT_NAME, OUTPUT_NAMES, check_single_graph, read_sidecar
+from edgekd.artifacts import (INPUT_NAME, OUTPUT_NAMES, check_artifact_pair, check_single_graph, onnx_metadata,
+                              read_sidecar)
 from edgekd.errors import EdgekdError
 
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -61,10 +62,12 @@ def _engine_io(path: Path, info: dict) -> tuple[tuple[TensorSpec, ...], tuple[Te
 def _onnx_io(path: Path, info: dict) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     import onnx
     try:
-        graph = onnx.load(str(path), load_external_data=False).graph
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises several types for damaged files
         raise EdgekdError(f"{path} is not a readable ONNX file ({exc.__class__.__name__}): re-export it with "
                           "'edgekd export model.ckpt'") from None
+    check_artifact_pair(path, info, onnx_metadata(path, model))  # the runtime's own checks, before any is written
+    graph = model.graph
     h, w = info["input_size"]
     # The exporter's outputs: the map and mask at the input size, one score per image (edgekd/artifacts.py).
     known = {INPUT_NAME: (3, h, w), "anomaly_map": (1, h, w), "score": (), "mask": (1, h, w)}
@@ -108,8 +111,12 @@ def read_artifact_io(artifact: str | Path) -> ArtifactIO:
         inputs, outputs = _onnx_io(path, info)
         kind, max_batch = "onnx", None
     else:
+        check_artifact_pair(path, info)
         inputs, outputs, max_batch = _engine_io(path, info)
         kind = "engine"
+    if (info.get("thresholds") or {}).get("image") is None:
+        raise EdgekdError(f"{path} has no image threshold: run 'edgekd calibrate {path} --source CLIP' first (a server "
+                          "without one would call every frame normal)")
     names = [o.name for o in outputs]
     if [i.name for i in inputs] != [INPUT_NAME] or names[:2] != list(OUTPUT_NAMES[:2]):
         raise EdgekdError(f"{path} takes {[i.name for i in inputs]} and gives {names}; edgekd artifacts take "

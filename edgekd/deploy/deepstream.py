@@ -80,15 +80,21 @@ def write_deepstream(artifact: str | Path, out: str | Path, batch: int | None = 
     check_loadable_by_full_tensorrt(io, "DeepStream runs engines of full TensorRT: build it on the Jetson/desktop with "
                                     "'edgekd build-engine', or pass the .onnx and let nvinfer build it", plugin,
                                     "on that machine")
+    if io.kind == "onnx" and io.info.get("precision") == "int8" and io.info.get("int8_for") == "onnxruntime":
+        raise EdgekdError(f"{io.path.name} is the onnxruntime form of INT8 (integer operators nvinfer's TensorRT does "
+                          "not build the same way): export --precision int8 without --int8-for (the TensorRT form) for "
+                          "DeepStream")
     batch = batch or (io.max_batch or 1)
     if batch < 1 or (io.max_batch is not None and batch > io.max_batch):
         raise EdgekdError(f"--batch {batch} must be between 1 and the engine's profile maximum ({io.max_batch})")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EdgekdError(f"--out {out} is a file: name a folder for the DeepStream files")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise EdgekdError(f"{out} is not empty: pass --overwrite to write into it, or another --out")
-    out.mkdir(parents=True, exist_ok=True)
     outputs = [o.name for o in io.outputs]
     try:
+        out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(io.path, out / io.path.name)
         shutil.copyfile(io.path.with_suffix(".json"), out / "edgekd.json")
         if plugin is not None:

@@ -4,13 +4,18 @@ export-triton` and `edgekd serve`, read back by `edgekd run --server`."""
 from __future__ import annotations
 
 import json
+import re
+
+from edgekd.calibration import check_thresholds
+from edgekd.errors import EdgekdError
 
 REQUIRED = ("edgekd_input_size", "edgekd_image_threshold", "edgekd_pixel_threshold")
 
 
 def model_parameters(model: str, input_size, thresholds: dict | None, **extra: str) -> dict[str, str]:
-    """Triton parameters (all strings) for an edgekd model; `extra` adds edgekd_<key> entries."""
-    thresholds = thresholds or {}
+    """Triton parameters (all strings) for an edgekd model; `extra` adds edgekd_<key> entries. Thresholds are
+    checked finite here, where they are written: a stock server compares with them as they are."""
+    thresholds = check_thresholds(thresholds, str(model))
     return {"edgekd_model": str(model), "edgekd_input_size": json.dumps([int(s) for s in input_size]),
             "edgekd_image_threshold": json.dumps(thresholds.get("image")),
             "edgekd_pixel_threshold": json.dumps(thresholds.get("pixel")),
@@ -22,3 +27,14 @@ def read_parameters(params: dict[str, str]) -> dict:
     return {"model": params.get("edgekd_model"), "input_size": json.loads(params["edgekd_input_size"]),
             "thresholds": {"image": json.loads(params["edgekd_image_threshold"]),
                            "pixel": json.loads(params["edgekd_pixel_threshold"])}}
+
+
+# A model name is a folder of the repository and a quoted string in config.pbtxt: letters, digits, '_' and '-' only
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_model_name(name: str, option: str = "--name") -> str:
+    if not MODEL_NAME.fullmatch(name or ""):
+        raise EdgekdError(f"{option} {name!r} is not a Triton model name: use 1-64 letters, digits, '_' and '-', "
+                          "starting with a letter or digit (it becomes a folder of the repository)")
+    return name

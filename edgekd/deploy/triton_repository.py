@@ -19,7 +19,7 @@ from pathlib import Path
 from edgekd.atomic import write_bytes_atomic
 from edgekd.deploy.artifact_io import (PLUGIN_LIBRARY, ArtifactIO, TensorSpec, check_loadable_by_full_tensorrt,
                                        read_artifact_io)
-from edgekd.deploy.triton_parameters import model_parameters
+from edgekd.deploy.triton_parameters import check_model_name, model_parameters
 from edgekd.errors import EdgekdError
 
 PLATFORMS = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx"}
@@ -75,6 +75,7 @@ def config_text(io: ArtifactIO, options: RepositoryOptions, max_batch: int) -> s
 
 def _check(io: ArtifactIO, options: RepositoryOptions) -> int:
     """The batch limit, after the checks that must fail before anything is written."""
+    check_model_name(options.name)
     if options.platform not in PLATFORMS:
         raise EdgekdError(f"--platform {options.platform!r} is unknown: use one of {', '.join(PLATFORMS)}")
     if (options.platform == "tensorrt") != (io.kind == "engine"):
@@ -126,6 +127,8 @@ def write_repository(artifact: str | Path, repo: str | Path, options: Repository
     io = read_artifact_io(artifact)
     max_batch = _check(io, options)
     repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise EdgekdError(f"--repo {repo} is a file: name a folder for the model repository")
     target = repo / options.name
     if target.exists() and not overwrite:
         raise EdgekdError(f"{target} already exists: pass --overwrite to replace it, or --name for another model")
@@ -146,7 +149,10 @@ def write_repository(artifact: str | Path, repo: str | Path, options: Repository
         shutil.rmtree(staging, ignore_errors=True)
         raise EdgekdError(f"could not write the Triton repository at {repo} ({exc.strerror or exc}): check the path "
                           "and the free space") from None
-    _update_readme(repo, options.name, _readme_section(options, io, max_batch))
+    try:
+        _update_readme(repo, options.name, _readme_section(options, io, max_batch))
+    except OSError as exc:
+        raise EdgekdError(f"could not write {repo / 'README.md'} ({exc.strerror or exc}): check the path") from None
     return target
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.artifacts import check_onnx_matches_sidecar, read_sidecar
+from edgekd.artifacts import check_artifact_pair, read_sidecar
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime
 
@@ -50,7 +50,7 @@ class OnnxRuntime(Runtime):
             self.student = _session(path.parent / info["graphs"]["student"], providers)
         else:
             self.teacher, self.student = None, _session(path, providers)
-        check_onnx_matches_sidecar(path, info, self.student.get_modelmeta().custom_metadata_map)
+        check_artifact_pair(path, info, self.student.get_modelmeta().custom_metadata_map, thresholds=False)
         self.student_inputs = [i.name for i in self.student.get_inputs()]
         self.teacher_outputs = [o.name for o in self.teacher.get_outputs()] if self.teacher else []
 

@@ -11,23 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.artifacts import read_sidecar, sidecar_path
-from edgekd.backbones.weights import sha256_of
+from edgekd.artifacts import check_engine_matches_sidecar, read_sidecar
 from edgekd.engine.gpu import gpu_description
 from edgekd.engine.trt import load_tensorrt
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime
-
-
-def check_engine_matches_sidecar(path: Path, info: dict) -> None:
-    """The plan is the one its sidecar describes (a copied sidecar, a half-copied or replaced plan are caught here,
-    before TensorRT reads a byte of it)."""
-    expected = info.get("engine_sha256")
-    if expected and sha256_of(path) != expected:
-        source = info.get("onnx", {}).get("path", "MODEL.onnx")
-        raise EdgekdError(f"engine {path} does not match its sidecar {sidecar_path(path)} (different checksum): the "
-                          f"plan was replaced, truncated or paired with another sidecar; rebuild it with "
-                          f"'edgekd build-engine {source}'")
 
 
 def engine_mismatches(info: dict, trt, gpu: dict | None) -> list[tuple[str, str]]:

@@ -8,9 +8,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekd.artifacts import check_single_graph, read_sidecar
+from edgekd.artifacts import check_artifact_pair, check_single_graph, read_sidecar
+from edgekd.calibration import check_thresholds
 from edgekd.checkpoint import read_checkpoint
-from edgekd.deploy.triton_parameters import model_parameters
+from edgekd.deploy.triton_parameters import check_model_name, model_parameters
 from edgekd.errors import EdgekdError
 from edgekd.runtime import backend_for
 
@@ -39,13 +40,13 @@ def describe(artifact: str | Path, name: str | None = None, backend: str | None 
         check_engine_compatible(path, info)
     if kind != "torch":
         check_single_graph(artifact, info)
+        check_artifact_pair(path, info)
+    check_thresholds(info.get("thresholds"), str(artifact))
     thresholds = info.get("thresholds") or {}
     if thresholds.get("image") is None:
         raise EdgekdError(f"{artifact} has no image threshold: run 'edgekd calibrate {artifact} --source CLIP' first "
                           "(a server without one would call every frame normal)")
-    name = name or path.name.split(".")[0]
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise EdgekdError(f"model name {name!r} must be letters, digits, '-' and '_': pass --name")
+    name = check_model_name(name or path.name.split(".")[0], "model name")
     return ServedModel(name, path, kind, tuple(info["input_size"]), thresholds, str(info["model"]))
 
 

@@ -220,6 +220,8 @@ def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP 
         bundle: Optional[Path] = typer.Option(None, "--bundle", help="Run the model of an 'edgekd bundle' archive."),
         server: Optional[str] = typer.Option(None, help="A Triton server (grpc://HOST:8001 or http://HOST:8000, e.g. "
                                              "'edgekd serve') that does the inference; the rest runs here."),
+        server_key_file: Optional[Path] = typer.Option(None, "--server-key-file", help="With --server: file whose "
+                                                       "first line is the server's API key ('edgekd serve --api-key-file')."),
         camera: Optional[int] = typer.Option(None, help="Camera index (V4L2), e.g. 0."),
         source: Optional[str] = typer.Option(None, help="Video file, image folder, rtsp://..., http://..., csi://N "
                                              "(Jetson CSI camera) or gst:<GStreamer pipeline>."),
@@ -260,7 +262,11 @@ def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP 
             raise EdgekdError("--bundle runs its model here; with --server the server holds the model")
         from edgekd.deploy.bundle import open_bundle
         model = str(open_bundle(bundle, log=lambda line: typer.echo(line, err=True)))
-    run_stream(model=model, server=server, camera=camera, source=source, backend=backend, device=device, show=show,
+    if server_key_file is not None and server is None:
+        raise EdgekdError("--server-key-file goes with --server URL (the key of the Triton server that does the inference)")
+    from edgekd.dashboard.access import read_token
+    server_key = read_token(None, server_key_file, "server API key", "--server-key-file") if server_key_file else None
+    run_stream(model=model, server=server, server_key=server_key, camera=camera, source=source, backend=backend, device=device, show=show,
                save_video=save_video, save_masks=save_masks, jsonl=jsonl, threshold=threshold, min_area=min_area,
                hysteresis=hysteresis, batch=batch, width=width, height=height, fps=fps, max_frames=max_frames,
                stats_every=stats_every, reconnect_timeout=reconnect_timeout, echo=_echo, truth=truth, serve=serve,
@@ -397,7 +403,12 @@ def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or
                                                 "named by its file name up to the first dot."),
           http: int = typer.Option(8000, help="HTTP port (0: no HTTP endpoint)."),
           grpc: int = typer.Option(8001, help="gRPC port (0: none)."),
-          metrics: int = typer.Option(8002, help="Prometheus metrics port (0: none)."),
+          metrics: int = typer.Option(8002, help="Prometheus metrics port (0: none); always on loopback unless "
+                                      "--address is."),
+          address: str = typer.Option("127.0.0.1", "--address", help="Where HTTP and gRPC listen. Anything but "
+                                      "loopback needs --api-key-file."),
+          api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="File whose first line is the API "
+                                                      "key every HTTP/gRPC request must carry (header edgekd-api-key)."),
           max_batch: int = typer.Option(16, "--max-batch", min=1, help="Largest batch the dynamic batcher forms."),
           instances: int = typer.Option(1, min=1, help="Model instances (processes) per model."),
           queue_delay_us: int = typer.Option(1000, "--queue-delay-us", min=0, help="How long the batcher waits to fill a batch."),
@@ -406,15 +417,19 @@ def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or
           drain_s: int = typer.Option(30, "--drain-s", min=1, help="On Ctrl-C/SIGTERM, how long in-flight requests may finish.")):
     import signal as signals
     import shutil as shutils
+    from edgekd.dashboard.access import read_token
     from edgekd.serve.repository import describe, write_serving_repository
-    from edgekd.serve.server import Ports, TritonServer, make_work_dir
+    from edgekd.serve.server import (TritonServer, check_ports_free, make_work_dir, serving_exposure,
+                                     serving_ports)
     models = [describe(path, backend=backend) for path in artifacts]  # every artifact checked before the server starts
-    ports = Ports(http or None, grpc or None, metrics or None)
+    ports = serving_ports(http, grpc, metrics)
+    exposure = serving_exposure(address, read_token(None, api_key_file, "API key", "--api-key-file"))
+    check_ports_free(exposure, ports)
     work = make_work_dir()
     server, started = None, False
     try:
         repository = write_serving_repository(models, work / "models", max_batch, instances, queue_delay_us, device)
-        server = TritonServer(repository, ports, work, exit_timeout_s=drain_s)
+        server = TritonServer(repository, ports, work, exit_timeout_s=drain_s, exposure=exposure)
         _echo(f"starting Triton with {', '.join(f'{m.name} ({m.backend})' for m in models)} ...")
         server.start([m.name for m in models])
         started = True
@@ -428,7 +443,11 @@ def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or
             server.request_stop()
         signals.signal(signals.SIGINT, stop)
         signals.signal(signals.SIGTERM, stop)
-        endpoints = [f"{k} {v}" for k, v in (("HTTP", ports.http), ("gRPC", ports.grpc), ("metrics", ports.metrics)) if v]
+        endpoints = [f"{k} {host}:{v}" for k, v, host in (("HTTP", ports.http, exposure.address),
+                                                           ("gRPC", ports.grpc, exposure.address),
+                                                           ("metrics", ports.metrics, exposure.metrics_address)) if v]
+        if exposure.api_key:
+            endpoints[-1] += " (HTTP and gRPC need the API key)"
         _echo(f"serving on {', '.join(endpoints)}: " + "; ".join(
             f"{m.name}: image threshold {m.thresholds.get('image'):.4g}" for m in models))
         code = server.wait()

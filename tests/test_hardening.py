@@ -454,3 +454,46 @@ def test_bad_input_matrix(wood_checkpoint, exports, synth_root, tmp_path, capsys
         code, out, err = run_main(capsys, monkeypatch, *args)
         assert "Traceback" not in err + out, (args, err)
         assert_one_line_error(code, err)
+
+
+# -- runs that did not score every frame say so ------------------------------------------------------------------------
+def test_a_video_damaged_mid_file_is_not_complete_and_truth_counts_every_frame(onnx_exports, synth_root, tmp_path):
+    """Reported: 101 of 200 frames read, exit 0, and --truth said 10 of 10 (10 more defect frames never scored)."""
+    from edgekd.data.layouts import load_dataset
+    from edgekd.data.video import write_line_video
+    description = write_line_video(load_dataset(synth_root, "wood"), tmp_path / "line.mp4", 60, list(range(5, 60, 10)))
+    capture = cv2.VideoCapture(str(tmp_path / "line.mp4"))
+    avi = cv2.VideoWriter(str(tmp_path / "line.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, tuple(description["size"][::-1]))
+    while (frame := capture.read())[0]:
+        avi.write(frame[1])
+    avi.release()
+    data = (tmp_path / "line.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])  # the second half of the file is gone
+    truth = tmp_path / "cut.json"
+    truth.write_text(json.dumps({**description, "video": str(tmp_path / "cut.avi")}))
+    result = edgekd("run", "--model", onnx_exports["fp32"], "--source", tmp_path / "cut.avi", "--truth", truth,
+                    "--stats-every", "0", "--threshold", "0")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "were never scored" in result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    scored = summary["truth"]["scored"]
+    assert summary["complete"] is False and 0 < scored < 60 and summary["truth"]["frames"] == 60
+    unscored_defects = [i for i in range(5, 60, 10) if i >= scored]
+    assert unscored_defects and summary["truth"]["missed_unscored"] == unscored_defects
+    assert summary["truth"]["detected"] <= 6 - len(unscored_defects)
+    assert "frames never scored" in result.stderr
+
+
+def test_a_truth_file_of_another_video_is_refused(onnx_exports, synth_root, tmp_path):
+    from edgekd.data.layouts import load_dataset
+    from edgekd.data.video import write_line_video
+    write_line_video(load_dataset(synth_root, "wood"), tmp_path / "short.mp4", 12, [3])
+    write_line_video(load_dataset(synth_root, "wood"), tmp_path / "long.mp4", 30, [3, 13])
+    result = edgekd("run", "--model", onnx_exports["fp32"], "--source", tmp_path / "short.mp4", "--truth",
+                    tmp_path / "long.json")
+    assert_one_line_error(result.returncode, result.stderr, "describes a video of 30 frames", "has 12")
+    renamed = tmp_path / "renamed.mp4"
+    shutil.copyfile(tmp_path / "short.mp4", renamed)
+    result = edgekd("run", "--model", onnx_exports["fp32"], "--source", renamed, "--truth", tmp_path / "short.json",
+                    "--stats-every", "0")
+    assert result.returncode == 0 and "was written for short.mp4, not renamed.mp4" in result.stderr, result.stderr

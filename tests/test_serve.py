@@ -130,7 +130,11 @@ def test_malformed_requests_get_errors_and_the_server_goes_on(server, artifact):
     cases = [("frames", [1, h // 2, w // 2, 3], "UINT8", np.zeros((1, h // 2, w // 2, 3), np.uint8), "wood", "shape"),
              ("frames", [1, h, w, 3], "FP32", np.zeros((1, h, w, 3), np.float32), "wood", "FP32"),
              ("frames", [1, h, w, 3], "UINT8", np.zeros((1, h, w, 3), np.uint8), "nosuchmodel", "nosuchmodel"),
-             ("images", [1, 3, h, w], "FP32", np.full((1, 3, h, w), np.nan, np.float32), "wood", "NaN")]
+             ("images", [1, 3, h, w], "FP32", np.full((1, 3, h, w), np.nan, np.float32), "wood", "NaN"),
+             # far outside [0, 1] (the score came back NaN, which a client reads as normal) and 0..255 pixels
+             ("images", [1, 3, h, w], "FP32", np.full((1, 3, h, w), 3e38, np.float32), "wood", r"in \[0, 1\]"),
+             ("images", [1, 3, h, w], "FP32", np.full((1, 3, h, w), 200.0, np.float32), "wood", "0..255 pixels"),
+             ("images", [1, 3, h // 2, w], "FP32", np.zeros((1, 3, h // 2, w), np.float32), "wood", "shape")]
     for name, shape, dtype, array, model, said in cases:
         with pytest.raises(InferenceServerException, match=said):
             send(name, shape, dtype, array, model)
@@ -197,7 +201,8 @@ def test_server_killed_and_restarted_mid_run(artifact, videos, tmp_path):
     served.handle.close()
     served.start()
     out, err = client.communicate(timeout=300)
-    assert client.returncode == 0, err
+    assert client.returncode == 1, err  # frames were lost: not a complete run, and the exit code says so
+    assert err.strip().splitlines()[-1].startswith("error: ") and "were never scored" in err
     summary = json.loads(out.strip().splitlines()[-1])
     events = read_jsonl(jsonl)  # every line whole: the run went on through the outage
     frames = [e["frame"] for e in events]
@@ -248,3 +253,93 @@ def test_serve_refuses_bad_artifacts_before_starting(onnx_exports, split_export,
     assert unreachable.returncode != 0 and "cannot reach the Triton server" in unreachable.stderr
     bad_url = edgekd("run", "--server", "ftp://x", "--model", "wood", "--source", tmp_path)
     assert bad_url.returncode != 0 and "grpc://HOST:PORT" in bad_url.stderr
+
+
+# -- safe by default: where it listens, ports, and nothing left behind ------------------------------------------------
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _group_left(pid: int) -> list:
+    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == pid]
+
+
+@pytest.mark.parametrize("args, said", [
+    (("--http", "70000"), "--http 70000 is not a port"),
+    (("--grpc", "-5"), "--grpc -5 is not a port"),
+    (("--http", "9100", "--grpc", "9100"), "two endpoints on port 9100"),
+    (("--http", "0", "--grpc", "0"), "leave nothing to serve"),
+    (("--address", "0.0.0.0"), "--api-key-file"),
+    (("--address", "no-such-host.invalid"), "is not an address of this machine"),
+])
+def test_serve_refuses_bad_ports_and_exposed_addresses_in_one_line(artifact, args, said):
+    result = edgekd("serve", artifact, *args, timeout=60)
+    assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "starting Triton" not in result.stdout
+
+
+def test_serve_listens_on_loopback_by_default_and_a_taken_port_is_one_line(artifact, tmp_path):
+    from edgekd.serve.server import Exposure, Ports, server_command
+    command = server_command(tmp_path, tmp_path, Ports(1, 2, 3), 5)
+    assert {"--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"} <= set(command)
+    exposed = server_command(tmp_path, tmp_path, Ports(1, 2, 3), 5, Exposure("0.0.0.0", False, "k" * 20))
+    assert "--metrics-address=127.0.0.1" in exposed and "--http-address=0.0.0.0" in exposed  # metrics have no key check
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        result = edgekd("serve", artifact, "--grpc", str(taken), timeout=60)
+    assert result.returncode == 2 and f"--grpc {taken} on 127.0.0.1" in result.stderr, result.stderr
+
+
+def test_an_exposed_server_answers_only_requests_with_the_api_key(artifact, videos, tmp_path):
+    key = tmp_path / "api.key"
+    key.write_text("line-3-serving-key-0123456789\n")
+    key.chmod(0o600)
+    ports = free_ports(3)
+    served = Served(artifact, ports, tmp_path / "serve.log")
+    served.args += ["--address", "0.0.0.0", "--api-key-file", str(key)]
+    served.start()
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports[1]}")
+        with pytest.raises(InferenceServerException):
+            client.get_model_config("wood")
+        keyed = {"triton-grpc-protocol-edgekd-api-key": "line-3-serving-key-0123456789"}
+        assert client.get_model_config("wood", headers=keyed)
+        import urllib.error
+        import urllib.request
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/wood/config", timeout=5)
+        without = edgekd("run", "--server", f"grpc://127.0.0.1:{ports[1]}", "--model", "wood", "--source",
+                         videos / "line0.mp4", timeout=120)
+        assert without.returncode == 2 and "cannot reach the Triton server" in without.stderr
+        with_key = edgekd("run", "--server", f"grpc://127.0.0.1:{ports[1]}", "--model", "wood", "--source",
+                          videos / "line0.mp4", "--server-key-file", key, "--stats-every", "0", timeout=120)
+        assert with_key.returncode == 0, with_key.stderr
+        assert json.loads(with_key.stdout.strip().splitlines()[-1])["processed"] == 40
+    finally:
+        assert served.stop() == 0
+
+
+@pytest.mark.parametrize("how", ["SIGKILL once serving", "SIGTERM during start-up"])
+def test_killing_edgekd_serve_leaves_no_tritonserver_behind(artifact, tmp_path, how):
+    served = Served(artifact, free_ports(3), tmp_path / "serve.log")
+    if how.startswith("SIGKILL"):
+        served.start()
+    else:
+        served.handle = open(served.log, "ab")
+        served.process = subprocess.Popen(served.args, stdout=served.handle, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while served.tritonserver_pid() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    triton = served.tritonserver_pid()
+    assert triton is not None
+    served.process.send_signal(signal.SIGKILL if how.startswith("SIGKILL") else signal.SIGTERM)
+    served.process.wait(timeout=30)
+    deadline = time.monotonic() + 45
+    while (_group_left(triton) or any(_listening(p) for p in served.ports)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    served.handle.close()
+    assert _group_left(triton) == [] and not any(_listening(p) for p in served.ports)

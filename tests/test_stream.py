@@ -169,8 +169,12 @@ def test_corrupt_frames_are_skipped_and_counted(onnx_exports, synth_root, tmp_pa
     for i, image in enumerate(_frames(synth_root, 4)):
         cv2.imwrite(str(folder / f"{i:03d}.png"), image)
     (folder / "002b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    summary = _run(onnx_exports["fp32"], folder, tmp_path, jsonl=tmp_path / "e.jsonl")
-    assert summary["corrupt"] == 1 and summary["processed"] == 4
+    printed = []
+    with pytest.raises(RunIncomplete, match="1 of the 5 frames of folder .* were never scored .1 unreadable: 002b.png"):
+        _run(onnx_exports["fp32"], folder, tmp_path, jsonl=tmp_path / "e.jsonl", echo=printed.append)
+    summary = json.loads(printed[-1])  # counted, named, and the run is not complete
+    assert summary["corrupt"] == 1 and summary["processed"] == 4 and summary["corrupt_frames"] == ["002b.png"]
+    assert summary["complete"] is False
     source = open_source(folder)
     assert [source.read().status for _ in range(6)] == [OK, OK, OK, CORRUPT, OK, END]
 

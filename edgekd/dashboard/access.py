@@ -62,29 +62,30 @@ def parse_serve_address(text: str) -> ServeAddress:
     return ServeAddress(host, port, loopback, family)
 
 
-def read_token(token: str | None, token_file: Path | None) -> str | None:
+def read_token(token: str | None, token_file: Path | None, what: str = "dashboard token",
+               file_option: str = "--token-file") -> str | None:
     """The token from --token or --token-file (its first line), checked for length and characters."""
     if token is not None and token_file is not None:
-        raise EdgekdError("give the dashboard token once: --token or --token-file, not both")
+        raise EdgekdError(f"give the {what} once: --token or {file_option}, not both")
     if token_file is not None:
         try:
             mode = token_file.stat().st_mode
             lines = token_file.read_text().splitlines()
         except FileNotFoundError:
-            raise EdgekdError(f"--token-file {token_file} does not exist: write a token into it, e.g. "
+            raise EdgekdError(f"{file_option} {token_file} does not exist: write a token into it, e.g. "
                               f"{MAKE_TOKEN} > {token_file}; chmod 600 {token_file}") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise EdgekdError(f"--token-file {token_file} cannot be read ({exc}): make it a readable text file") from None
+            raise EdgekdError(f"{file_option} {token_file} cannot be read ({exc}): make it a readable text file") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            sys.stderr.write(f"warning: --token-file {token_file} is readable by other users: chmod 600 it\n")
+            sys.stderr.write(f"warning: {file_option} {token_file} is readable by other users: chmod 600 it\n")
         token = lines[0].strip() if lines else ""
-        where = f"--token-file {token_file}"
+        where = f"{file_option} {token_file}"
     else:
         where = "--token"
     if token is None:
         return None
     if len(token) < MIN_TOKEN_LENGTH or not TOKEN_PATTERN.fullmatch(token):
-        raise EdgekdError(f"{where}: a dashboard token needs at least {MIN_TOKEN_LENGTH} characters of letters, digits "
+        raise EdgekdError(f"{where}: a {what} needs at least {MIN_TOKEN_LENGTH} characters of letters, digits "
                           f"and ._~+/=- (make one: {MAKE_TOKEN})")
     return token
 

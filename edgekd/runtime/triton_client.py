@@ -37,8 +37,11 @@ class TritonClientRuntime(Runtime):
     backend = "triton"
     warm_up = False  # the server's model is loaded and warm; zeros would only add requests to its statistics
 
-    def __init__(self, url: str, model: str, timeout_s: float = 10.0, max_backoff_s: float = 2.0):
+    def __init__(self, url: str, model: str, timeout_s: float = 10.0, max_backoff_s: float = 2.0,
+                 api_key: str | None = None):
+        from edgekd.serve.server import api_key_headers
         self.scheme, self.address = parse_server_url(url)
+        self.headers = api_key_headers(self.scheme, api_key)  # 'edgekd serve --api-key-file' checks it
         self._clients: list = []
         self.model, self.timeout_s, self.max_backoff_s = model, timeout_s, max_backoff_s
         if self.scheme == "grpc":
@@ -65,12 +68,12 @@ class TritonClientRuntime(Runtime):
     def _model_parameters(self, url: str) -> dict[str, str]:
         from tritonclient.utils import InferenceServerException
         try:
-            if not self.client.is_server_live():
+            if not self.client.is_server_live(headers=self.headers):
                 raise EdgekdError(f"the Triton server at {url} is not live yet: wait for 'edgekd serve' to say serving")
             if self.scheme == "grpc":
-                config = self.client.get_model_config(self.model, as_json=True)["config"]
+                config = self.client.get_model_config(self.model, headers=self.headers, as_json=True)["config"]
             else:
-                config = self.client.get_model_config(self.model)
+                config = self.client.get_model_config(self.model, headers=self.headers)
         except InferenceServerException as exc:
             if "unknown model" in str(exc) or "not found" in str(exc):
                 names = [m["name"] if isinstance(m, dict) else m.name for m in self._repository()]
@@ -89,8 +92,8 @@ class TritonClientRuntime(Runtime):
         return params
 
     def _repository(self) -> list:
-        index = self.client.get_model_repository_index(as_json=True) if self.scheme == "grpc" \
-            else self.client.get_model_repository_index()
+        index = self.client.get_model_repository_index(headers=self.headers, as_json=True) if self.scheme == "grpc" \
+            else self.client.get_model_repository_index(headers=self.headers)
         return index.get("models", []) if isinstance(index, dict) else index
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,9 +106,11 @@ class TritonClientRuntime(Runtime):
             time.sleep(self.backoff)  # while the server is away, do not spin on it
         try:
             if self.scheme == "grpc":
-                result = self.client.infer(self.model, [request], outputs=outputs, client_timeout=self.timeout_s)
+                result = self.client.infer(self.model, [request], outputs=outputs, client_timeout=self.timeout_s,
+                                            headers=self.headers)
             else:
-                result = self.client.infer(self.model, [request], outputs=outputs, timeout=int(self.timeout_s * 1e6))
+                result = self.client.infer(self.model, [request], outputs=outputs, timeout=int(self.timeout_s * 1e6),
+                                            headers=self.headers)
         except InferenceServerException as exc:
             if _is_request_error(exc):
                 raise EdgekdError(f"the server refused the request: {str(exc).splitlines()[0][:200]}") from None

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -32,6 +33,73 @@ class Ports:
     http: int | None = 8000
     grpc: int | None = 8001
     metrics: int | None = 8002
+
+
+def serving_ports(http: int, grpc: int, metrics: int) -> Ports:
+    """--http/--grpc/--metrics as given (0: that endpoint off), checked: in range, distinct, something to serve."""
+    given = {"--http": http, "--grpc": grpc, "--metrics": metrics}
+    for option, port in given.items():
+        if not 0 <= port <= 65535:
+            raise EdgekdError(f"{option} {port} is not a port: use 1-65535, or 0 to turn that endpoint off")
+    used = [port for port in given.values() if port]
+    if len(set(used)) != len(used):
+        raise EdgekdError(f"two endpoints on port {next(p for p in used if used.count(p) > 1)}: give --http, --grpc "
+                          "and --metrics different ports")
+    if not http and not grpc:
+        raise EdgekdError("--http 0 and --grpc 0 leave nothing to serve: keep at least one of them")
+    return Ports(http or None, grpc or None, metrics or None)
+
+
+# Triton's restricted APIs: with an API key every one of them needs the key header (HTTP) or metadata (gRPC).
+API_KEY_HEADER = "edgekd-api-key"
+RESTRICTED_APIS = "health,metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging"
+
+
+def api_key_headers(scheme: str, api_key: str | None) -> dict[str, str] | None:
+    """What a client sends: Triton's gRPC endpoint reads the key from 'triton-grpc-protocol-<header>' metadata."""
+    if not api_key:
+        return None
+    return {(f"triton-grpc-protocol-{API_KEY_HEADER}" if scheme == "grpc" else API_KEY_HEADER): api_key}
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """Where Triton listens and what guards it. Loopback needs nothing; any other address needs an API key, which
+    Triton checks on every HTTP and gRPC API. Its metrics endpoint has no such check, so it stays on loopback."""
+    address: str = "127.0.0.1"
+    loopback: bool = True
+    api_key: str | None = None
+
+    @property
+    def metrics_address(self) -> str:
+        return self.address if self.loopback else "127.0.0.1"
+
+
+def serving_exposure(address: str, api_key: str | None) -> Exposure:
+    from edgekd.dashboard.access import parse_serve_address
+    host = address.strip()
+    parsed = parse_serve_address(f"[{host}]:0" if ":" in host else f"{host}:0")
+    if not parsed.loopback and api_key is None:
+        raise EdgekdError(f"--address {host} is reachable from other machines, and Triton would serve anyone there: "
+                          "pass --api-key-file FILE (every HTTP and gRPC request must then carry it), or keep the default "
+                          "127.0.0.1 and put a reverse proxy with authentication in front (docs/security.md)")
+    return Exposure(host, parsed.loopback, api_key)
+
+
+def check_ports_free(exposure: Exposure, ports: Ports) -> None:
+    """A taken port is one line now, not a Triton start-up failure later."""
+    for option, port, host in (("--http", ports.http, exposure.address), ("--grpc", ports.grpc, exposure.address),
+                               ("--metrics", ports.metrics, exposure.metrics_address)):
+        if not port:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise EdgekdError(f"{option} {port} on {host}: {exc.strerror or exc} (another server?): pick another "
+                                  "port, or stop what holds it (ss -ltnp)") from None
 
 
 def triton_home() -> Path:
@@ -76,30 +144,48 @@ def server_environment() -> dict[str, str]:
     return env
 
 
-def server_command(repository: Path, backends: Path, ports: Ports, exit_timeout_s: int) -> list[str]:
+def server_command(repository: Path, backends: Path, ports: Ports, exit_timeout_s: int,
+                   exposure: Exposure = Exposure()) -> list[str]:
     command = [str(triton_home() / "bin" / "tritonserver"), f"--model-repository={repository}",
                f"--backend-directory={backends}", "--exit-on-error=true", "--strict-readiness=true",
                f"--exit-timeout-secs={exit_timeout_s}", "--log-verbose=0"]
+    addresses = {"http": exposure.address, "grpc": exposure.address, "metrics": exposure.metrics_address}
     for name, port in (("http", ports.http), ("grpc", ports.grpc), ("metrics", ports.metrics)):
-        command += [f"--allow-{name}=true", f"--{name}-port={port}"] if port else [f"--allow-{name}=false"]
+        command += ([f"--allow-{name}=true", f"--{name}-port={port}", f"--{name}-address={addresses[name]}"] if port
+                    else [f"--allow-{name}=false"])
+    if exposure.api_key is not None:
+        restriction = f"{RESTRICTED_APIS}:{API_KEY_HEADER}={exposure.api_key}"
+        if ports.http:
+            command.append(f"--http-restricted-api={restriction}")
+        if ports.grpc:
+            command.append(f"--grpc-restricted-protocol={restriction}")
     return command
 
 
 class TritonServer:
     """A running tritonserver: start() returns when every model is ready (or raises with the server's reason)."""
 
-    def __init__(self, repository: Path, ports: Ports, work: Path, exit_timeout_s: int = 30, log=print):
+    def __init__(self, repository: Path, ports: Ports, work: Path, exit_timeout_s: int = 30, log=print,
+                 exposure: Exposure = Exposure()):
         self.repository, self.ports, self.work, self.log = repository, ports, work, log
-        self.exit_timeout_s = exit_timeout_s
+        self.exit_timeout_s, self.exposure = exit_timeout_s, exposure
         self.process: subprocess.Popen | None = None
+        self.watchdog: subprocess.Popen | None = None
         self.log_path = work / "tritonserver.log"
 
     def start(self, models: list[str], timeout_s: float = 180.0) -> "TritonServer":
         backends = backend_directory(self.work)
-        command = server_command(self.repository, backends, self.ports, self.exit_timeout_s)
+        command = server_command(self.repository, backends, self.ports, self.exit_timeout_s, self.exposure)
         self._log_file = open(self.log_path, "wb")
+        # The watchdog starts first and outlives us: whenever this process ends, even by SIGKILL, its pipe closes and
+        # the watchdog stops the server's whole process group (server and stubs), so nothing is left holding ports.
+        self.watchdog = subprocess.Popen([sys.executable, "-m", "edgekd.serve.watchdog", str(self.exit_timeout_s)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)
         self.process = subprocess.Popen(command, env=server_environment(), stdout=self._log_file,
                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.watchdog.stdin.write(f"{self.process.pid}\n".encode())
+        self.watchdog.stdin.flush()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -113,9 +199,13 @@ class TritonServer:
     def ready(self, models: list[str]) -> bool:
         if self.ports.http is None:
             return self.process is not None and self.process.poll() is None and self._log_says_started()
+        host = self.exposure.address if self.exposure.address not in ("0.0.0.0", "::") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        headers = {API_KEY_HEADER: self.exposure.api_key} if self.exposure.api_key else {}
         try:
             for name in models:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.http}/v2/models/{name}/ready", timeout=1) as r:
+                request = urllib.request.Request(f"http://{host}:{self.ports.http}/v2/models/{name}/ready", headers=headers)
+                with urllib.request.urlopen(request, timeout=1) as r:
                     if r.status != 200:
                         return False
             return True
@@ -149,6 +239,9 @@ class TritonServer:
         finally:
             self._log_file.close()
             reap_process_group(self.process.pid)
+            if self.watchdog is not None:  # the server is gone: let the watchdog go too
+                self.watchdog.stdin.close()
+                self.watchdog.wait(timeout=10)
 
     def wait(self) -> int:
         while True:  # short waits, so a signal handler in this thread gets to run

@@ -21,6 +21,9 @@ from edgekd.runtime import open_runtime
 from edgekd.scoring import threshold_mask
 
 
+INPUT_SLACK = 1e-3  # rounding of a client's own scaling; anything further out is another convention, refused
+
+
 def _as_model_input(request, size):
     frames = pb_utils.get_input_tensor_by_name(request, "frames")
     images = pb_utils.get_input_tensor_by_name(request, "images")
@@ -32,8 +35,15 @@ def _as_model_input(request, size):
             raise ValueError(f"frames are {batch.shape[1]}x{batch.shape[2]}; this model takes {size[0]}x{size[1]}")
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
     batch = _array(images)
+    if batch.shape[1:] != (3, *size):
+        raise ValueError(f"images are {'x'.join(map(str, batch.shape[1:]))}; this model takes 3x{size[0]}x{size[1]}")
     if not np.isfinite(batch).all():
         raise ValueError("images contain NaN or infinity")
+    low, high = float(batch.min(initial=0.0)), float(batch.max(initial=0.0))
+    if low < -INPUT_SLACK or high > 1.0 + INPUT_SLACK:
+        hint = (" (they look like 0..255 pixels: divide by 255, or send uint8 'frames')" if high <= 255.0 + INPUT_SLACK
+                and low >= -INPUT_SLACK else "")
+        raise ValueError(f"images must be float32 RGB in [0, 1]; these reach [{low:.4g}, {high:.4g}]{hint}")
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 

@@ -14,7 +14,7 @@ from edgekd.stream.detect import Thresholds, parse_hysteresis
 from edgekd.stream.runner import RunOptions, Runner
 from edgekd.stream.sinks import VIDEO_OUT_SUFFIXES, JsonlSink, MaskSink, VideoSink, WindowSink
 from edgekd.stream.sources import CaptureSettings, open_source
-from edgekd.stream.truth import FrameVerdicts, compare, describe, read_truth
+from edgekd.stream.truth import FrameVerdicts, check_truth_matches, compare, describe, read_truth
 
 
 def _log(text: str) -> None:
@@ -27,7 +27,7 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
                max_frames: int | None, stats_every: float, reconnect_timeout: float, echo=print,
                truth: Path | None = None, server: str | None = None, serve: str | None = None,
                token: str | None = None, token_file: Path | None = None, realtime: bool = False,
-               pixel_threshold: float | None = None) -> dict:
+               pixel_threshold: float | None = None, server_key: str | None = None) -> dict:
     from edgekd.runtime import open_runtime
     if (camera is None) == (source is None):
         raise EdgekdError("say where frames come from: exactly one of --camera N or --source (file, folder, URL, csi://N)")
@@ -55,7 +55,7 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
                 raise EdgekdError("--backend chooses a local runtime; with --server the server's runtime does the "
                                   "inference")
             from edgekd.runtime.triton_client import TritonClientRuntime
-            runtime = TritonClientRuntime(server, str(model))
+            runtime = TritonClientRuntime(server, str(model), api_key=server_key)
         else:
             runtime = open_runtime(Path(model), backend, device)
         try:
@@ -64,6 +64,16 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
         except BaseException:
             runtime.close()  # a TensorRT runtime holds GPU buffers
             raise
+        if truth_frames is not None:
+            try:
+                warning = check_truth_matches(truth_frames, truth, str(source if camera is None else camera),
+                                              stream.frame_count)
+            except BaseException:
+                stream.close()
+                runtime.close()
+                raise
+            if warning:
+                _log(warning)
         runner_ref: list[Runner] = []
         sinks = []
         try:
@@ -123,6 +133,15 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
             lost = summary["lost_outputs"][0]
             raise RunIncomplete(f"{lost['output']} failed ({lost['error']}), so the run's outputs are incomplete "
                                 "(see lost_outputs in the summary): free space or fix the path and run again")
+        if summary.get("lost"):
+            raise RunIncomplete(f"{summary['lost']} of {summary['captured']} frames were never scored (the server was "
+                                "unavailable): the outputs miss them; check the server and run again")
+        unscored = summary.get("unread", 0) + (summary["corrupt"] if stream.frame_count else 0)
+        if unscored:
+            named = ", ".join(summary.get("corrupt_frames", [])[:5])
+            raise RunIncomplete(f"{unscored} of the {stream.frame_count} frames of {stream.description} were never "
+                                f"scored ({summary['corrupt']} unreadable{': ' + named if named else ''}; "
+                                f"{summary.get('unread', 0)} past a damaged end): the outputs miss them")
         if summary["stopped_by"] and summary["stopped_by"].startswith("SIG"):
             raise RunIncomplete(f"stopped by {summary['stopped_by']} after {summary['processed']} frames: the outputs hold "
                                 "those frames only", 128 + int(signal.Signals[summary["stopped_by"]]))

@@ -28,6 +28,7 @@ from edgekd.stream.stats import RunStats
 from edgekd.viz import colour_range
 
 DONE = object()  # end of stream, passed down the stages
+NAMED_CORRUPT = 20  # unreadable frames named in the summary (all are counted)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Runner:
         self._outage: list | None = None  # [since, frames lost] while a remote runtime is unavailable
         self.service = ServiceNotifier()  # systemd's watchdog, fed only while frames are processed
         self.lost_outputs: list[dict] = []  # sinks that failed and were stopped, with the reason
+        self.corrupt_names: list[str] = []  # the first unreadable frames (file names in a folder), for the summary
 
     # -- control ----------------------------------------------------------------------------------------------
     @property
@@ -158,6 +160,8 @@ class Runner:
                     return
             elif read.status == CORRUPT:
                 self.stats.count("corrupt")
+                if len(self.corrupt_names) < NAMED_CORRUPT:
+                    self.corrupt_names.append(read.name or f"frame {index + self.stats.counts['corrupt'] - 1}")
             elif read.status == END:
                 break
             elif read.status == LOST and not self._reconnect():
@@ -328,7 +332,23 @@ class Runner:
                 raise self.failure
             raise EdgekdError(f"the run stopped: {type(self.failure).__name__}: {self.failure}") from self.failure
         snapshot = self.stats.snapshot()
-        outages = [round(s, 2) for s in getattr(self.runtime, "outages", [])]
+        outages = list(getattr(self.runtime, "outages", []))
+        if getattr(self.runtime, "down_since", None) is not None:  # still away at the end: that outage counts too
+            outages.append(time.monotonic() - self.runtime.down_since)
+        outages = [round(s, 2) for s in outages]
+        unread = self._unread(snapshot)
         return {**snapshot, "stopped_by": self.stopped_by, "lost_outputs": self.lost_outputs,
                 **({"server_outages_s": outages} if outages or snapshot["lost"] else {}),
-                "complete": self.stopped_by is None and not self.lost_outputs and not snapshot["lost"]}
+                **({"unread": unread} if unread else {}),
+                **({"corrupt_frames": self.corrupt_names} if self.corrupt_names else {}),
+                "complete": self.stopped_by is None and not self.lost_outputs and not snapshot["lost"] and not unread
+                and not (self.source.frame_count and snapshot["corrupt"])}
+
+    def _unread(self, snapshot: dict) -> int:
+        """Frames a file or folder holds that the run never reached (a damaged end, a decoder that gave up); with the
+        corrupt ones, a run that did not score every frame of a file is not complete. Not counted when --max-frames
+        or a stop cut it short on purpose."""
+        expected = self.source.frame_count
+        if not expected or self.stopped_by is not None or self.options.max_frames is not None:
+            return 0
+        return max(0, expected - snapshot["captured"] - snapshot["corrupt"])

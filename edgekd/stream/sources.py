@@ -72,6 +72,12 @@ class Source:
         """Frames per second the source reports, when it knows."""
         return None
 
+    @property
+    def frame_count(self) -> int | None:
+        """How many frames a file or folder holds, when it says (a run that ends before reading them all did not
+        finish); None for live sources."""
+        return None
+
     def reopen(self) -> bool:
         """After LOST: one attempt to get the source back; True when it is back."""
         self.close()
@@ -92,6 +98,7 @@ class CaptureSource(Source):
         self.target, self.api, self.description, self.live, self.settings = target, api, description, live, settings
         self.capture: cv2.VideoCapture | None = None
         self.failed_in_a_row = 0  # failed reads since the last good frame (files only)
+        self._frame_count: int | None = None
 
     def _failure(self) -> str:
         return f"{self.description} could not be opened: check the path or address and that it plays (e.g. ffplay)"
@@ -108,11 +115,17 @@ class CaptureSource(Source):
         if self.settings.fps:
             capture.set(cv2.CAP_PROP_FPS, self.settings.fps)
         self.capture = capture
+        total = capture.get(cv2.CAP_PROP_FRAME_COUNT)  # kept: the summary asks after the capture is released
+        self._frame_count = int(total) if total > 0 and not self.live else None
 
     @property
     def fps(self) -> float | None:
         value = self.capture.get(cv2.CAP_PROP_FPS) if self.capture is not None else 0.0
         return float(value) if 0 < value < 1000 else self.settings.fps
+
+    @property
+    def frame_count(self) -> int | None:
+        return self._frame_count
 
     def read(self) -> Read:
         ok, image = self.capture.read()
@@ -169,6 +182,10 @@ class FolderSource(Source):
                               "a folder of frames")
         self.position = 0
 
+    @property
+    def frame_count(self) -> int | None:
+        return len(self.paths)
+
     def read(self) -> Read:
         if self.position >= len(self.paths):
             return Read(END)
@@ -191,6 +208,10 @@ class PacedSource(Source):
     @property
     def fps(self) -> float | None:
         return 1.0 / self.period
+
+    @property
+    def frame_count(self) -> int | None:
+        return self.inner.frame_count
 
     def open(self) -> None:
         self.inner.open()

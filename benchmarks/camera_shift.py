@@ -35,7 +35,7 @@ def shift(checkpoint: Path, data: Path, category: str, video: Path) -> dict:
     dataset = load_dataset(data, category)
     normal = [s for s in dataset.test if s.label == 0]
     png = runtime.infer(load_images(normal, runtime.input_size)).scores
-    frames, _, _ = collect_normal_scores(runtime, str(video), len(normal), CaptureSettings(None, None, None))
+    frames = np.array(collect_normal_scores(runtime, str(video), len(normal), CaptureSettings(None, None, None))[0].scores)
     spread = ThresholdRule().spread(png)
     threshold = runtime.thresholds["image"]
     return {"checkpoint": str(checkpoint), "augment": runtime.payload["config"]["train"].get("augment", "none"),

@@ -4,6 +4,7 @@ runtime needs to know about a model that left PyTorch, read back with clear erro
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -51,7 +52,45 @@ def _remake(artifact: str | Path) -> str:
             else "re-export it with 'edgekd export model.ckpt'")
 
 
+def _journal(artifact: str | Path) -> Path:
+    return Path(artifact).with_name(f".{Path(artifact).name}.update.json")
+
+
+def replace_together(artifact: str | Path, staged: list[tuple[Path, Path]]) -> None:
+    """Move staged files (temp -> final: a graph and its sidecar) into place as one update. A journal naming the
+    pairs is written first; a kill between the renames leaves it behind, and the next read of the artifact
+    (read_sidecar) finishes the renames, so the graph and sidecar never stay from different updates."""
+    journal = _journal(artifact)
+    write_bytes_atomic(journal, json.dumps([[str(tmp), str(final)] for tmp, final in staged]).encode())
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    journal.unlink()
+
+
+def update_pending(artifact: str | Path) -> bool:
+    """An update's journal is there: its temps belong to it and must stay until it is finished."""
+    return _journal(artifact).is_file()
+
+
+def finish_interrupted_update(artifact: str | Path) -> bool:
+    """Complete an update replace_together began and a kill cut short; True when there was one."""
+    journal = _journal(artifact)
+    if not journal.is_file():
+        return False
+    try:
+        pairs = [(Path(tmp), Path(final)) for tmp, final in json.loads(journal.read_text())]
+    except (OSError, ValueError, TypeError):
+        journal.unlink(missing_ok=True)  # torn journal: it was never complete, so no rename had begun
+        return False
+    for tmp, final in pairs:
+        if tmp.parent == journal.parent and tmp.is_file():  # already renamed when missing
+            os.replace(tmp, final)
+    journal.unlink(missing_ok=True)
+    return True
+
+
 def read_sidecar(artifact: str | Path) -> dict:
+    finish_interrupted_update(artifact)
     path = sidecar_path(artifact)
     if not path.is_file():
         raise EdgekdError(f"{artifact} has no sidecar {path}: {_remake(artifact)} (the sidecar holds its input size, "

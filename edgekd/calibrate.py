@@ -7,18 +7,20 @@ the normal sample is the camera's own output, so the defect threshold sits just 
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edgekd.artifacts import read_sidecar, sidecar_path
+from edgekd.artifacts import read_sidecar, replace_together, sidecar_path, update_pending
 from edgekd.atomic import write_bytes_atomic
-from edgekd.calibration import ADVISED_NORMAL, MIN_NORMAL, ThresholdRule, score_statistics, thresholds_from_normal
+from edgekd.calibration import (ADVISED_NORMAL, MAX_OUTLIER_SHARE, MIN_NORMAL, OUTLIER_SPREADS, ThresholdRule,
+                                all_identical, score_statistics, screen_clip, thresholds_from_normal)
 from edgekd.errors import EdgekdError
 from edgekd.outputs import check_output_file, remove_stale_temps
 from edgekd.stream.detect import Thresholds
@@ -27,17 +29,47 @@ from edgekd.stream.sinks import Sink
 from edgekd.stream.sources import CaptureSettings, open_source
 
 
+THUMBNAILS_KEPT = 24  # per ranking (image score, hottest pixel): outliers are among the highest of either
+THUMBNAIL_WIDTH = 240
+
+
 class _NormalScores(Sink):
-    """Collects each frame's image score and hottest pixel."""
+    """Collects each frame's image score, hottest pixel, index and size, and small pictures of the highest-scoring
+    frames (the outliers an operator will be asked to look at are among them)."""
     name = "calibration"
 
     def __init__(self):
         self.scores: list[float] = []
         self.peaks: list[float] = []
+        self.indices: list[int] = []
+        self.sizes: dict[tuple[int, int], int] = {}  # (width, height) -> first frame index of that size
+        self._top: dict[str, list[tuple[float, int]]] = {"score": [], "peak": []}
+        self.thumbnails: dict[int, bytes] = {}
 
     def write(self, result, overlay_bgr):
-        self.scores.append(float(result.score))
-        self.peaks.append(float(np.max(result.amap)))
+        score, peak = float(result.score), float(np.max(result.amap))
+        self.scores.append(score)
+        self.peaks.append(peak)
+        self.indices.append(result.index)
+        h, w = result.image.shape[:2]
+        self.sizes.setdefault((w, h), result.index)
+        wanted = False
+        for key, value in (("score", score), ("peak", peak)):
+            ranking = self._top[key]
+            if len(ranking) < THUMBNAILS_KEPT or value > ranking[0][0]:
+                heapq.heappush(ranking, (value, result.index))
+                if len(ranking) > THUMBNAILS_KEPT:
+                    heapq.heappop(ranking)
+                wanted = True
+        if wanted:
+            scale = THUMBNAIL_WIDTH / max(1, w)
+            small = cv2.resize(result.image, (THUMBNAIL_WIDTH, max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+            ok, encoded = cv2.imencode(".jpg", small)
+            if ok:
+                self.thumbnails[result.index] = encoded.tobytes()
+            kept = {i for ranking in self._top.values() for _, i in ranking}
+            for index in [i for i in self.thumbnails if i not in kept]:
+                del self.thumbnails[index]
 
 
 @dataclass
@@ -50,6 +82,7 @@ class Calibration:
     written: list[Path]
     plot: Path
     warnings: list[str]
+    outliers: list[dict] = field(default_factory=list)  # frames left out of the rule: frame, score, peak, picture
 
     def headroom(self) -> float:
         """How far the image threshold sits above the largest normal score, in robust spreads of the scores."""
@@ -58,14 +91,28 @@ class Calibration:
 
 
 def collect_normal_scores(runtime, source, frames: int, settings: CaptureSettings, batch: int = 8,
-                          log=lambda text: None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(image scores, per-frame hottest pixels, frames read) of up to `frames` frames, through the runner."""
+                          log=lambda text: None) -> tuple[_NormalScores, int]:
+    """What the clip's frames scored (up to `frames` of them, through the runner), and how many were read."""
     stream = open_source(source, settings)
     sink = _NormalScores()
     never = Thresholds(math.inf, math.inf)  # nothing is flagged while calibrating
     options = RunOptions(never, 0, (1, 1), batch, frames, 0.0, 0.0)
     summary = Runner(stream, runtime, [sink], options, log=log).run()
-    return np.array(sink.scores), np.array(sink.peaks), int(summary.get("captured", len(sink.scores)))
+    return sink, int(summary.get("captured", len(sink.scores)))
+
+
+def save_outlier_pictures(sink: _NormalScores, outliers: list[dict], folder: Path) -> Path | None:
+    """The outlying frames' pictures (those kept) as <folder>/frame_NNNNNN.jpg, for the operator to review."""
+    pictures = [(o, sink.thumbnails[o["frame"]]) for o in outliers if o["frame"] in sink.thumbnails]
+    if not pictures:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("frame_*.jpg"):
+        stale.unlink()
+    for outlier, data in pictures:
+        write_bytes_atomic(folder / f"frame_{outlier['frame']:06d}.jpg", data)
+        outlier["picture"] = str(folder / f"frame_{outlier['frame']:06d}.jpg")
+    return folder
 
 
 def histogram_png(path: Path, scores: np.ndarray, threshold: float, previous: float | None, title: str) -> Path:
@@ -139,17 +186,16 @@ def write_thresholds(artifact: Path, backend: str, thresholds: dict, source: str
         side_tmp = side.with_name(f".{side.name}.calibrate.tmp")
         staged.append((side_tmp, side))
         side_tmp.write_text(json.dumps(info, indent=2, default=float))
-        for tmp, final in staged:
-            tmp.replace(final)
+        replace_together(artifact, staged)
     finally:
-        for tmp, _ in staged:
+        for tmp, _ in staged if not update_pending(artifact) else []:
             tmp.unlink(missing_ok=True)
     return previous, [final for _, final in staged]
 
 
 def calibrate(artifact: Path, source, frames: int, backend: str | None = None, device: str = "auto",
               settings: CaptureSettings | None = None, rule: ThresholdRule | None = None, plot: Path | None = None,
-              dry_run: bool = False, log=lambda text: None) -> Calibration:
+              dry_run: bool = False, log=lambda text: None, accept_outliers: bool = False) -> Calibration:
     from edgekd.runtime import open_runtime
     artifact = Path(artifact)
     plot = check_output_file(plot or artifact.with_name(f"{artifact.stem}.calibration.png"), "--plot", (".png",))
@@ -158,19 +204,59 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
     with open_runtime(artifact, backend, device) as runtime:
         # The stored values, unchecked: calibrating is how a NaN threshold gets replaced.
         kind, current = runtime.backend, dict(runtime.info.get("thresholds") or {})
-        scores, peaks, read = collect_normal_scores(runtime, source, frames, settings or CaptureSettings(None, None, None),
-                                                    log=log)
+        sink, read = collect_normal_scores(runtime, source, frames, settings or CaptureSettings(None, None, None), log=log)
+    scores, peaks = np.array(sink.scores), np.array(sink.peaks)
     if len(scores) < MIN_NORMAL:
         raise EdgekdError(f"only {len(scores)} frames came from {source}: calibration needs at least {MIN_NORMAL} good "
                           f"frames (advised {ADVISED_NORMAL}+); record a longer clip or raise --frames")
-    rule = rule or ThresholdRule()
-    thresholds = {**thresholds_from_normal(scores, peaks[:, None], rule), "source": str(source),
-                  "score_stats": score_statistics(scores)}
+    check_clip(sink, scores, peaks, source)
+    screen = screen_clip(scores, peaks)
+    outliers = [{"frame": sink.indices[i], "score": float(scores[i]), "peak": float(peaks[i]),
+                 "spreads_above_median": round(float(screen.excess[i]), 1)} for i in screen.outliers]
+    review = save_outlier_pictures(sink, outliers, plot.with_name(f"{plot.stem}.outliers"))
     warnings = []
-    if len(scores) < ADVISED_NORMAL:
-        warnings.append(f"{len(scores)} frames is a small sample: the threshold holds, but {ADVISED_NORMAL}+ good "
+    if outliers:
+        listed = ", ".join(f"frame {o['frame']} (score {o['score']:.4g})" for o in outliers[:5])
+        where = f"; pictures in {review}" if review else ""
+        if screen.share > MAX_OUTLIER_SHARE and not accept_outliers:
+            raise EdgekdError(f"{len(outliers)} of {len(scores)} frames of {source} score far above the rest "
+                              f"({listed}{where}): is this clip really of good parts? Record one, or pass "
+                              "--accept-outliers to leave them out of the thresholds")
+        warnings.append(f"{len(outliers)} of {len(scores)} frames score over {OUTLIER_SPREADS:g} robust spreads above "
+                        f"the clip's median and were left out of the thresholds: {listed}{where}; review them "
+                        "(a defective part in the clip?)")
+    camera_threshold = current.get("image") if current.get("source") else None  # an earlier calibration's
+    if camera_threshold is not None and math.isfinite(camera_threshold) and not accept_outliers:
+        above = int(np.sum(scores > camera_threshold))
+        if above > len(scores) / 2:
+            raise EdgekdError(f"{above} of {len(scores)} frames of {source} score above the current image threshold "
+                              f"({camera_threshold:.4g}, from an earlier calibration): this clip looks like defects, not "
+                              "good parts, or the camera or light changed; check it, and pass --accept-outliers if "
+                              "these are good parts")
+    rule = rule or ThresholdRule()
+    kept_scores, kept_peaks = scores[screen.kept], peaks[screen.kept]
+    thresholds = {**thresholds_from_normal(kept_scores, kept_peaks[:, None], rule), "source": str(source),
+                  "score_stats": score_statistics(kept_scores),
+                  **({"excluded_frames": outliers[:MAX_LISTED]} if outliers else {})}
+    if len(kept_scores) < ADVISED_NORMAL:
+        warnings.append(f"{len(kept_scores)} frames is a small sample: the threshold holds, but {ADVISED_NORMAL}+ good "
                         "frames from different parts would be safer")
     previous, written = (current or None, []) if dry_run else write_thresholds(artifact, kind, thresholds, str(source))
     histogram_png(plot, scores, thresholds["image"], (previous or {}).get("image"),
-                  f"{artifact.name}: {len(scores)} good frames, image threshold {thresholds['image']:.4g}")
-    return Calibration(thresholds, previous, scores, peaks, read, written, plot, warnings)
+                  f"{artifact.name}: {len(kept_scores)} good frames"
+                  + (f" (+{len(outliers)} left out)" if outliers else "") + f", image threshold {thresholds['image']:.4g}")
+    return Calibration(thresholds, previous, kept_scores, kept_peaks, read, written, plot, warnings, outliers)
+
+
+MAX_LISTED = 50  # outlying frames named in the thresholds' record (all are counted in the warning)
+
+
+def check_clip(sink: _NormalScores, scores: np.ndarray, peaks: np.ndarray, source) -> None:
+    """Clips no threshold should come from, refused before anything is written."""
+    if len(sink.sizes) > 1:
+        sizes = ", ".join(f"{w}x{h} (from frame {i})" for (w, h), i in list(sink.sizes.items())[:3])
+        raise EdgekdError(f"the frames of {source} change size ({sizes}): the camera's settings changed during the clip; "
+                          "record it again at the resolution the line will run at")
+    if all_identical(scores) or all_identical(peaks):
+        raise EdgekdError(f"every frame of {source} scores the same ({float(scores[0]):.6g}): a covered lens, a frozen "
+                          "or dead camera, or one image repeated; record real good parts moving past the camera")

@@ -27,6 +27,41 @@ def robust_spread(values: np.ndarray, relative_floor: float = 1e-3) -> float:
     return max(mad, relative_floor * abs(median), 1e-6)
 
 
+# A clip of "good" parts may hold a bad one. The rule's "largest normal + s" term would lift the threshold over
+# it and over every defect scoring below it, so frames this many robust spreads above the clip's median (by image
+# score or hottest pixel) are left out of the rule and listed for review. The median and MAD themselves hold with
+# up to half the clip outlying.
+OUTLIER_SPREADS = 6.0
+MAX_OUTLIER_SHARE = 0.05  # beyond this share of outlying frames the clip is refused (unless the operator accepts)
+
+
+@dataclass(frozen=True)
+class ClipScreen:
+    """Which frames of a calibration clip the rule may use."""
+    kept: np.ndarray  # bool per frame
+    outliers: np.ndarray  # indices into the clip's frames, most outlying first
+    excess: np.ndarray  # per frame: the larger of its score's and its peak's robust spreads above the median
+
+    @property
+    def share(self) -> float:
+        return len(self.outliers) / max(1, len(self.kept))
+
+
+def screen_clip(scores: np.ndarray, peaks: np.ndarray, cut: float = OUTLIER_SPREADS) -> ClipScreen:
+    excess = np.zeros(len(scores))
+    for values in (np.asarray(scores, np.float64), np.asarray(peaks, np.float64)):
+        excess = np.maximum(excess, (values - np.median(values)) / robust_spread(values))
+    outlying = excess > cut
+    order = np.argsort(-excess)
+    return ClipScreen(~outlying, order[outlying[order]], excess)
+
+
+def all_identical(values: np.ndarray) -> bool:
+    """Frames that all score the same (to 1e-6 of their size): a covered lens, a frozen or dead camera."""
+    values = np.asarray(values, np.float64)
+    return values.size > 1 and float(values.max() - values.min()) <= 1e-6 * max(1.0, float(np.abs(values).max()))
+
+
 MIN_NORMAL = 10  # fewer normal samples than this cannot set a threshold
 ADVISED_NORMAL = 50  # below this the rule works, but a warning says more would be safer
 

@@ -284,6 +284,9 @@ def calibrate(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
                                            "(training's held-out images get the same)."),
               plot: Optional[Path] = typer.Option(None, help="Histogram PNG (default <artifact>.calibration.png)."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Report and plot, but leave the artifact as it is."),
+              accept_outliers: bool = typer.Option(False, "--accept-outliers", help="Go on when many frames score far "
+                                                   "above the rest or above an earlier calibration (they are still left "
+                                                   "out of the rule and listed)."),
               width: Optional[int] = typer.Option(None, help="Capture width (cameras, CSI)."),
               height: Optional[int] = typer.Option(None, help="Capture height (cameras, CSI)."),
               fps: Optional[float] = typer.Option(None, help="Capture frame rate (cameras, CSI)."),
@@ -298,7 +301,7 @@ def calibrate(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
     rule = ThresholdRule.from_config({"quantile": quantile, "margin": margin})
     result = run_calibration(artifact, camera if camera is not None else source, frames, backend, device,
                              CaptureSettings(width, height, fps), rule, plot, dry_run,
-                             log=lambda text: typer.echo(text, err=True))
+                             log=lambda text: typer.echo(text, err=True), accept_outliers=accept_outliers)
     t, s = result.thresholds, result.thresholds["score_stats"]
     before = result.previous or {}
     _echo(f"scored {len(result.scores)} good frames (of {result.frames_read} read): score median {s['p50']:.4g}, "

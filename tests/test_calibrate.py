@@ -51,7 +51,7 @@ def test_calibration_on_a_compressed_clip_holds_on_another_clip_and_keeps_histor
     assert result.plot.is_file() and cv2.imread(str(result.plot)) is not None
     # Good frames of another clip from the same camera: at most one is flagged with the calibrated threshold.
     with TorchRuntime.from_checkpoint(checkpoint, device="cpu") as runtime:
-        other, _, _ = collect_normal_scores(runtime, str(clips[1]), 100, CaptureSettings(None, None, None))
+        other = np.array(collect_normal_scores(runtime, str(clips[1]), 100, CaptureSettings(None, None, None))[0].scores)
     assert int((other > thresholds["image"]).sum()) <= 1, (other, thresholds)
     calibrate(checkpoint, str(clips[1]), frames=100)  # a second calibration adds to the history
     assert len(read_checkpoint(checkpoint)["thresholds_history"]) == len(history) + 1
@@ -165,7 +165,7 @@ def test_mpeg4_video_shifts_normal_scores_and_calibrating_on_that_video_holds(wo
     shutil.copy(wood_checkpoint, checkpoint)
     by_path = {str(s.path): s for s in dataset.test}
     with TorchRuntime.from_checkpoint(checkpoint, device="cpu") as runtime:
-        video, _, _ = collect_normal_scores(runtime, clips[0]["video"], 40, CaptureSettings(None, None, None))
+        video = np.array(collect_normal_scores(runtime, clips[0]["video"], 40, CaptureSettings(None, None, None))[0].scores)
         frames = [by_path[entry["image"]] for entry in clips[0]["listing"]]
         png = runtime.infer(load_images(frames, runtime.input_size)).scores
     # Frame by frame, the codec moves every score; the PNG files' own spread is the yardstick.
@@ -174,5 +174,98 @@ def test_mpeg4_video_shifts_normal_scores_and_calibrating_on_that_video_holds(wo
     result = calibrate(checkpoint, clips[0]["video"], frames=100)
     assert result.thresholds["image"] > video.max()
     with TorchRuntime.from_checkpoint(checkpoint, device="cpu") as runtime:
-        other, _, _ = collect_normal_scores(runtime, clips[1]["video"], 40, CaptureSettings(None, None, None))
+        other = np.array(collect_normal_scores(runtime, clips[1]["video"], 40, CaptureSettings(None, None, None))[0].scores)
     assert int((other > result.thresholds["image"]).sum()) <= 1, (other, result.thresholds)
+
+
+# -- a poisoned clip, a dead camera, a kill mid-update (hardening) -----------------------------------------------------
+def _onnx_copy(onnx_exports, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    artifact = folder / onnx_exports["fp32"].name
+    shutil.copyfile(onnx_exports["fp32"], artifact)
+    shutil.copyfile(onnx_exports["fp32"].with_suffix(".json"), artifact.with_suffix(".json"))
+    return artifact
+
+
+def _clip(synth_root, path, frames, defects):
+    from edgekd.data.video import write_line_video
+    return write_line_video(load_dataset(synth_root, "wood"), path, frames, defects, seed=1)
+
+
+def _image_threshold(artifact):
+    return json.loads(artifact.with_suffix(".json").read_text())["thresholds"]["image"]
+
+
+@pytest.mark.slow
+def test_defective_frames_in_the_clip_are_left_out_listed_and_many_are_refused(onnx_exports, synth_root, tmp_path):
+    """Reported: ONE defective part among 100 good frames lifted the threshold over most defects."""
+    from cli_runner import edgekd
+    clean, poisoned = _onnx_copy(onnx_exports, tmp_path / "clean"), _onnx_copy(onnx_exports, tmp_path / "poisoned")
+    _clip(synth_root, tmp_path / "good.mp4", 100, [])
+    _clip(synth_root, tmp_path / "one_bad.mp4", 101, [50])
+    assert edgekd("calibrate", clean, "--source", tmp_path / "good.mp4").returncode == 0
+    result = edgekd("calibrate", poisoned, "--source", tmp_path / "one_bad.mp4")
+    assert result.returncode == 0, result.stderr
+    assert "1 of 101 frames score over 6 robust spreads" in result.stderr and "frame 50 (score" in result.stderr
+    thresholds = json.loads(poisoned.with_suffix(".json").read_text())["thresholds"]
+    excluded = thresholds["excluded_frames"]
+    assert [e["frame"] for e in excluded] == [50] and thresholds["image"] < excluded[0]["score"]
+    assert cv2.imread(excluded[0]["picture"]) is not None  # the operator can look at it
+    assert abs(thresholds["image"] - _image_threshold(clean)) <= 0.1 * _image_threshold(clean)
+    # ten bad parts in 110 frames is not a clip of good parts: refused, artifact unchanged, unless accepted
+    _clip(synth_root, tmp_path / "ten_bad.mp4", 110, list(range(5, 110, 11)))
+    before = poisoned.with_suffix(".json").read_bytes()
+    refused = edgekd("calibrate", poisoned, "--source", tmp_path / "ten_bad.mp4")
+    import re
+    flagged = re.search(r"error: (\d+) of 110 frames", refused.stderr)
+    assert refused.returncode == 2 and flagged and int(flagged.group(1)) >= 8 and "--accept-outliers" in refused.stderr
+    assert poisoned.with_suffix(".json").read_bytes() == before
+    accepted = edgekd("calibrate", poisoned, "--source", tmp_path / "ten_bad.mp4", "--accept-outliers")
+    assert accepted.returncode == 0, accepted.stderr
+    assert len(json.loads(poisoned.with_suffix(".json").read_text())["thresholds"]["excluded_frames"]) == int(flagged.group(1))
+    assert abs(_image_threshold(poisoned) - _image_threshold(clean)) <= 0.1 * _image_threshold(clean)
+    # a clip of defects after a camera calibration: most frames above the threshold in force
+    _clip(synth_root, tmp_path / "all_bad.mp4", 30, list(range(30)))
+    refused = edgekd("calibrate", clean, "--source", tmp_path / "all_bad.mp4")
+    assert refused.returncode == 2 and "score above the current image threshold" in refused.stderr, refused.stderr
+
+
+def test_a_dead_camera_or_a_clip_that_changes_size_is_refused(onnx_exports, synth_root, tmp_path):
+    from cli_runner import edgekd
+    artifact = _onnx_copy(onnx_exports, tmp_path / "model")
+    image = cv2.imread(str(load_dataset(synth_root, "wood").train[0].path))
+    frozen, resized = tmp_path / "frozen", tmp_path / "resized"
+    frozen.mkdir()
+    resized.mkdir()
+    for i in range(20):
+        cv2.imwrite(str(frozen / f"{i:03d}.png"), image)
+        cv2.imwrite(str(resized / f"{i:03d}.png"), image if i < 10 else cv2.resize(image, (96, 96)))
+    before = artifact.with_suffix(".json").read_bytes()
+    result = edgekd("calibrate", artifact, "--source", frozen)
+    assert result.returncode == 2 and "every frame of" in result.stderr and "covered lens" in result.stderr
+    result = edgekd("calibrate", artifact, "--source", resized)
+    assert result.returncode == 2 and "change size (128x128 (from frame 0), 96x96 (from frame 10))" in result.stderr
+    assert artifact.with_suffix(".json").read_bytes() == before
+
+
+def test_a_kill_between_the_two_renames_is_finished_on_the_next_load(onnx_exports, clips, tmp_path):
+    """The graph and its sidecar are replaced as one update: killed after the first rename, the next reader
+    finishes the second, so the pair never disagrees (it used to: new graph, old sidecar, artifact unloadable)."""
+    artifact = _onnx_copy(onnx_exports, tmp_path / "model")
+    script = ("import os, signal, sys\n"
+              "import edgekd.artifacts as artifacts\n"
+              "real = os.replace\n"
+              "def replace_then_die(src, dst):\n"
+              "    real(src, dst)\n"
+              "    if str(dst).endswith('.onnx'):\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "artifacts.os.replace = replace_then_die\n"
+              "from edgekd.calibrate import calibrate\n"
+              f"calibrate({str(artifact)!r}, {str(clips[0])!r}, 20)\n")
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert list(artifact.parent.glob(".*.update.json"))  # the journal of the cut update
+    from edgekd.runtime import open_runtime
+    with open_runtime(artifact) as runtime:  # would raise "disagree on thresholds" with a half-done update
+        assert runtime.info["thresholds"]["source"] == str(clips[0])
+    assert not list(artifact.parent.glob(".*"))  # journal and temps gone

@@ -163,7 +163,33 @@ def validate(config: dict) -> dict:
     if not isinstance(config["model_options"], dict):
         raise EdgekdError("config key 'model_options' must be a mapping")
     config["model_options"] = {k: _check_option(k, v) for k, v in config["model_options"].items()}
+    _check_option_names(config["model"], config["model_options"])
+    if config["scoring"]["weights"] is not None and config["scoring"]["combine"] != "weighted":
+        raise EdgekdError(f"config value scoring.weights={config['scoring']['weights']} is only used with "
+                          f"scoring.combine=weighted (it is {config['scoring']['combine']!r}): drop the weights or set "
+                          "combine=weighted")
     return config
+
+
+def _check_option_names(family: str, options: dict) -> None:
+    """A typo in an option name (`wdith`) is refused with the family's valid names, before any work."""
+    import inspect
+
+    from edgekd.models import model_class
+    cls = model_class(family)  # an unknown family is one line here
+    valid: list[str] = []
+    for klass in cls.__mro__:  # a family passes **options up to its base classes (STFPM's base takes none)
+        if "__init__" not in klass.__dict__ or klass.__module__.startswith("torch"):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())
+        valid += [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name not in ("self", "teacher", "input_size", "scoring") and p.name not in valid]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise EdgekdError(f"model_options.{unknown[0]} is not an option of '{family}': valid options are "
+                          f"{', '.join(valid) or 'none'}")
 
 
 SIZE_OPTIONS = ("width", "embed", "widths", "channels", "dim", "heads", "groups")
@@ -207,11 +233,55 @@ def _merge(base: dict, update: dict, path: str = "") -> dict:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML with no surprises: a key given twice, an anchor or alias (a few lines that expand to gigabytes) or
+    a document nested deeper than any config is refused instead of silently taken."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(None, None, "anchors and aliases (& and *) are not used in edgekd "
+                                                    "configs: write the value out", event.start_mark)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.constructor.ConstructorError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                        self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+MAX_YAML_DEPTH = 20
+
+
+def read_yaml(text: str, where: str):
+    """`text` parsed strictly; any problem is one line naming `where` and the first reason."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        reason = " ".join(str(exc).split())
+        raise EdgekdError(f"{where} is not valid YAML: {reason[:200]}") from None
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise EdgekdError(f"{where} is not valid YAML ({exc.__class__.__name__}): write plain YAML") from None
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise EdgekdError(f"override '{text}' is not KEY=VALUE (e.g. --set train.epochs=5)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    if not key.strip() or any(not part.strip() for part in key.split(".")):
+        raise EdgekdError(f"override '{text}' has no key before '=' (e.g. --set train.epochs=5)")
+    return [part.strip() for part in key.split(".")], read_yaml(raw, f"--set {text!r}: the value")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
@@ -221,9 +291,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise EdgekdError(f"config file {path} does not exist: see configs/ for examples")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise EdgekdError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise EdgekdError(f"config file {path} is not UTF-8 text (binary, or UTF-16): save it as UTF-8 YAML") from None
+        except OSError as exc:
+            raise EdgekdError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
+        if "\x00" in text:
+            raise EdgekdError(f"config file {path} is not a text file: pass a YAML config (see configs/)")
+        loaded = read_yaml(text, f"config file {path}") or {}
         if not isinstance(loaded, dict):
             raise EdgekdError(f"config file {path} must be a YAML mapping at the top level")
         config = _merge(config, loaded)

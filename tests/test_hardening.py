@@ -497,3 +497,36 @@ def test_a_truth_file_of_another_video_is_refused(onnx_exports, synth_root, tmp_
     result = edgekd("run", "--model", onnx_exports["fp32"], "--source", renamed, "--truth", tmp_path / "short.json",
                     "--stats-every", "0")
     assert result.returncode == 0 and "was written for short.mp4, not renamed.mp4" in result.stderr, result.stderr
+
+
+# -- configs: every YAML problem is one line -------------------------------------------------------------------------
+@pytest.mark.parametrize("content, fragment", [
+    (b"train:\n  epochs: 3\n  epochs: 4\n", "key 'epochs' is given twice"),
+    (b"train: &t {epochs: 3}\nthreshold: *t\n", "anchors and aliases"),
+    (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "not valid YAML"),
+    (b"train:\n  epochs: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not UTF-8 text"),
+    ("train:\n  epochs: 3\n".encode("utf-16"), "not UTF-8 text"),
+    (b"train: {epochs: 3\n", "not valid YAML"),
+    (b"model_options:\n  wdith: 64\n", "model_options.wdith is not an option of 'rd': valid options are width"),
+    (b"model: stfpm\nmodel_options:\n  width: 64\n", "model_options.width is not an option of 'stfpm'"),
+    (b"scoring:\n  weights: [1, 2, 3]\n", "only used with scoring.combine=weighted"),
+])
+def test_every_config_problem_is_one_line(capsys, monkeypatch, tmp_path, content, fragment):
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(content)
+    code, _, err = run_main(capsys, monkeypatch, "train", "--config", config, "--data", tmp_path, "--category", "x",
+                            "--out", tmp_path / "run")
+    assert_one_line_error(code, err, fragment)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.epochs=[1, 2", "--set 'train.epochs=[1, 2': the value is not valid YAML"),
+    ("=5", "has no key before '='"),
+    ("train..epochs=5", "has no key before '='"),
+    ("model_options={a: &x 1, b: *x}", "anchors and aliases"),
+])
+def test_bad_overrides_are_one_line(capsys, monkeypatch, tmp_path, override, fragment):
+    code, _, err = run_main(capsys, monkeypatch, "train", "--config", CONFIGS / "rd_lite0.yaml", "--set", override,
+                            "--data", tmp_path, "--category", "x", "--out", tmp_path / "run")
+    assert_one_line_error(code, err, fragment)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.calibrate import calibrate
+from edgekd import calibration
 from edgekd.calibration import ThresholdRule
 from edgekd.data.layouts import load_dataset
 from edgekd.data.video import write_line_video
@@ -96,7 +97,7 @@ def one_category(checkpoint: Path, data: Path, category: str, work: Path, seed: 
 def report(payload: dict) -> str:
     lines = [f"# Calibration clips with bad parts: {payload['name']}\n",
              f"Measured {payload['date']} on {payload['machine']['cpu']} ({payload['machine']['cores']} cores). "
-             f"Checkpoints {payload['runs']}. Clip: {GOOD_FRAMES} good frames (first half of the normal test images) "
+             f"Checkpoints {payload['runs']}; screen cut {payload['outlier_spreads']:g} robust spreads. Clip: {GOOD_FRAMES} good frames (first half of the normal test images) "
              f"plus N defective parts at random places; line: {LINE_FRAMES} frames (second half), a defect every 10th. "
              "Screened: `edgekd calibrate` as it is (outliers left out; --accept-outliers where it refused); "
              "unscreened: the same rule over every clip frame (calibrate before the screen). Target: >= 95% of the "
@@ -122,12 +123,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="calibration_poisoning")
+    parser.add_argument("--outlier-spreads", type=float, default=None, help="Try another screen cut than "
+                        "edgekd.calibration.OUTLIER_SPREADS.")
     args = parser.parse_args()
+    if args.outlier_spreads is not None:
+        calibration.OUTLIER_SPREADS = args.outlier_spreads
     categories = []
     for category in args.categories.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             categories.append(one_category(args.runs / category / "model.ckpt", args.data, category, Path(tmp), args.seed))
     write_results(args.results, args.name, {"name": args.name, "date": time.strftime("%Y-%m-%d %H:%M"),
+                                            "outlier_spreads": calibration.OUTLIER_SPREADS,
                                             "machine": machine_info(), "runs": str(args.runs), "categories": categories},
                   report)
 

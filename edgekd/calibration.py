@@ -47,7 +47,8 @@ class ClipScreen:
         return len(self.outliers) / max(1, len(self.kept))
 
 
-def screen_clip(scores: np.ndarray, peaks: np.ndarray, cut: float = OUTLIER_SPREADS) -> ClipScreen:
+def screen_clip(scores: np.ndarray, peaks: np.ndarray, cut: float | None = None) -> ClipScreen:
+    cut = OUTLIER_SPREADS if cut is None else cut
     excess = np.zeros(len(scores))
     for values in (np.asarray(scores, np.float64), np.asarray(peaks, np.float64)):
         excess = np.maximum(excess, (values - np.median(values)) / robust_spread(values))

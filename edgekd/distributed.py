@@ -9,9 +9,14 @@ writes checkpoints and sets the thresholds.
 from __future__ import annotations
 
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -87,14 +92,77 @@ def strip_launch_options(argv: list[str]) -> list[str]:
     return kept
 
 
-def launch(argv: list[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
-           master_addr: str = "127.0.0.1", master_port: int = 29500) -> int:
-    """Run `edgekd <argv>` as nproc_per_node ranks on this machine (of nnodes) under torchrun; returns its exit code."""
+def check_launch(nproc_per_node: int, nnodes: int, node_rank: int, master_addr: str, master_port: int) -> None:
+    """Everything torchrun would fail on later (or hang on), as one line now."""
     if nproc_per_node < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
         raise EdgekdError(f"--nproc-per-node {nproc_per_node}, --nnodes {nnodes} and --node-rank {node_rank} must be "
                           "positive, with the node rank below the number of nodes")
+    slots = max(os.cpu_count() or 1, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if nproc_per_node > slots:
+        raise EdgekdError(f"--nproc-per-node {nproc_per_node} is more than this machine has ({os.cpu_count()} CPU cores, "
+                          f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} GPUs): use one process per GPU, "
+                          "or at most one per core")
+    if not 1 <= master_port <= 65535:
+        raise EdgekdError(f"--master-port {master_port} is not a port: use 1-65535 (e.g. 29500)")
+    if node_rank == 0:  # this machine hosts the rendezvous: the port must be free here
+        try:
+            infos = socket.getaddrinfo(master_addr, master_port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            raise EdgekdError(f"--master-addr {master_addr} does not resolve: give node 0's address") from None
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("" if nnodes > 1 else address[0], master_port))
+            except OSError as exc:
+                raise EdgekdError(f"--master-port {master_port}: {exc.strerror or exc} (another training run?): pick a "
+                                  "free port, e.g. --master-port 29600") from None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launcher dies, however it dies (torchrun then stops its ranks)."""
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+TORCHRUN_LOG = re.compile(r"[WEIF]\d{4} .*torch/distributed/")  # torchrun's own log lines (glog style)
+FAILURE = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+
+
+def launch(argv: list[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
+           master_addr: str = "127.0.0.1", master_port: int = 29500) -> int:
+    """Run `edgekd <argv>` as nproc_per_node ranks on this machine (of nnodes) under torchrun; returns its exit code.
+    The ranks' own lines pass through; torchrun's failure report (a traceback) becomes one edgekd line, with the
+    report kept in a file."""
+    check_launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
                f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}",
                f"--master-port={master_port}", "-m", "edgekd.cli", *strip_launch_options(argv)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))}
-    return subprocess.call(command, env=env)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    report: list[str] = []
+    for raw in process.stderr:
+        line = raw.decode(errors="replace")
+        if report or line.startswith("Traceback (most recent call last):") or TORCHRUN_LOG.match(line):
+            report.append(line)  # torchrun's own report from here on
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    code = process.wait()
+    if code and report:
+        kept = Path(tempfile.mkstemp(prefix="edgekd-torchrun-", suffix=".log")[1])
+        kept.write_text("".join(report))
+        text = "".join(report)
+        failed = FAILURE.search(text.split("Root Cause", 1)[-1])  # the first observed failure, not the ranks stopped after it
+        who = (f"rank {failed.group(1)} {_how(int(failed.group(2)))}" if failed else f"torchrun exited with code {code}")
+        raise EdgekdError(f"distributed training stopped: {who}; torchrun's report is in {kept}")
+    return code
+
+
+def _how(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"

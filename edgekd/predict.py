@@ -17,9 +17,24 @@ from edgekd.viz import colour_range, overlay
 
 
 def output_stems(paths: list[Path]) -> list[str]:
-    """File stems for outputs; test/good/000.png and test/hole/000.png must not overwrite each other."""
-    stems = [Path(p).stem for p in paths]
-    return [f"{Path(p).parent.name}_{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+    """File stems for outputs, unique: test/good/000.png and test/hole/000.png, or x.jpg and x.png side by side,
+    must not overwrite each other's mask and overlay. The plain stem where it is unique; otherwise the folder and
+    the suffix are added, and a number as a last resort (the same file given twice)."""
+    def named(path: Path, level: int) -> str:
+        path = Path(path)
+        return [path.stem, f"{path.parent.name}_{path.stem}", f"{path.parent.name}_{path.stem}_{path.suffix.lstrip('.')}"][level]
+    stems, taken = [], set()
+    candidates = [[named(p, level) for level in range(3)] for p in paths]
+    for options in candidates:
+        stem = next((c for c in options if sum(c in other for other in candidates) == 1 and c not in taken), None)
+        if stem is None:
+            base, n = options[-1], 2
+            while f"{base}_{n}" in taken:
+                n += 1
+            stem = f"{base}_{n}"
+        taken.add(stem)
+        stems.append(stem)
+    return stems
 
 
 SMALL_SIDE_RATIO = 4  # an image this many times smaller than the model input is mostly interpolation

@@ -49,3 +49,85 @@ def test_bad_input_fails_once_before_any_rank_starts(tmp_path):
     result = edgekd("train", "--data", tmp_path / "missing", "--nproc-per-node", "2")
     assert result.returncode != 0 and "torch.distributed" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+
+
+# -- the launcher: bad values before torchrun, nothing left behind, one line when a rank dies --------------------------
+def test_impossible_launches_are_one_line_before_torchrun(synth_root, tmp_path):
+    import socket
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        for args, said in ((("--nproc-per-node", "100000"), "is more than this machine has"),
+                           (("--nproc-per-node", "2", "--master-port", "70000"), "--master-port 70000 is not a port"),
+                           (("--nproc-per-node", "2", "--master-port", str(busy)), f"--master-port {busy}:")):
+            result = edgekd("train", "--data", synth_root, "--category", "wood", "--out", tmp_path / "run", *args)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert result.returncode != 0 and len(lines) == 1 and said in lines[0], result.stderr
+            assert "torch.distributed" not in result.stderr
+
+
+def _children_of(pid: int) -> list[int]:
+    from pathlib import Path
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_long_training(synth_root, tmp_path, port):
+    import subprocess
+    import sys
+    import time
+    launcher = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "train", "--data", str(synth_root), "--category",
+                                 "wood", "--out", str(tmp_path / "run"), "--epochs", "500", "--nproc-per-node", "2",
+                                 "--master-port", str(port), *COMMON], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        torchrun = _children_of(launcher.pid)
+        ranks = [r for t in torchrun for r in _children_of(t)]
+        if len(ranks) == 2:
+            time.sleep(3)  # past start-up, into training
+            return launcher, torchrun, ranks
+        time.sleep(0.2)
+    launcher.kill()
+    raise AssertionError("the ranks did not start")
+
+
+@pytest.mark.slow
+def test_killing_the_launcher_stops_torchrun_and_its_ranks(synth_root, tmp_path):
+    import os
+    import signal
+    import time
+    launcher, torchrun, ranks = _start_long_training(synth_root, tmp_path, 29531)
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while any(_alive(p) for p in torchrun + ranks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in torchrun + ranks)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_one_edgekd_line(synth_root, tmp_path):
+    import os
+    import signal
+    launcher, _, ranks = _start_long_training(synth_root, tmp_path, 29532)
+    os.kill(max(ranks), signal.SIGKILL)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: distributed training stopped: rank") and "was killed by SIGKILL" in last, err

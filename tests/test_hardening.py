@@ -530,3 +530,70 @@ def test_bad_overrides_are_one_line(capsys, monkeypatch, tmp_path, override, fra
     code, _, err = run_main(capsys, monkeypatch, "train", "--config", CONFIGS / "rd_lite0.yaml", "--set", override,
                             "--data", tmp_path, "--category", "x", "--out", tmp_path / "run")
     assert_one_line_error(code, err, fragment)
+
+
+# -- outputs ------------------------------------------------------------------------------------------------------------
+def test_inputs_with_the_same_stem_keep_their_own_mask_and_overlay(wood_checkpoint, synth_root, tmp_path):
+    """Reported: x.jpg (a defect) and x.png (good) side by side: one mask overwrote the other (0 defect pixels)."""
+    anomalous = cv2.imread(str(sorted((synth_root / "wood" / "test" / "hole").glob("*.png"))[0]))
+    good = cv2.imread(str(sorted((synth_root / "wood" / "test" / "good").glob("*.png"))[0]))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "x.png"), anomalous)
+    cv2.imwrite(str(folder / "x.jpg"), good, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    result = edgekd("predict", wood_checkpoint, folder / "x.png", folder / "x.jpg", "--out", tmp_path / "preds")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads((tmp_path / "preds" / "predictions.json").read_text())["predictions"]
+    records = {Path(r["image"]).name: r for r in listing}
+    masks = {name: cv2.imread(r["mask"], cv2.IMREAD_GRAYSCALE) for name, r in records.items()}
+    assert records["x.png"]["mask"] != records["x.jpg"]["mask"]
+    assert int((masks["x.png"] > 0).sum()) == records["x.png"]["defect_pixels"] > 0
+
+
+def test_output_places_that_cannot_be_written_are_one_line(onnx_exports, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for command in (("bundle", onnx_exports["fp32"], "--out", blocker / "b.tar.gz"),
+                    ("export-deepstream", onnx_exports["fp32"], "--out", blocker / "ds"),
+                    ("export-triton", onnx_exports["fp32"], "--repo", blocker / "repo")):
+        result = edgekd(*command)
+        assert_one_line_error(result.returncode, result.stderr)
+    result = edgekd("export-deepstream", onnx_exports["fp32"], "--out", tmp_path / "ds", "--batch", "0")
+    assert_one_line_error(result.returncode, result.stderr, "--batch 0 must be between 1")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--fps", "0"), "--fps 0 is not a capture setting"),
+    (("--width", "0"), "--width 0 is not a capture setting"),
+    (("--height", "-5"), "--height -5 is not a capture setting"),
+    (("--min-area", "10000000"), "--min-area 10000000 is larger than the whole frame"),
+])
+def test_run_settings_that_would_hide_every_defect_are_refused(onnx_exports, synth_root, tmp_path, args, fragment):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, path in enumerate(sorted((synth_root / "wood" / "test" / "hole").glob("*.png"))[:2]):
+        shutil.copyfile(path, folder / f"{i}.png")
+    result = edgekd("run", "--model", onnx_exports["fp32"], "--source", folder, "--stats-every", "0", *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and fragment in result.stderr
+
+
+def test_folders_links_and_huge_headers_among_frames_are_counted_and_named(onnx_exports, synth_root, tmp_path):
+    import struct
+    import zlib
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, path in enumerate(sorted((synth_root / "wood" / "test" / "good").glob("*.png"))[:3]):
+        shutil.copyfile(path, folder / f"{i}.png")
+    (folder / "dir.png").mkdir()
+    (folder / "loop.png").symlink_to("loop.png")
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0,
+                                                                                     0, 0)) + chunk(b"IEND", b""))
+    result = edgekd("run", "--model", onnx_exports["fp32"], "--source", folder, "--stats-every", "0")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["processed"] == 3 and summary["corrupt"] == 3
+    assert summary["corrupt_frames"] == ["dir.png", "huge.png", "loop.png"] and "dir.png, huge.png, loop.png" in result.stderr

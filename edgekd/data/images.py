@@ -37,8 +37,13 @@ def quiet_decoder():
 
 
 def decode(path: Path, flags: int) -> np.ndarray | None:
+    """The decoded image, or None for anything that is not one: a corrupt file, a header claiming more pixels than
+    OpenCV allows, a folder or a link loop under an image's name."""
     with quiet_decoder():
-        return cv2.imread(str(path), flags)
+        try:
+            return cv2.imread(str(path), flags)
+        except (cv2.error, OSError):
+            return None
 
 
 def list_images(folder: Path) -> list[Path]:

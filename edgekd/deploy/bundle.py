@@ -13,6 +13,7 @@ a cache folder filled by someone else, or edited since, is unpacked afresh inste
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -83,7 +84,8 @@ def write_bundle(artifact: str | Path, out: str | Path, overwrite: bool = False)
                 archive.add(path, arcname=name, recursive=False)
         partial.replace(out)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         raise EdgekdError(f"could not write {out} ({exc.strerror or exc}): check the path and the free space") from None
     return out
 

@@ -84,7 +84,7 @@ def write_deepstream(artifact: str | Path, out: str | Path, batch: int | None = 
         raise EdgekdError(f"{io.path.name} is the onnxruntime form of INT8 (integer operators nvinfer's TensorRT does "
                           "not build the same way): export --precision int8 without --int8-for (the TensorRT form) for "
                           "DeepStream")
-    batch = batch or (io.max_batch or 1)
+    batch = (io.max_batch or 1) if batch is None else batch
     if batch < 1 or (io.max_batch is not None and batch > io.max_batch):
         raise EdgekdError(f"--batch {batch} must be between 1 and the engine's profile maximum ({io.max_batch})")
     out = Path(out)

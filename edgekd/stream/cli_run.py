@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 from contextlib import ExitStack
@@ -31,6 +32,10 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
     from edgekd.runtime import open_runtime
     if (camera is None) == (source is None):
         raise EdgekdError("say where frames come from: exactly one of --camera N or --source (file, folder, URL, csi://N)")
+    for option, value in (("--fps", fps), ("--width", width), ("--height", height)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise EdgekdError(f"{option} {value:g} is not a capture setting: give a positive number, or leave it out "
+                              "to keep the source's own")
     if serve is None and (token is not None or token_file is not None):
         raise EdgekdError("--token and --token-file guard the dashboard: use them with --serve HOST:PORT")
     # Every output place is checked before the model loads (a bad path fails now, not at the first frame).

@@ -244,6 +244,11 @@ class Runner:
         options = self.options
         while (frame := self._get(inbox)) is not DONE:
             started = time.perf_counter()
+            h, w = frame.image.shape[:2]
+            if options.min_area > h * w:  # every defect would be dropped: say so instead of calling them all normal
+                raise EdgekdError(f"--min-area {options.min_area} is larger than the whole frame ({w}x{h} = {h * w} "
+                                  "pixels): no defect could ever be reported; give the smallest defect area you care "
+                                  "about, in frame pixels")
             regions, mask = defect_regions(frame.amap, options.thresholds.pixel, frame.image.shape[:2], options.min_area)
             defective = frame_is_defective(frame.score, regions, options.thresholds, options.min_area)
             result = Result(frame.index, frame.timestamp, frame.position, frame.image, frame.amap, mask, frame.score,

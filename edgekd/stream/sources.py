@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgekd.data.images import decode, list_images
+from edgekd.data.images import IMAGE_SUFFIXES, decode
 from edgekd.errors import EdgekdError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv"}
@@ -176,7 +176,8 @@ class FolderSource(Source):
         self.position = 0
 
     def open(self) -> None:
-        self.paths = list_images(self.folder)
+        # every entry named like an image: folders and broken links among them are counted (corrupt) and named
+        self.paths = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
             raise EdgekdError(f"folder {self.folder} holds no images (.png, .jpg, .bmp, ...): point --source at "
                               "a folder of frames")
@@ -191,7 +192,7 @@ class FolderSource(Source):
             return Read(END)
         path = self.paths[self.position]
         self.position += 1
-        image = decode(path, cv2.IMREAD_COLOR)
+        image = decode(path, cv2.IMREAD_COLOR) if path.is_file() else None
         return Read(OK, image, None, path.name) if valid_frame(image) else Read(CORRUPT, name=path.name)
 
 

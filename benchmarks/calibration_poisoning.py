@@ -71,7 +71,8 @@ def one_category(checkpoint: Path, data: Path, category: str, work: Path, seed: 
     for bad in BAD_PARTS:
         clip = work / f"clip_{bad}.mp4"
         places = sorted(rng.choice(GOOD_FRAMES + bad, size=bad, replace=False).tolist())
-        write_line_video(dataset, clip, GOOD_FRAMES + bad, places, normal_part="first", seed=1 + bad)
+        # the same seed for every clip: the same good frames, in the same order, with the bad parts inserted
+        write_line_video(dataset, clip, GOOD_FRAMES + bad, places, normal_part="first", seed=1)
         row = {"bad_parts": bad, "bad_frames": places}
         try:
             calibrate(model, str(clip), GOOD_FRAMES + bad, device="cpu", plot=work / "plot.png", dry_run=True)

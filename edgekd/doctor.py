@@ -222,22 +222,20 @@ def check_artifact(path: Path) -> list[Check]:
     try:
         if not path.is_file():
             raise EdgekdError(f"{path} does not exist: pass a model.ckpt, .onnx or .engine")
+        from edgekd.stream.detect import Thresholds
         kind = backend_for(path)
         check_artifact_kind(path, kind, False)
-        if kind == "torch":
-            from edgekd.checkpoint import read_checkpoint
-            from edgekd.calibration import check_thresholds
-            payload = read_checkpoint(path)
-            check_thresholds(payload.get("thresholds"), str(path))
-        elif kind == "onnxruntime":
-            from edgekd.runtime.onnx_backend import OnnxRuntime
-            runtime = OnnxRuntime(path, "cpu")  # the graph against its sidecar; cheap, no GPU needed
-            runtime.thresholds  # a missing or NaN threshold is refused here as `edgekd run` would
-            runtime.close()
-        else:
+        if kind == "tensorrt":  # no TensorRT runtime without a GPU (it crashes the process): its checks only
             from edgekd.artifacts import read_sidecar
             from edgekd.runtime.tensorrt_backend import check_engine_compatible
-            check_engine_compatible(path, read_sidecar(path))
+            info = read_sidecar(path)
+            check_engine_compatible(path, info)
+            thresholds = info.get("thresholds")
+        else:
+            from edgekd.runtime import open_runtime
+            with open_runtime(path, kind, "cpu") as runtime:  # what `edgekd run` opens: model built, pair checked
+                thresholds = runtime.thresholds  # a NaN threshold is refused here as `edgekd run` would
+        Thresholds.resolve(thresholds, None)  # and a missing one, as `edgekd run` refuses it
     except EdgekdError as exc:
         message = str(exc)
         detail, _, fix = message.partition(": ")

@@ -103,7 +103,16 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
         ([tmp_path / "missing.ckpt"], "does not exist"),
         (["--families", "rd", "--train"], "--train needs --families"),
         ([engine, "--compare", tmp_path / "old.json"], "--compare"),
+        ([engine, "--compare", tmp_path / "rows_not_list.json"], "has no list of rows"),
+        ([engine, "--compare", tmp_path / "row_without_model.json"], "row 0 lacks 'model'"),
+        ([engine, "--compare", tmp_path / "fps_text.json"], "row 0 has a fps that is not a finite number ('fast')"),
     ]
+    shapes = {"rows_not_list": {"rows": {"a": 1}},
+              "row_without_model": {"rows": [{"backend": "onnxruntime", "precision": "fp32", "batch": 1, "status": "ok"}]},
+              "fps_text": {"rows": [{"model": "rd", "backend": "onnxruntime", "precision": "fp32", "batch": 1,
+                                     "status": "ok", "fps": "fast"}]}}
+    for name, body in shapes.items():  # wrong shapes used to end a full run in a KeyError
+        (tmp_path / f"{name}.json").write_text(json.dumps({"format": "edgekd-benchmark", **body}))
     for args, fragment in cases:
         code, _, err = run_main(capsys, monkeypatch, "benchmark", *args, "--out", tmp_path / "report")
         lines = [line for line in err.strip().splitlines() if line.strip()]

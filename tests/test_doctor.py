@@ -91,3 +91,23 @@ def test_engines_are_checked_against_this_machine(onnx_exports, tmp_path):
     engine.with_suffix(".json").write_text(json.dumps(info))
     _, checks = run_doctor("--engines", tmp_path / "engines")
     assert "built with tensorrt_rtx 1.0.0 but this machine has" in checks[f"engine {engine.name}"]["detail"]
+
+
+def test_doctor_and_run_agree_on_what_can_be_opened(wood_checkpoint, synth_root, tmp_path):
+    """Reported: doctor said 'edgekd run can open it' for an artifact run then refused."""
+    import torch
+    from edgekd.checkpoint import read_checkpoint
+    payload = read_checkpoint(wood_checkpoint)
+    no_thresholds = tmp_path / "no_thresholds.ckpt"
+    torch.save({**payload, "thresholds": None}, no_thresholds)
+    mismatched = tmp_path / "mismatched.ckpt"
+    torch.save({**payload, "state_dict": {k: v for i, (k, v) in enumerate(payload["state_dict"].items()) if i % 2}},
+               mismatched)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copyfile(sorted((synth_root / "wood" / "test" / "good").glob("*.png"))[0], frames / "0.png")
+    for artifact in (no_thresholds, mismatched):
+        result, checks = run_doctor("--model", artifact)
+        assert result.returncode == 1 and checks[f"artifact {artifact.name}"]["status"] == "wrong", checks
+        ran = edgekd("run", "--model", artifact, "--source", frames)
+        assert ran.returncode == 2 and "error: " in ran.stderr

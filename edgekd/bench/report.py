@@ -188,7 +188,29 @@ def read_report(path: Path) -> dict:
         raise EdgekdError(f"--compare {path} is not valid JSON: pass a report.json written by 'edgekd benchmark'") from None
     if not isinstance(report, dict) or report.get("format") != "edgekd-benchmark":
         raise EdgekdError(f"--compare {path} is not an edgekd benchmark report (report.json)")
+    rows = report.get("rows")
+    if not isinstance(rows, list):
+        raise EdgekdError(f"--compare {path} has no list of rows: pass a report.json written by 'edgekd benchmark'")
+    for index, row in enumerate(rows):  # checked now, not after the whole run's timing work
+        problem = _row_problem(row)
+        if problem:
+            raise EdgekdError(f"--compare {path}: row {index} {problem}: pass an unedited report.json written by "
+                              "'edgekd benchmark'")
     return report
+
+
+def _row_problem(row) -> str | None:
+    if not isinstance(row, dict):
+        return "is not an object"
+    missing = [k for k in ("model", "backend", "precision", "batch", "status") if k not in row]
+    if missing:
+        return f"lacks '{missing[0]}'"
+    for key in ("fps", "noise", "image_auroc"):
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            return f"has a {key} that is not a finite number ({value!r})"
+    return None
 
 
 def compare(records: list[dict], earlier: dict) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -124,7 +125,12 @@ def train(config: Optional[Path] = typer.Option(None, help="YAML config (see con
     out = out or Path("runs") / (category or Path(data).name)
     result = run_training(cfg, data, category, out, resume, overwrite)
     if result is None:  # a rank other than 0 of a distributed run: rank 0 reports
-        return
+        # Its process group is destroyed and it has nothing left to write. Exit now, without the interpreter's
+        # teardown: a C++ thread of the collective backend still joinable while static objects are destroyed aborts
+        # the process ("terminate called without an active exception"), which a loaded machine made happen.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     t = result.thresholds
     resumed = f" (resumed after epoch {result.resumed_at})" if result.resumed_at else ""
     _echo(f"trained {cfg['model']} ({cfg['teacher']}) for {result.epochs_run} epochs{resumed} on {result.device} in "

@@ -179,15 +179,21 @@ def _pgid(pid: int):
         return None
 
 
+def streaming_client(served, video, jsonl, after_frames):
+    """`edgekd run --server` on `video` in its own process, returned once `after_frames` events are written."""
+    client = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "run", "--server", f"grpc://127.0.0.1:{served.ports[1]}",
+                               "--model", "wood", "--source", str(video), "--jsonl", str(jsonl),
+                               "--stats-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not jsonl.exists() or len(jsonl.read_text().splitlines()) < after_frames):
+        time.sleep(0.05)
+    return client
+
+
 def test_server_killed_and_restarted_mid_run(artifact, videos, tmp_path):
     served = Served(artifact, free_ports(3), tmp_path / "serve.log").start()
     jsonl = tmp_path / "line.jsonl"
-    client = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "run", "--server", f"grpc://127.0.0.1:{served.ports[1]}",
-                               "--model", "wood", "--source", str(videos / "line4.mp4"), "--jsonl", str(jsonl),
-                               "--stats-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 30):
-        time.sleep(0.05)
+    client = streaming_client(served, videos / "line4.mp4", jsonl, 30)
     killed = served.tritonserver_pid()
     os.kill(killed, signal.SIGKILL)  # the server dies mid-run
     served.process.wait(timeout=30)
@@ -343,3 +349,16 @@ def test_killing_edgekd_serve_leaves_no_tritonserver_behind(artifact, tmp_path, 
         time.sleep(0.2)
     served.handle.close()
     assert _group_left(triton) == [] and not any(_listening(p) for p in served.ports)
+
+
+def test_a_server_that_drains_mid_run_and_stays_away_is_an_incomplete_run(artifact, videos, tmp_path):
+    """Reported: the server drained mid-run, 346 of 400 frames were never scored, and the client exited 0 with an
+    empty outage list. The outage still open at the end counts, and lost frames make the run incomplete."""
+    served = Served(artifact, free_ports(3), tmp_path / "serve.log").start()
+    client = streaming_client(served, videos / "line4.mp4", tmp_path / "line.jsonl", 20)
+    assert served.stop() == 0  # SIGTERM: Triton drains and exits; it does not come back
+    out, err = client.communicate(timeout=300)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert client.returncode == 1 and "were never scored" in err.strip().splitlines()[-1], err
+    assert summary["lost"] > 0 and summary["processed"] + summary["lost"] == 400
+    assert summary["server_outages_s"] and summary["complete"] is False

@@ -178,7 +178,7 @@ def check_artifact_pair(artifact: str | Path, info: dict, metadata: dict[str, st
     path = Path(artifact)
     if path.suffix.lower() in (".engine", ".plan"):
         check_engine_matches_sidecar(path, info)
-    elif info.get("layout", "single") == "single":
+    else:
         check_onnx_matches_sidecar(path, info, onnx_metadata(path) if metadata is None else metadata)
     if thresholds:
         check_thresholds(info.get("thresholds"), str(path))

@@ -175,8 +175,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             self._route(url.path, parse_qs(url.query))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the viewer went away
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # the viewer went away, or stopped reading for IDLE_TIMEOUT_S
 
     do_HEAD = do_GET
 

@@ -86,8 +86,7 @@ def one_category(checkpoint: Path, data: Path, category: str, work: Path, seed: 
         row["excluded_bad"] = len(excluded & set(places))
         row["excluded_good"] = len(excluded - set(places))
         row["screened"] = verdicts(scores, defects, result.thresholds["image"])
-        every = np.concatenate([result.scores, [o["score"] for o in result.outliers]])
-        row["unscreened"] = verdicts(scores, defects, ThresholdRule().threshold(every))
+        row["unscreened"] = verdicts(scores, defects, ThresholdRule().threshold(result.scores))  # every clip frame
         rows.append(row)
         print(f"{category} bad={bad}: screened {row['screened']['found']}/{row['screened']['defects']}, unscreened "
               f"{row['unscreened']['found']}/{row['unscreened']['defects']}, excluded {row['excluded_bad']} bad "
@@ -98,12 +97,12 @@ def one_category(checkpoint: Path, data: Path, category: str, work: Path, seed: 
 def report(payload: dict) -> str:
     lines = [f"# Calibration clips with bad parts: {payload['name']}\n",
              f"Measured {payload['date']} on {payload['machine']['cpu']} ({payload['machine']['cores']} cores). "
-             f"Checkpoints {payload['runs']}; screen cut {payload['outlier_spreads']:g} robust spreads. Clip: {GOOD_FRAMES} good frames (first half of the normal test images) "
+             f"Checkpoints {payload['runs']}; screen fence {payload['fence']:g} robust spreads. Clip: {GOOD_FRAMES} good frames (first half of the normal test images) "
              f"plus N defective parts at random places; line: {LINE_FRAMES} frames (second half), a defect every 10th. "
              "Screened: `edgekd calibrate` as it is (outliers left out; --accept-outliers where it refused); "
              "unscreened: the same rule over every clip frame (calibrate before the screen). Target: >= 95% of the "
              "line's defects found with 1, 3 and 10 bad parts.\n",
-             "| category | bad parts | refused without --accept-outliers | left out (bad / good) | line defects found, "
+             "| category | bad parts | refused without --accept-outliers | listed as outliers (bad / good) | line defects found, "
              "screened | good frames flagged, screened | found, unscreened | target met |",
              "|---|---|---|---|---|---|---|---|"]
     for category in payload["categories"]:
@@ -124,17 +123,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="calibration_poisoning")
-    parser.add_argument("--outlier-spreads", type=float, default=None, help="Try another screen cut than "
-                        "edgekd.calibration.OUTLIER_SPREADS.")
+    parser.add_argument("--fence", type=float, default=None, help="Try another fence than "
+                        "edgekd.calibration.OUTLIER_FENCE (robust spreads).")
     args = parser.parse_args()
-    if args.outlier_spreads is not None:
-        calibration.OUTLIER_SPREADS = args.outlier_spreads
+    if args.fence is not None:
+        calibration.OUTLIER_FENCE = args.fence
     categories = []
     for category in args.categories.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             categories.append(one_category(args.runs / category / "model.ckpt", args.data, category, Path(tmp), args.seed))
     write_results(args.results, args.name, {"name": args.name, "date": time.strftime("%Y-%m-%d %H:%M"),
-                                            "outlier_spreads": calibration.OUTLIER_SPREADS,
+                                            "fence": calibration.OUTLIER_FENCE,
                                             "machine": machine_info(), "runs": str(args.runs), "categories": categories},
                   report)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekd.artifacts import read_sidecar, replace_together, sidecar_path, update_pending
 from edgekd.atomic import write_bytes_atomic
-from edgekd.calibration import (ADVISED_NORMAL, MAX_OUTLIER_SHARE, MIN_NORMAL, OUTLIER_SPREADS, ThresholdRule,
+from edgekd.calibration import (ADVISED_NORMAL, MAX_OUTLIER_SHARE, MIN_NORMAL, ThresholdRule,
                                 all_identical, score_statistics, screen_clip, thresholds_from_normal)
 from edgekd.errors import EdgekdError
 from edgekd.outputs import check_output_file, remove_stale_temps
@@ -82,12 +82,13 @@ class Calibration:
     written: list[Path]
     plot: Path
     warnings: list[str]
-    outliers: list[dict] = field(default_factory=list)  # frames left out of the rule: frame, score, peak, picture
+    outliers: list[dict] = field(default_factory=list)  # frames above the thresholds: frame, score, peak, picture
+    in_rule: np.ndarray | None = None  # bool per frame of `scores`: the frames the thresholds come from
 
     def headroom(self) -> float:
-        """How far the image threshold sits above the largest normal score, in robust spreads of the scores."""
-        spread = ThresholdRule().spread(self.scores)
-        return (self.thresholds["image"] - float(self.scores.max())) / spread
+        """How far the image threshold sits above the largest score it came from, in robust spreads of those."""
+        used = self.scores if self.in_rule is None else self.scores[self.in_rule]
+        return (self.thresholds["image"] - float(used.max())) / ThresholdRule().spread(used)
 
 
 def collect_normal_scores(runtime, source, frames: int, settings: CaptureSettings, batch: int = 8,
@@ -210,7 +211,8 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
         raise EdgekdError(f"only {len(scores)} frames came from {source}: calibration needs at least {MIN_NORMAL} good "
                           f"frames (advised {ADVISED_NORMAL}+); record a longer clip or raise --frames")
     check_clip(sink, scores, peaks, source)
-    screen = screen_clip(scores, peaks)
+    rule = rule or ThresholdRule()
+    screen = screen_clip(scores, peaks, rule)
     outliers = [{"frame": sink.indices[i], "score": float(scores[i]), "peak": float(peaks[i]),
                  "spreads_above_median": round(float(screen.excess[i]), 1)} for i in screen.outliers]
     review = save_outlier_pictures(sink, outliers, plot.with_name(f"{plot.stem}.outliers"))
@@ -222,9 +224,9 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
             raise EdgekdError(f"{len(outliers)} of {len(scores)} frames of {source} score far above the rest "
                               f"({listed}{where}): is this clip really of good parts? Record one, or pass "
                               "--accept-outliers to leave them out of the thresholds")
-        warnings.append(f"{len(outliers)} of {len(scores)} frames score over {OUTLIER_SPREADS:g} robust spreads above "
-                        f"the clip's median and were left out of the thresholds: {listed}{where}; review them "
-                        "(a defective part in the clip?)")
+        warnings.append(f"{len(outliers)} of {len(scores)} frames score above the thresholds the rest of the clip "
+                        f"sets (as defects would) and were left out of them: {listed}{where}; review them (a defective "
+                        "part in the clip?)")
     camera_threshold = current.get("image") if current.get("source") else None  # an earlier calibration's
     if camera_threshold is not None and math.isfinite(camera_threshold) and not accept_outliers:
         above = int(np.sum(scores > camera_threshold))
@@ -233,19 +235,18 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
                               f"({camera_threshold:.4g}, from an earlier calibration): this clip looks like defects, not "
                               "good parts, or the camera or light changed; check it, and pass --accept-outliers if "
                               "these are good parts")
-    rule = rule or ThresholdRule()
-    kept_scores, kept_peaks = scores[screen.kept], peaks[screen.kept]
+    kept_scores, kept_peaks = scores[screen.core], peaks[screen.core]
     thresholds = {**thresholds_from_normal(kept_scores, kept_peaks[:, None], rule), "source": str(source),
-                  "score_stats": score_statistics(kept_scores),
+                  "score_stats": score_statistics(kept_scores), "frames_in_rule": int(screen.core.sum()),
                   **({"excluded_frames": outliers[:MAX_LISTED]} if outliers else {})}
     if len(kept_scores) < ADVISED_NORMAL:
         warnings.append(f"{len(kept_scores)} frames is a small sample: the threshold holds, but {ADVISED_NORMAL}+ good "
                         "frames from different parts would be safer")
     previous, written = (current or None, []) if dry_run else write_thresholds(artifact, kind, thresholds, str(source))
     histogram_png(plot, scores, thresholds["image"], (previous or {}).get("image"),
-                  f"{artifact.name}: {len(kept_scores)} good frames"
-                  + (f" (+{len(outliers)} left out)" if outliers else "") + f", image threshold {thresholds['image']:.4g}")
-    return Calibration(thresholds, previous, kept_scores, kept_peaks, read, written, plot, warnings, outliers)
+                  f"{artifact.name}: {len(scores)} frames"
+                  + (f" ({len(outliers)} outlying)" if outliers else "") + f", image threshold {thresholds['image']:.4g}")
+    return Calibration(thresholds, previous, scores, peaks, read, written, plot, warnings, outliers, screen.core)
 
 
 MAX_LISTED = 50  # outlying frames named in the thresholds' record (all are counted in the warning)

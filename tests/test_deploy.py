@@ -176,24 +176,30 @@ def _nan_thresholds(artifact, folder):
     return target
 
 
-def test_servers_get_only_consistent_finite_thresholds_and_safe_names(onnx_exports, tmp_path):
+def test_servers_get_only_consistent_finite_thresholds_and_safe_names(onnx_exports, tmp_path, capsys, monkeypatch):
+    from cli_runner import run_main
+
+    def cli(*args):  # the CLI entry point, in this process (a dozen cases)
+        code, _, err = run_main(capsys, monkeypatch, *args)
+        assert "Traceback" not in err
+        return code, err
     mixed = _copy_pair(onnx_exports["fp32"], tmp_path / "mixed", sidecar_from=onnx_exports["fp16"])
     nan = _nan_thresholds(onnx_exports["fp32"], tmp_path / "nan")
     for command in ("export-triton", "export-deepstream"):
         where = ("--repo", tmp_path / f"{command}-repo") if command == "export-triton" else ("--out", tmp_path / f"{command}-ds")
-        refused = edgekd(command, mixed, *where)
-        assert refused.returncode == 2 and "disagree on precision" in refused.stderr, refused.stderr
-        refused = edgekd(command, nan, *where)
-        assert refused.returncode == 2 and "unusable image threshold" in refused.stderr, refused.stderr
+        code, err = cli(command, mixed, *where)
+        assert code == 2 and "disagree on precision" in err, err
+        code, err = cli(command, nan, *where)
+        assert code == 2 and "unusable image threshold" in err, err
         assert not where[1].exists() or not any(where[1].iterdir())
-    refused = edgekd("serve", nan, "--http", "0", "--grpc", "0", "--metrics", "0")
-    assert refused.returncode == 2 and "unusable image threshold" in refused.stderr, refused.stderr
+    code, err = cli("serve", nan, "--http", "0", "--grpc", "0", "--metrics", "0")
+    assert code == 2 and "unusable image threshold" in err, err
     for name in ("../../x", "a\"b", "x y", "", "-lead", "a" * 65):
-        refused = edgekd("export-triton", onnx_exports["fp32"], "--repo", tmp_path / "repo", "--name", name)
-        assert refused.returncode == 2 and "is not a Triton model name" in refused.stderr, (name, refused.stderr)
+        code, err = cli("export-triton", onnx_exports["fp32"], "--repo", tmp_path / "repo", "--name", name)
+        assert code == 2 and "is not a Triton model name" in err, (name, err)
     assert not (tmp_path / "x").exists() and not (tmp_path / "repo").exists()
-    written = edgekd("export-triton", onnx_exports["fp32"], "--repo", tmp_path / "repo", "--name", "line_3-a")
-    assert written.returncode == 0, written.stderr
+    code, err = cli("export-triton", onnx_exports["fp32"], "--repo", tmp_path / "repo", "--name", "line_3-a")
+    assert code == 0, err
     assert parse_config(tmp_path / "repo" / "line_3-a" / "config.pbtxt").name == "line_3-a"
 
 

@@ -568,14 +568,16 @@ def test_output_places_that_cannot_be_written_are_one_line(onnx_exports, tmp_pat
     (("--height", "-5"), "--height -5 is not a capture setting"),
     (("--min-area", "10000000"), "--min-area 10000000 is larger than the whole frame"),
 ])
-def test_run_settings_that_would_hide_every_defect_are_refused(onnx_exports, synth_root, tmp_path, args, fragment):
+def test_run_settings_that_would_hide_every_defect_are_refused(onnx_exports, synth_root, tmp_path, args, fragment,
+                                                             capsys, monkeypatch):
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, path in enumerate(sorted((synth_root / "wood" / "test" / "hole").glob("*.png"))[:2]):
         shutil.copyfile(path, folder / f"{i}.png")
-    result = edgekd("run", "--model", onnx_exports["fp32"], "--source", folder, "--stats-every", "0", *args)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and fragment in result.stderr
+    code, _, err = run_main(capsys, monkeypatch, "run", "--model", onnx_exports["fp32"], "--source", folder,
+                            "--stats-every", "0", *args)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and fragment in err
 
 
 def test_folders_links_and_huge_headers_among_frames_are_counted_and_named(onnx_exports, synth_root, tmp_path):

@@ -79,7 +79,7 @@ def test_a_bundle_whose_manifest_names_a_model_outside_it_is_refused(onnx_export
 
 
 @pytest.mark.parametrize("case", ["unlisted", "symlink", "hardlink", "fifo", "device", "absolute", "parent", "twice"])
-def test_bundle_members_outside_the_rules_are_refused(onnx_exports, line_video, tmp_path, case):
+def test_bundle_members_outside_the_rules_are_refused(onnx_exports, tmp_path, capsys, monkeypatch, case):
     artifact = onnx_exports["fp32"]
     extra, special, listed = {}, [], True
     if case == "unlisted":
@@ -97,8 +97,9 @@ def test_bundle_members_outside_the_rules_are_refused(onnx_exports, line_video, 
     elif case == "twice":
         special = [file_entry(artifact.with_suffix(".json").name, b"{}")]
     archive = bundle_of(artifact, tmp_path / "b.tar.gz", extra=extra, listed_extra=listed, special=special)
-    result = edgekd("run", "--bundle", archive, "--source", line_video, "--jsonl", tmp_path / "out.jsonl")
-    assert_refused(result, "refused")
+    code, _, err = run_main(capsys, monkeypatch, "run", "--bundle", archive, "--source", tmp_path / "none.mp4",
+                            "--jsonl", tmp_path / "out.jsonl")  # the CLI entry point, in this process
+    assert code == 2 and err.startswith("error: ") and "refused" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out.jsonl").exists() and not Path("/tmp/x.txt").exists()
 
 
@@ -178,7 +179,7 @@ def test_the_cache_is_private_and_bounded(tmp_path, monkeypatch):
 
 
 # -- 3. no code runs from a model file ----------------------------------------------------------------------------
-def test_a_checkpoint_with_a_pickle_payload_is_refused_before_it_runs(tmp_path):
+def test_a_checkpoint_with_a_pickle_payload_is_refused_before_it_runs(tmp_path, capsys, monkeypatch):
     import torch
     marker = tmp_path / "pwned"
 
@@ -195,9 +196,9 @@ def test_a_checkpoint_with_a_pickle_payload_is_refused_before_it_runs(tmp_path):
     for command in (("predict", evil, image, "--out", tmp_path / "preds"), ("eval", evil, "--data", tmp_path),
                     ("export", evil, "--out", tmp_path / "export"), ("calibrate", evil, "--source", image),
                     ("doctor", "--model", evil)):
-        result = edgekd(*command)
-        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-        said = " ".join((result.stderr + result.stdout).split())
+        code, out, err = run_main(capsys, monkeypatch, *command)  # the CLI entry point, in this process
+        assert code != 0 and "Traceback" not in err, err
+        said = " ".join((err + out).split())
         assert "refused" in said and "loading it would run posix.system" in said, said
         assert not marker.exists(), command
 

@@ -59,12 +59,13 @@ def prune_cache(folder: Path, keep_bytes: int, keep: Path | None = None) -> list
     entries = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and p != keep
                and (not p.name.startswith(".") or now - p.stat().st_mtime > STALE_STAGING_S)]
     entries.sort(key=lambda p: p.stat().st_mtime)
-    total = sum(_size(p) for p in entries) + (_size(keep) if keep is not None and keep.is_dir() else 0)
+    sizes = {entry: _size(entry) for entry in entries}
+    total = sum(sizes.values()) + (_size(keep) if keep is not None and keep.is_dir() else 0)
     removed = []
     for entry in entries:
         if total <= keep_bytes and not entry.name.startswith("."):
             continue
-        total -= _size(entry)
+        total -= sizes[entry]
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed

@@ -20,7 +20,7 @@ import numpy as np
 from edgekd.artifacts import read_sidecar, replace_together, sidecar_path, update_pending
 from edgekd.atomic import write_bytes_atomic
 from edgekd.calibration import (ADVISED_NORMAL, MAX_OUTLIER_SHARE, MIN_NORMAL, ThresholdRule,
-                                all_identical, score_statistics, screen_clip, thresholds_from_normal)
+                                all_identical, score_statistics, screen_clip)
 from edgekd.errors import EdgekdError
 from edgekd.outputs import check_output_file, remove_stale_temps
 from edgekd.stream.detect import Thresholds
@@ -31,6 +31,7 @@ from edgekd.stream.sources import CaptureSettings, open_source
 
 THUMBNAILS_KEPT = 24  # per ranking (image score, hottest pixel): outliers are among the highest of either
 THUMBNAIL_WIDTH = 240
+MAX_LISTED = 50  # outlying frames named in the thresholds' record (all are counted in the warning)
 
 
 class _NormalScores(Sink):
@@ -235,8 +236,8 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
                               f"({camera_threshold:.4g}, from an earlier calibration): this clip looks like defects, not "
                               "good parts, or the camera or light changed; check it, and pass --accept-outliers if "
                               "these are good parts")
-    kept_scores, kept_peaks = scores[screen.core], peaks[screen.core]
-    thresholds = {**thresholds_from_normal(kept_scores, kept_peaks[:, None], rule), "source": str(source),
+    kept_scores = scores[screen.core]
+    thresholds = {**screen.thresholds, "source": str(source),
                   "score_stats": score_statistics(kept_scores), "frames_in_rule": int(screen.core.sum()),
                   **({"excluded_frames": outliers[:MAX_LISTED]} if outliers else {})}
     if len(kept_scores) < ADVISED_NORMAL:
@@ -247,9 +248,6 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
                   f"{artifact.name}: {len(scores)} frames"
                   + (f" ({len(outliers)} outlying)" if outliers else "") + f", image threshold {thresholds['image']:.4g}")
     return Calibration(thresholds, previous, scores, peaks, read, written, plot, warnings, outliers, screen.core)
-
-
-MAX_LISTED = 50  # outlying frames named in the thresholds' record (all are counted in the warning)
 
 
 def check_clip(sink: _NormalScores, scores: np.ndarray, peaks: np.ndarray, source) -> None:

@@ -42,6 +42,7 @@ MAX_OUTLIER_SHARE = 0.05  # beyond this share of outlying frames the clip is ref
 class ClipScreen:
     """Which frames of a calibration clip the rule uses, and which it calls outliers."""
     core: np.ndarray  # bool per frame: within the fence, the frames the thresholds come from
+    thresholds: dict  # the rule's image and pixel thresholds from the core (thresholds_from_normal)
     outliers: np.ndarray  # indices of frames above the core's thresholds, most outlying first
     excess: np.ndarray  # per frame: the larger of its score's and its peak's robust spreads above the median
 
@@ -59,9 +60,10 @@ def screen_clip(scores: np.ndarray, peaks: np.ndarray, rule: "ThresholdRule", fe
     core = excess <= fence
     if core.sum() < MIN_NORMAL:  # too few frames inside: no core to speak of, the rule takes them all
         core = np.ones(len(scores), bool)
-    outlying = (scores > rule.threshold(scores[core])) | (peaks > rule.threshold(peaks[core]))
+    thresholds = thresholds_from_normal(scores[core], peaks[core, None], rule)
+    outlying = (scores > thresholds["image"]) | (peaks > thresholds["pixel"])
     order = np.argsort(-excess)
-    return ClipScreen(core, order[outlying[order]], excess)
+    return ClipScreen(core, thresholds, order[outlying[order]], excess)
 
 
 def all_identical(values: np.ndarray) -> bool:

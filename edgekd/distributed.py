@@ -150,9 +150,9 @@ def launch(argv: list[str], nproc_per_node: int, nnodes: int = 1, node_rank: int
             sys.stderr.flush()
     code = process.wait()
     if code and report:
-        kept = Path(tempfile.mkstemp(prefix="edgekd-torchrun-", suffix=".log")[1])
-        kept.write_text("".join(report))
         text = "".join(report)
+        kept = Path(tempfile.mkstemp(prefix="edgekd-torchrun-", suffix=".log")[1])
+        kept.write_text(text)
         failed = FAILURE.search(text.split("Root Cause", 1)[-1])  # the first observed failure, not the ranks stopped after it
         who = (f"rank {failed.group(1)} {_how(int(failed.group(2)))}" if failed else f"torchrun exited with code {code}")
         raise EdgekdError(f"distributed training stopped: {who}; torchrun's report is in {kept}")

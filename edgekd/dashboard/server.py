@@ -31,9 +31,9 @@ ROUTES = {"/stream.mjpg": "_stream", "/api/status": "_status", "/api/scores": "_
           "/api/frame.jpg": "_frame", "/metrics": "_metrics", "/healthz": "_healthz"}  # path -> handler method
 DEFECT_PICTURE = re.compile(r"/api/defects/(\d+)(\.thumb)?\.jpg")
 BOUNDARY = "edgekd-frame"
-STALL_S = 10.0
+STALL_S = 10.0  # /healthz turns 503 when no frame was scored for this long
 IDLE_TIMEOUT_S = 30.0
-MAX_HEADER_BYTES = 16 * 1024  # /healthz turns 503 when no frame was scored for this long
+MAX_HEADER_BYTES = 16 * 1024
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
                                "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",

@@ -40,8 +40,8 @@ def describe(artifact: str | Path, name: str | None = None, backend: str | None 
         check_engine_compatible(path, info)
     if kind != "torch":
         check_single_graph(artifact, info)
-        check_artifact_pair(path, info)
-    check_thresholds(info.get("thresholds"), str(artifact))
+        check_artifact_pair(path, info, thresholds=False)
+    check_thresholds(info.get("thresholds"), str(artifact))  # every kind, checkpoints too
     thresholds = info.get("thresholds") or {}
     if thresholds.get("image") is None:
         raise EdgekdError(f"{artifact} has no image threshold: run 'edgekd calibrate {artifact} --source CLIP' first "

@@ -201,7 +201,7 @@ class TritonServer:
             return self.process is not None and self.process.poll() is None and self._log_says_started()
         host = self.exposure.address if self.exposure.address not in ("0.0.0.0", "::") else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
-        headers = {API_KEY_HEADER: self.exposure.api_key} if self.exposure.api_key else {}
+        headers = api_key_headers("http", self.exposure.api_key) or {}
         try:
             for name in models:
                 request = urllib.request.Request(f"http://{host}:{self.ports.http}/v2/models/{name}/ready", headers=headers)

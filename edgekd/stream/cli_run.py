@@ -141,7 +141,7 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
         if summary.get("lost"):
             raise RunIncomplete(f"{summary['lost']} of {summary['captured']} frames were never scored (the server was "
                                 "unavailable): the outputs miss them; check the server and run again")
-        unscored = summary.get("unread", 0) + (summary["corrupt"] if stream.frame_count else 0)
+        unscored = summary.get("unscored", 0)
         if unscored:
             named = ", ".join(summary.get("corrupt_frames", [])[:5])
             raise RunIncomplete(f"{unscored} of the {stream.frame_count} frames of {stream.description} were never "

@@ -342,12 +342,14 @@ class Runner:
             outages.append(time.monotonic() - self.runtime.down_since)
         outages = [round(s, 2) for s in outages]
         unread = self._unread(snapshot)
+        # frames of a file or folder never scored: unreadable ones and those past a damaged end
+        unscored = unread + (snapshot["corrupt"] if self.source.frame_count else 0)
         return {**snapshot, "stopped_by": self.stopped_by, "lost_outputs": self.lost_outputs,
                 **({"server_outages_s": outages} if outages or snapshot["lost"] else {}),
                 **({"unread": unread} if unread else {}),
+                **({"unscored": unscored} if unscored else {}),
                 **({"corrupt_frames": self.corrupt_names} if self.corrupt_names else {}),
-                "complete": self.stopped_by is None and not self.lost_outputs and not snapshot["lost"] and not unread
-                and not (self.source.frame_count and snapshot["corrupt"])}
+                "complete": self.stopped_by is None and not self.lost_outputs and not snapshot["lost"] and not unscored}
 
     def _unread(self, snapshot: dict) -> int:
         """Frames a file or folder holds that the run never reached (a damaged end, a decoder that gave up); with the

@@ -19,11 +19,10 @@ import numpy as np
 
 from edgekd.artifacts import read_sidecar, replace_together, sidecar_path, update_pending
 from edgekd.atomic import write_bytes_atomic
-from edgekd.calibration import (ADVISED_NORMAL, MAX_OUTLIER_SHARE, MIN_NORMAL, ThresholdRule,
+from edgekd.calibration import (ADVISED_NORMAL, MAX_OUTLIER_SHARE, MIN_NORMAL, ThresholdRule, Thresholds, above,
                                 all_identical, score_statistics, screen_clip)
 from edgekd.errors import EdgekdError
 from edgekd.outputs import check_output_file, remove_stale_temps
-from edgekd.stream.detect import Thresholds
 from edgekd.stream.runner import RunOptions, Runner
 from edgekd.stream.sinks import Sink
 from edgekd.stream.sources import CaptureSettings, open_source
@@ -230,9 +229,9 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
                         "part in the clip?)")
     camera_threshold = current.get("image") if current.get("source") else None  # an earlier calibration's
     if camera_threshold is not None and math.isfinite(camera_threshold) and not accept_outliers:
-        above = int(np.sum(scores > camera_threshold))
-        if above > len(scores) / 2:
-            raise EdgekdError(f"{above} of {len(scores)} frames of {source} score above the current image threshold "
+        above_current = int(np.sum(above(scores, camera_threshold)))
+        if above_current > len(scores) / 2:
+            raise EdgekdError(f"{above_current} of {len(scores)} frames of {source} score above the current image threshold "
                               f"({camera_threshold:.4g}, from an earlier calibration): this clip looks like defects, not "
                               "good parts, or the camera or light changed; check it, and pass --accept-outliers if "
                               "these are good parts")

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekd.errors import EdgekdError
-from edgekd.metrics import f1_max
 
 
 def score_statistics(scores: np.ndarray) -> dict:
@@ -61,7 +60,8 @@ def screen_clip(scores: np.ndarray, peaks: np.ndarray, rule: "ThresholdRule", fe
     if core.sum() < MIN_NORMAL:  # too few frames inside: no core to speak of, the rule takes them all
         core = np.ones(len(scores), bool)
     thresholds = thresholds_from_normal(scores[core], peaks[core, None], rule)
-    outlying = (scores > thresholds["image"]) | (peaks > thresholds["pixel"])
+    decide = Thresholds(thresholds["image"], thresholds["pixel"])
+    outlying = decide.defective(scores) | decide.defect_pixels(peaks)
     order = np.argsort(-excess)
     return ClipScreen(core, thresholds, order[outlying[order]], excess)
 
@@ -95,12 +95,15 @@ class ThresholdRule:
     @classmethod
     def from_config(cls, section: dict | None) -> "ThresholdRule":
         section = dict(section or {})
-        margin = section.get("margin", section.get("k_sigma", 3.0))  # k_sigma: checkpoints before the robust rule
-        rule = cls(float(section.get("quantile", 0.99)), float(margin))
+        margin = section.get("margin", section.get("k_sigma", cls.margin))  # k_sigma: checkpoints before the robust rule
+        rule = cls(float(section.get("quantile", cls.quantile)), float(margin))
         if not (0.5 <= rule.quantile <= 1.0) or not math.isfinite(rule.margin) or rule.margin < 0:
             raise EdgekdError(f"threshold.quantile must be in [0.5, 1] and threshold.margin >= 0 (got {rule.quantile}, "
                               f"{rule.margin})")
         return rule
+
+    def as_config(self) -> dict:
+        return {"method": "robust", "quantile": self.quantile, "margin": self.margin}
 
     def spread(self, values: np.ndarray) -> float:
         return robust_spread(values)  # identical frames still get a margin
@@ -118,13 +121,14 @@ def thresholds_from_normal(normal_scores: np.ndarray, normal_maps: np.ndarray, r
     """Image threshold from normal image scores; pixel threshold from each normal image's hottest pixel, so a
     normal image gives an empty mask."""
     peak = np.asarray(normal_maps).reshape(len(normal_maps), -1).max(axis=1)
-    return {"method": "robust", "quantile": rule.quantile, "margin": rule.margin, "n": int(len(normal_scores)),
-            "image": rule.threshold(normal_scores), "pixel": rule.threshold(peak)}
+    return {**rule.as_config(), "n": int(len(normal_scores)), "image": rule.threshold(normal_scores),
+            "pixel": rule.threshold(peak)}
 
 
 def thresholds_from_labels(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
                            max_pixels: int = 2_000_000, seed: int = 0) -> dict:
     """F1-optimal image and pixel thresholds on labelled data (pixels subsampled to bound memory)."""
+    from edgekd.metrics import f1_max  # scikit-learn: only where labels are
     _, image = f1_max(labels, scores)
     flat_masks, flat_maps = masks.reshape(-1), maps.reshape(-1)
     if flat_maps.size > max_pixels:
@@ -146,6 +150,43 @@ def check_thresholds(thresholds: dict | None, artifact: str = "this model") -> d
             raise EdgekdError(f"{artifact} holds an unusable {key} threshold ({value!r}): it would hide defects; set "
                               f"thresholds with 'edgekd calibrate {artifact} --source <clip of good parts>'")
     return thresholds
+
+
+def above(values, threshold: float):
+    """THE decision: a value strictly above its threshold is a defect (an image score against the image threshold, a
+    map pixel against the pixel threshold); one equal to it is normal. Scalars and NumPy arrays."""
+    return values > threshold
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The pair every verdict uses: the image threshold decides the part, the pixel threshold its mask."""
+    image: float
+    pixel: float
+
+    def defective(self, score):
+        return above(score, self.image)
+
+    def defect_pixels(self, amap):
+        return above(amap, self.pixel)
+
+    @classmethod
+    def resolve(cls, artifact_thresholds: dict | None, override: float | None,
+                pixel_override: float | None = None) -> "Thresholds":
+        """--threshold overrides both (as in `edgekd predict`), --pixel-threshold the pixel one alone (masks and
+        regions; a model whose image score has a branch of its own scores images above its map's peak); otherwise
+        the artifact's own."""
+        check_threshold_override(override)
+        check_threshold_override(pixel_override, "--pixel-threshold")
+        known = dict(artifact_thresholds or {})
+        if override is not None:
+            known = {"image": override, "pixel": override}
+        if pixel_override is not None:
+            known["pixel"] = pixel_override
+        if known.get("image") is None or known.get("pixel") is None:
+            raise EdgekdError("this model has no thresholds: pass --threshold, or export it from a checkpoint "
+                              "calibrated by 'edgekd train' / 'edgekd eval --save-threshold'")
+        return cls(float(known["image"]), float(known["pixel"]))
 
 
 def check_threshold_override(value: float | None, option: str = "--threshold") -> float | None:

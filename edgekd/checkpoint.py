@@ -30,9 +30,11 @@ def build_model(config: dict, pretrained_teacher: bool = True) -> AnomalyModel:
     teacher = build_teacher(config["teacher"], config.get("teacher_weights"), pretrained=pretrained_teacher,
                             input_size=size)
     try:
-        return cls(teacher, size, ScoringConfig.from_dict(config["scoring"]), **config.get("model_options", {}))
+        model = cls(teacher, size, ScoringConfig.from_dict(config["scoring"]), **config.get("model_options", {}))
     except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a width of 0 or a string where a number goes
         raise EdgekdError(f"model_options for '{config['model']}' are invalid: {str(exc).splitlines()[0]}") from None
+    model.check_fixed_weights()
+    return model
 
 
 def save_checkpoint(path: str | Path, model: AnomalyModel, config: dict, **extra) -> Path:

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from edgekd.calibration import ThresholdRule
 from edgekd.errors import EdgekdError, RunIncomplete
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -94,7 +95,8 @@ def overrides_for(set_: List[str], epochs: Optional[int], device: Optional[str],
 
 
 @app.command(help="Train a detector on normal images and write runs/<name>/model.ckpt.")
-def train(config: Optional[Path] = typer.Option(None, help="YAML config (see configs/); default: RD with the Lite0 teacher."),
+def train(config: Optional[Path] = typer.Option(None, help="YAML config (see configs/); default: configs/rd_lite0.yaml, "
+                                                "the default detector."),
           data: Path = typer.Option(..., help="Dataset root (MVTec AD/LOCO or folder layout)."),
           category: Optional[str] = typer.Option(None, help="Category sub-folder, e.g. wood or bottle."),
           out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<category>)."),
@@ -110,24 +112,23 @@ def train(config: Optional[Path] = typer.Option(None, help="YAML config (see con
           node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's number among --nnodes."),
           master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0 (several machines)."),
           master_port: int = typer.Option(29500, "--master-port", help="Port on node 0 for the rendezvous.")):
-    from edgekd.config import load_config
+    from edgekd.config import training_config
     from edgekd.train import train as run_training
     if nproc_per_node > 1 or nnodes > 1:
         from edgekd.distributed import launch
         from edgekd.data.layouts import load_dataset
-        load_config(config, overrides_for(set_, epochs, device, weights))  # bad input fails here, once, not per rank
+        training_config(config, overrides_for(set_, epochs, device, weights))  # bad input fails here, once, not per rank
         load_dataset(data, category)
         code = launch(sys.argv[1:], nproc_per_node, nnodes, node_rank, master_addr, master_port)
         if code:
             raise typer.Exit(code)
         return
-    cfg = load_config(config, overrides_for(set_, epochs, device, weights))
+    cfg = training_config(config, overrides_for(set_, epochs, device, weights))
     out = out or Path("runs") / (category or Path(data).name)
     result = run_training(cfg, data, category, out, resume, overwrite)
     if result is None:  # a rank other than 0 of a distributed run: rank 0 reports
-        # Its process group is destroyed and it has nothing left to write. Exit now, without the interpreter's
-        # teardown: a C++ thread of the collective backend still joinable while static objects are destroyed aborts
-        # the process ("terminate called without an active exception"), which a loaded machine made happen.
+        # Its process group is gone (edgekd.distributed.end_process_group) and it has nothing left to write: exit
+        # without the interpreter's teardown, which has nothing to do here but could only add failure modes.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -285,8 +286,9 @@ def calibrate(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
               source: Optional[str] = typer.Option(None, help="A clip or image folder of GOOD parts, rtsp://..., "
                                                    "http://..., csi://N or gst:<pipeline>."),
               frames: int = typer.Option(300, "--frames", min=1, help="Good frames to score (fewer if the source ends)."),
-              quantile: float = typer.Option(0.99, help="Rule: threshold = max(Q + margin*s, largest normal + s)."),
-              margin: float = typer.Option(3.0, help="Robust spreads (s = 1.4826 MAD) added above the quantile "
+              quantile: float = typer.Option(ThresholdRule.quantile, help="Rule: threshold = max(Q + margin*s, "
+                                             "largest normal + s)."),
+              margin: float = typer.Option(ThresholdRule.margin, help="Robust spreads (s = 1.4826 MAD) added above the quantile "
                                            "(training's held-out images get the same)."),
               plot: Optional[Path] = typer.Option(None, help="Histogram PNG (default <artifact>.calibration.png)."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Report and plot, but leave the artifact as it is."),
@@ -298,7 +300,6 @@ def calibrate(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
               fps: Optional[float] = typer.Option(None, help="Capture frame rate (cameras, CSI)."),
               backend: Optional[str] = BACKEND, device: str = DEVICE):
     from edgekd.calibrate import calibrate as run_calibration
-    from edgekd.calibration import ThresholdRule
     from edgekd.stream.sources import CaptureSettings
     if (camera is None) == (source is None):
         raise EdgekdError("say where the good frames come from: exactly one of --camera N or --source (clip, folder, URL)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from edgekd.calibration import ThresholdRule
 from edgekd.errors import EdgekdError
 
 DEFAULTS: dict = {
@@ -26,7 +27,7 @@ DEFAULTS: dict = {
         "augment": "none",  # none, or camera: codec, blur, noise and light drift (edgekd/data/augment.py)
         "val_fraction": 0.1, "seed": 0, "device": "auto", "amp": True, "feature_cache_gb": 4.0,
     },
-    "threshold": {"method": "robust", "quantile": 0.99, "margin": 3.0},
+    "threshold": ThresholdRule().as_config(),
 }
 _FREE_FORM = {"model_options"}  # validated by the model family itself
 
@@ -168,6 +169,9 @@ def validate(config: dict) -> dict:
         raise EdgekdError(f"config value scoring.weights={config['scoring']['weights']} is only used with "
                           f"scoring.combine=weighted (it is {config['scoring']['combine']!r}): drop the weights or set "
                           "combine=weighted")
+    if config["scoring"]["weights"] is not None and not any(config["scoring"]["weights"]):
+        raise EdgekdError(f"config value scoring.weights={config['scoring']['weights']} weighs every scale 0: every "
+                          "map would be flat and every part normal; give at least one weight above 0")
     return config
 
 
@@ -284,7 +288,25 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return [part.strip() for part in key.split(".")], read_yaml(raw, f"--set {text!r}: the value")
 
 
+# The detector `edgekd train` builds without --config: the README's default, configs/rd_lite0.yaml (shipped in the
+# package; configs/ at the top of the repository links to edgekd/configs/).
+DEFAULT_DETECTOR = Path(__file__).resolve().parent / "configs" / "rd_lite0.yaml"
+
+
+def training_config(path: str | Path | None, overrides: list[str]) -> dict:
+    """What `edgekd train` trains: the config file; without one the default detector, or, when --set names another
+    family, that family's own file in configs/ (the default detector's RD options do not fit it)."""
+    if path is None:
+        path = DEFAULT_DETECTOR
+        named = [parse_override(text)[1] for text in overrides if parse_override(text)[0] == ["model"]]
+        if named and named[-1] != "rd":
+            own = sorted(DEFAULT_DETECTOR.parent.glob(f"{named[-1]}_*.yaml"))
+            path = own[0] if own else None  # an unknown family: the base values, and validation names it
+    return load_config(path, overrides)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """The config file (None: the base values below, which every file is merged onto) with --set overrides."""
     config = copy.deepcopy(DEFAULTS)
     if path:
         path = Path(path)

@@ -222,7 +222,7 @@ def check_artifact(path: Path) -> list[Check]:
     try:
         if not path.is_file():
             raise EdgekdError(f"{path} does not exist: pass a model.ckpt, .onnx or .engine")
-        from edgekd.stream.detect import Thresholds
+        from edgekd.calibration import Thresholds
         kind = backend_for(path)
         check_artifact_kind(path, kind, False)
         if kind == "tensorrt":  # no TensorRT runtime without a GPU (it crashes the process): its checks only

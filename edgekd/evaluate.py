@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
+from edgekd.calibration import above
 from edgekd.data.images import write_image_atomic
 from edgekd.data.layouts import Dataset, load_dataset
 from edgekd.data.loading import load_images_and_masks
@@ -27,7 +28,7 @@ def compute_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
                "aupro": aupro(masks, maps), "image_f1_max": f1, "image_f1_threshold": f1_threshold,
                "n_test": int(len(labels)), "n_anomalous": int(np.sum(labels))}
     if image_threshold is not None:  # how the stored threshold does: what the line would see
-        predicted = scores > image_threshold
+        predicted = above(scores, image_threshold)
         metrics["at_threshold"] = {"threshold": float(image_threshold),
                                    "recall": float(predicted[labels == 1].mean()) if labels.any() else math.nan,
                                    "false_alarm_rate": float(predicted[labels == 0].mean()) if (labels == 0).any() else math.nan}

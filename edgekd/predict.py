@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
+from edgekd.calibration import above
 from edgekd.data.images import read_rgb, resize_rgb, write_image_atomic
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime
@@ -75,7 +76,7 @@ def predict_images(runtime: Runtime, paths: list[Path], out: Path, batch_size: i
             mask = threshold_mask(amap, pixel_threshold)
             write_image_atomic(out / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
             write_image_atomic(out / f"{stem}_overlay.png", overlay(rgb, amap, mask, vmin, vmax))
-            records.append({"image": str(path), "score": float(score), "anomalous": bool(score > image_threshold),
+            records.append({"image": str(path), "score": float(score), "anomalous": bool(above(score, image_threshold)),
                             "defect_pixels": int(mask.sum()), "mask": str(out / f"{stem}_mask.png"),
                             "overlay": str(out / f"{stem}_overlay.png"),
                             **({"warning": w} if (w := size_warning(rgb, runtime.input_size)) else {})})

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd import calibration as decision
 from edgekd.errors import EdgekdError
 
 COMBINE_MODES = ("add", "mul", "max", "weighted")
@@ -204,7 +205,7 @@ def image_score(amap: torch.Tensor, mode: str = "max", topk: int = 100) -> torch
 
 def threshold_mask(amap, threshold: float):
     """1 where the map is strictly above the pixel threshold; torch tensors (graphs) and NumPy arrays (runtimes)."""
-    above = amap > threshold
+    above = decision.above(amap, threshold)
     return above.astype(np.uint8) if isinstance(above, np.ndarray) else above.to(torch.uint8)
 
 

@@ -257,6 +257,7 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
                                 optimizer=optimizer.state_dict())
         if rank is not None:
             barrier()
+            del step_loss  # the DDP wrapper holds the process group: it goes first (see end_process_group)
             end_process_group()  # rank 0 alone goes on: normal statistics, thresholds, the checkpoint
             if not main:
                 return None

@@ -5,6 +5,9 @@ import json
 import pytest
 from cli_runner import edgekd
 
+from edgekd.checkpoint import read_checkpoint
+from edgekd.config import DEFAULT_DETECTOR, load_config, training_config
+
 
 def test_help_lists_every_command():
     result = edgekd("--help")
@@ -23,6 +26,9 @@ def test_synth_train_eval_predict_end_to_end(tmp_path):
                     "--set", "input_size=128", "--set", "train.batch_size=8")
     assert result.returncode == 0, result.stderr
     assert "checkpoint:" in result.stdout and (run / "model.ckpt").is_file()
+    trained = read_checkpoint(run / "model.ckpt")["config"]  # no --config: the default detector, not RD alone
+    assert trained == load_config(DEFAULT_DETECTOR, ["train.epochs=2", "input_size=128", "train.batch_size=8"])
+    assert trained["train"]["augment"] == "camera" and trained["model_options"]["memory_size"] > 0
     result = edgekd("eval", run / "model.ckpt", "--data", data)
     assert result.returncode == 0, result.stderr
     assert "| tile |" in result.stdout
@@ -55,6 +61,11 @@ def test_synth_train_eval_predict_end_to_end(tmp_path):
     assert "verified: inputs images" in result.stdout and (tmp_path / "engines" / "run.fp16.engine").is_file()
     result = edgekd("eval", run / "model.ckpt", "--data", data, "--save-threshold")
     assert result.returncode == 0 and "stored F1-optimal thresholds" in result.stdout
+
+
+def test_without_a_config_a_family_named_by_set_trains_its_own_file():
+    assert training_config(None, ["model=afkd"]) == load_config(DEFAULT_DETECTOR.parent / "afkd_lite0.yaml")
+    assert training_config(None, [])["model_options"] == load_config(DEFAULT_DETECTOR)["model_options"]
 
 
 @pytest.mark.parametrize("args,message", [

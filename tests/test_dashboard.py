@@ -22,7 +22,8 @@ from edgekd.dashboard.access import check_exposure, parse_serve_address, read_to
 from edgekd.dashboard.board import LiveBoard
 from edgekd.dashboard.server import Dashboard
 from edgekd.errors import EdgekdError
-from edgekd.stream.detect import Region, Thresholds
+from edgekd.calibration import Thresholds
+from edgekd.stream.detect import Region
 from edgekd.stream.sinks import Result
 from edgekd.stream.stats import RunStats
 

@@ -8,7 +8,10 @@ from edgekd.evaluate import evaluate
 from edgekd.runtime.torch_backend import TorchRuntime
 from edgekd.train import shard_of
 
-COMMON = ["--set", "input_size=128", "--set", "train.batch_size=8", "--set", "train.seed=0"]
+from edgekd.config import DEFAULT_DETECTOR
+
+COMMON = ["--config", DEFAULT_DETECTOR.parent / "rd_plain_lite0.yaml", "--set", "input_size=128",
+          "--set", "train.batch_size=8", "--set", "train.seed=0"]
 
 
 def test_launch_options_are_not_passed_to_the_ranks():
@@ -20,6 +23,33 @@ def test_each_rank_trains_on_its_own_share():
     shares = [set(shard_of(10, Rank(r, 3, r))) for r in range(3)]
     assert set().union(*shares) == set(range(10)) and sum(map(len, shares)) == 10  # disjoint, all covered
     assert list(shard_of(4, None)) == [0, 1, 2, 3]
+
+
+def test_the_process_group_goes_with_its_wrapper_not_in_the_teardown(monkeypatch):
+    """The DDP test's rare abort ("terminate called without an active exception" in rank 1): the wrapper kept the
+    gloo group alive past destroy_process_group into the interpreter's teardown. Ending the group must leave nothing
+    of it behind, even a wrapper caught in a reference cycle."""
+    import gc
+    import socket
+    import weakref
+    import torch
+    import torch.distributed as dist
+    from edgekd.distributed import end_process_group
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    wrapper = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
+    wrapper(torch.ones(2, 4)).sum().backward()
+    wrapper.cycle = [wrapper]  # only the collector frees it
+    gone = weakref.ref(wrapper)
+    gc.disable()
+    try:
+        del wrapper
+        end_process_group()
+        assert gone() is None and not dist.is_initialized()
+    finally:
+        gc.enable()
 
 
 @pytest.mark.slow

@@ -107,7 +107,7 @@ def test_a_nan_threshold_stored_in_a_checkpoint_is_refused_and_calibrate_replace
                                                                                    tmp_path):
     from edgekd.checkpoint import update_checkpoint
     from edgekd.runtime import open_runtime
-    from edgekd.stream.detect import Thresholds
+    from edgekd.calibration import Thresholds
     broken = tmp_path / "model.ckpt"
     shutil.copy(wood_checkpoint, broken)
     update_checkpoint(broken, thresholds={"image": float("nan"), "pixel": 0.5})
@@ -518,6 +518,32 @@ def test_every_config_problem_is_one_line(capsys, monkeypatch, tmp_path, content
     code, _, err = run_main(capsys, monkeypatch, "train", "--config", config, "--data", tmp_path, "--category", "x",
                             "--out", tmp_path / "run")
     assert_one_line_error(code, err, fragment)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["scoring.combine=weighted", "scoring.weights=[1, 2]"],
+     "scoring.weights has 2 value(s) but 'rd' with this teacher combines 3 scale maps: give 3"),
+    (["scoring.combine=weighted", "scoring.weights=[1, 1, 1, 1]"], "has 4 value(s)"),
+    (["scoring.combine=weighted", "scoring.weights=[0, 0, 0]"], "weighs every scale 0"),
+    (["model_options.loss_weights=uncertainty", "scoring.combine=weighted", "scoring.weights=[1, 1, 1]"],
+     "would be ignored: 'afkd' learns its scale weights"),
+])
+def test_scale_weights_that_do_not_fit_the_model_are_refused_before_training(capsys, monkeypatch, synth_root,
+                                                                             tmp_path, overrides, fragment):
+    options = [arg for value in overrides for arg in ("--set", value)]
+    config = CONFIGS / ("afkd_lite0.yaml" if "learns" in fragment else "rd_lite0.yaml")
+    code, _, err = run_main(capsys, monkeypatch, "train", "--config", config, *options,
+                            "--data", synth_root, "--category", "wood", "--out", tmp_path / "run")
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_scale_weights_of_the_right_count_build(lite0_teacher):
+    from edgekd.checkpoint import build_model
+    from edgekd.config import load_config
+    config = load_config(CONFIGS / "rd_lite0.yaml", ["scoring.combine=weighted", "scoring.weights=[1, 0.5, 2]",
+                                                     "input_size=64"])
+    assert build_model(config, pretrained_teacher=False).scorer.config.weights == (1.0, 0.5, 2.0)
 
 
 @pytest.mark.parametrize("override, fragment", [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.runtime import open_runtime
-from edgekd.stream.detect import Thresholds
+from edgekd.calibration import Thresholds
 from edgekd.stream.runner import RunOptions, Runner
 from edgekd.stream.sources import FolderSource
 

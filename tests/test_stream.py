@@ -19,7 +19,8 @@ from edgekd.data.layouts import load_dataset
 from edgekd.data.video import write_line_video
 from edgekd.errors import EdgekdError, RunIncomplete
 from edgekd.stream.cli_run import run_stream
-from edgekd.stream.detect import Hysteresis, Thresholds, defect_regions, parse_hysteresis
+from edgekd.calibration import Thresholds
+from edgekd.stream.detect import Hysteresis, defect_regions, parse_hysteresis
 from edgekd.stream.runner import DONE, _NewestQueue
 from edgekd.stream.sources import CORRUPT, END, OK, CaptureSettings, open_source
 

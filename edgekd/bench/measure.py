@@ -120,7 +120,7 @@ def add_drops(rows: list[Row]) -> None:
 
 def end_to_end(runtime, source: str, batch: int, jsonl: Path) -> dict:
     """Decode -> preprocess -> infer -> postprocess -> JSONL through `edgekd run`'s runner: its frames per second."""
-    from edgekd.stream.detect import Thresholds
+    from edgekd.calibration import Thresholds
     from edgekd.stream.runner import RunOptions, Runner
     from edgekd.stream.sinks import JsonlSink
     from edgekd.stream.sources import open_source

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgekd.backbones import FeatureExtractor
+from edgekd.errors import EdgekdError
 from edgekd.scoring import FeatureDiff, ScoringConfig, distillation_loss
 
 
@@ -55,6 +56,34 @@ class AnomalyModel(nn.Module):
     def scale_weights(self) -> torch.Tensor | None:
         """Per-scale weights for combine='weighted' learned by the model; None uses the config's."""
         return None
+
+    def check_fixed_weights(self) -> None:
+        """scoring.weights gives one weight per scale map the feature difference combines; how many depends on the
+        family and the teacher, so it is counted with one blank image through the model, before any training."""
+        weights = self.scorer.config.weights
+        if weights is None:
+            return
+        counts, learned = [], []
+
+        def count(teacher, student, learned_weights, mask=True):
+            counts.append(len(teacher))
+            learned.append(learned_weights is not None)
+            return torch.zeros(1, 1, *self.scorer.output_size), torch.zeros(1)
+
+        with torch.no_grad():
+            images = torch.zeros(1, 3, *self.input_size, device=self.mean.device)
+            teacher = self.teacher_features(images)
+            self.feature_diff(teacher, self.student_features(images, teacher), count)
+        if any(learned):
+            raise EdgekdError(f"scoring.weights={list(weights)} would be ignored: '{self.family}' learns its scale "
+                              "weights with these model_options: drop scoring.weights")
+        if len(set(counts)) > 1:
+            raise EdgekdError(f"scoring.weights={list(weights)} cannot fit '{self.family}': its groups combine "
+                              f"{' and '.join(map(str, sorted(set(counts))))} scale maps: use another scoring.combine")
+        if len(weights) != counts[0]:
+            raise EdgekdError(f"scoring.weights has {len(weights)} value(s) but '{self.family}' with this teacher "
+                              f"combines {counts[0]} scale maps: give {counts[0]}, e.g. --set "
+                              f"scoring.weights=[{','.join(['1'] * counts[0])}]")
 
     def image_score(self, map_score: torch.Tensor, teacher_feats: list[torch.Tensor],
                     student_feats: list[torch.Tensor]) -> torch.Tensor:

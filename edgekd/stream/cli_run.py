@@ -11,7 +11,8 @@ from pathlib import Path
 
 from edgekd.errors import EdgekdError, RunIncomplete
 from edgekd.outputs import check_output_file, check_output_folder
-from edgekd.stream.detect import Thresholds, parse_hysteresis
+from edgekd.calibration import Thresholds
+from edgekd.stream.detect import parse_hysteresis
 from edgekd.stream.runner import RunOptions, Runner
 from edgekd.stream.sinks import VIDEO_OUT_SUFFIXES, JsonlSink, MaskSink, VideoSink, WindowSink
 from edgekd.stream.sources import CaptureSettings, open_source

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edgekd.calibration import check_threshold_override
+from edgekd.calibration import Thresholds
 from edgekd.errors import EdgekdError
 from edgekd.scoring import threshold_mask
 
@@ -23,30 +23,6 @@ class Region:
 
     def to_dict(self) -> dict:
         return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area}
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    image: float
-    pixel: float
-
-    @classmethod
-    def resolve(cls, artifact_thresholds: dict | None, override: float | None,
-                pixel_override: float | None = None) -> "Thresholds":
-        """--threshold overrides both (as in `edgekd predict`), --pixel-threshold the pixel one alone (masks and
-        regions; a model whose image score has a branch of its own scores images above its map's peak); otherwise
-        the artifact's own."""
-        check_threshold_override(override)
-        check_threshold_override(pixel_override, "--pixel-threshold")
-        known = dict(artifact_thresholds or {})
-        if override is not None:
-            known = {"image": override, "pixel": override}
-        if pixel_override is not None:
-            known["pixel"] = pixel_override
-        if known.get("image") is None or known.get("pixel") is None:
-            raise EdgekdError("this model has no thresholds: pass --threshold, or export it from a checkpoint "
-                              "calibrated by 'edgekd train' / 'edgekd eval --save-threshold'")
-        return cls(float(known["image"]), float(known["pixel"]))
 
 
 def defect_regions(amap: np.ndarray, pixel_threshold: float, frame_shape: tuple[int, int],
@@ -72,7 +48,7 @@ def defect_regions(amap: np.ndarray, pixel_threshold: float, frame_shape: tuple[
 
 def frame_is_defective(score: float, regions: list[Region], thresholds: Thresholds, min_area: int) -> bool:
     """Score above the image threshold, and (when a minimum area is set) at least one region that large."""
-    return score > thresholds.image and (min_area <= 0 or bool(regions))
+    return bool(thresholds.defective(score)) and (min_area <= 0 or bool(regions))
 
 
 class Hysteresis:

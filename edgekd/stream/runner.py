@@ -20,7 +20,8 @@ import numpy as np
 from edgekd.data.images import resize_rgb, to_model_input
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime, RuntimeUnavailable
-from edgekd.stream.detect import Hysteresis, Thresholds, defect_regions, frame_is_defective
+from edgekd.calibration import Thresholds
+from edgekd.stream.detect import Hysteresis, defect_regions, frame_is_defective
 from edgekd.stream.service import ServiceNotifier
 from edgekd.stream.sinks import Result, Sink, annotate
 from edgekd.stream.sources import CORRUPT, END, LOST, OK, Source

@@ -32,6 +32,7 @@ from edgekd.errors import EdgekdError
 from edgekd.machine import machine_info
 from edgekd.runtime import open_runtime
 from edgekd.stream.cli_run import run_stream
+from edgekd.stream.request import RunRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_files import write_results  # noqa: E402
@@ -47,9 +48,8 @@ def line_scores(model: Path, dataset, work: Path) -> tuple[np.ndarray, set[int]]
     """Every frame's score on the line video, and its defect frames."""
     line, jsonl = work / "line.mp4", work / "line.jsonl"
     described = write_line_video(dataset, line, LINE_FRAMES, list(range(9, LINE_FRAMES, 10)), normal_part="second")
-    run_stream(model=model, camera=None, source=str(line), backend=None, device="cpu", show=False, save_video=None,
-               save_masks=None, jsonl=jsonl, threshold=None, min_area=0, hysteresis="1,1", batch=8, width=None,
-               height=None, fps=None, max_frames=None, stats_every=0.0, reconnect_timeout=0.0, echo=lambda text: None)
+    run_stream(RunRequest(model=str(model), source=str(line), device="cpu", jsonl=jsonl, stats_every=0.0),
+               echo=lambda text: None)
     events = sorted((json.loads(line) for line in jsonl.read_text().splitlines()), key=lambda e: e["frame"])
     return np.array([e["score"] for e in events]), set(described["defect_frames"])
 

@@ -33,7 +33,8 @@ from edgekd.evaluate import evaluate
 from edgekd.machine import machine_info
 from edgekd.models.patch_memory import BALANCES, branch_scales, normal_maxima
 from edgekd.runtime.torch_backend import TorchRuntime
-from edgekd.train import normal_views, split_normals, train
+from edgekd.data.splits import split_normals
+from edgekd.train import normal_views, train
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"image_auroc": 0.95, "pixel_auroc": 0.97, "aupro": 0.92}

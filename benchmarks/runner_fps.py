@@ -93,11 +93,10 @@ def bare_fps(runtime, frames: np.ndarray, batch: int) -> float:
 def runner_fps(model: Path, video: Path, device: str, batch: int) -> tuple[float, dict]:
     """One `edgekd run` over the video, decode to JSONL (first frame read to last sink closed)."""
     from edgekd.stream.cli_run import run_stream
+    from edgekd.stream.request import RunRequest
     with tempfile.TemporaryDirectory() as scratch:
-        summary = run_stream(model=model, camera=None, source=str(video), backend=None, device=device, show=False,
-                             save_video=None, save_masks=None, jsonl=Path(scratch) / "events.jsonl", threshold=None,
-                             min_area=0, hysteresis="1,1", batch=batch, width=None, height=None, fps=None,
-                             max_frames=None, stats_every=0.0, reconnect_timeout=0.0, echo=lambda text: None)
+        summary = run_stream(RunRequest(model=str(model), source=str(video), device=device, batch=batch,
+                                        jsonl=Path(scratch) / "events.jsonl", stats_every=0.0), echo=lambda text: None)
     return summary["processed"] / summary["seconds"], summary
 
 

@@ -29,6 +29,7 @@ from edgekd.calibrate import calibrate
 from edgekd.calibration import ThresholdRule
 from edgekd.machine import machine_info
 from edgekd.stream.cli_run import run_stream
+from edgekd.stream.request import RunRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_targets import line_setup  # noqa: E402
@@ -43,9 +44,8 @@ def scores_of(checkpoint: Path, data: Path, category: str, work: Path, frames: i
     model, clip, line, defect_frames = line_setup(checkpoint, data, category, work, frames, calibrate_on)
     calibration = calibrate(model, str(clip), frames=frames // 2, plot=work / f"{category}.png", dry_run=True)
     events = work / f"{category}.jsonl"
-    run_stream(model=model, camera=None, source=str(line), backend=None, device="cpu", show=False, save_video=None,
-               save_masks=None, jsonl=events, threshold=None, min_area=0, hysteresis="1,1", batch=8, width=None,
-               height=None, fps=None, max_frames=None, stats_every=0.0, reconnect_timeout=0.0, echo=lambda t: None)
+    run_stream(RunRequest(model=str(model), source=str(line), device="cpu", jsonl=events, stats_every=0.0),
+               echo=lambda t: None)
     line_scores = np.array([json.loads(text)["score"] for text in events.read_text().splitlines()])
     is_defect = np.isin(np.arange(len(line_scores)), defect_frames)
     return {"clip": calibration.scores.tolist(), "good": line_scores[~is_defect].tolist(),

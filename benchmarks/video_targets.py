@@ -30,6 +30,7 @@ from edgekd.export.exporter import export_checkpoint
 from edgekd.export.quantize import STEM_MODES
 from edgekd.machine import machine_info
 from edgekd.stream.cli_run import run_stream
+from edgekd.stream.request import RunRequest
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"false_alarm_rate": 0.01, "recall": 0.95, "image_auroc_in_scope": 0.98}
@@ -66,10 +67,8 @@ def one_category(checkpoint: Path, data: Path, category: str, work: Path, frames
     model, clip, line, _ = line_setup(checkpoint, data, category, work, frames, calibrate_on)
     model, export_info = deployed(model, artifact, int8_stems)
     calibration = calibrate(model, str(clip), frames=frames // 2, plot=work / f"{category}_calibration.png")
-    summary = run_stream(model=model, camera=None, source=str(line), backend=None, device="cpu", show=False,
-                         save_video=None, save_masks=None, jsonl=None, threshold=None, min_area=0, hysteresis="1,1",
-                         batch=8, width=None, height=None, fps=None, max_frames=None, stats_every=0.0,
-                         reconnect_timeout=0.0, echo=lambda text: None, truth=line.with_suffix(".json"))
+    summary = run_stream(RunRequest(model=str(model), source=str(line), device="cpu", stats_every=0.0,
+                                    truth=line.with_suffix(".json")), echo=lambda text: None)
     truth = summary["truth"]
     return {"category": category, "calibration_frames": int(len(calibration.scores)),
             "image_threshold": calibration.thresholds["image"],

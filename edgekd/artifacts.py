@@ -19,6 +19,12 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("anomaly_map", "score", "mask")
 
 
+def exported_stem(name: str, precision: str, int8_for: str = "tensorrt") -> str:
+    """NAME.PRECISION of an exported graph; the onnxruntime INT8 form is NAME.int8-ort, so it never overwrites the
+    TensorRT form beside it."""
+    return f"{name}.{precision}{'-ort' if precision == 'int8' and int8_for == 'onnxruntime' else ''}"
+
+
 def sidecar_path(artifact: str | Path) -> Path:
     return Path(artifact).with_suffix(".json")
 

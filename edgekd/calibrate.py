@@ -24,7 +24,7 @@ from edgekd.calibration import (ADVISED_NORMAL, MAX_OUTLIER_SHARE, MIN_NORMAL, T
 from edgekd.errors import EdgekdError
 from edgekd.outputs import check_output_file, remove_stale_temps
 from edgekd.stream.runner import RunOptions, Runner
-from edgekd.stream.sinks import Sink
+from edgekd.sinks import Sink
 from edgekd.stream.sources import CaptureSettings, open_source
 
 

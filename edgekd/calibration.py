@@ -1,4 +1,5 @@
-"""Decision thresholds: from normal images only (what a line has on day one), or F1-optimal with labels."""
+"""Decision thresholds from normal images only (what a line has on day one), and the decision itself. F1-optimal
+thresholds from labelled data are a metric: edgekd/metrics.py."""
 
 from __future__ import annotations
 
@@ -123,19 +124,6 @@ def thresholds_from_normal(normal_scores: np.ndarray, normal_maps: np.ndarray, r
     peak = np.asarray(normal_maps).reshape(len(normal_maps), -1).max(axis=1)
     return {**rule.as_config(), "n": int(len(normal_scores)), "image": rule.threshold(normal_scores),
             "pixel": rule.threshold(peak)}
-
-
-def thresholds_from_labels(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
-                           max_pixels: int = 2_000_000, seed: int = 0) -> dict:
-    """F1-optimal image and pixel thresholds on labelled data (pixels subsampled to bound memory)."""
-    from edgekd.metrics import f1_max  # scikit-learn: only where labels are
-    _, image = f1_max(labels, scores)
-    flat_masks, flat_maps = masks.reshape(-1), maps.reshape(-1)
-    if flat_maps.size > max_pixels:
-        pick = np.random.default_rng(seed).choice(flat_maps.size, max_pixels, replace=False)
-        flat_masks, flat_maps = flat_masks[pick], flat_maps[pick]
-    _, pixel = f1_max(flat_masks, flat_maps)
-    return {"method": "f1", "image": image, "pixel": pixel}
 
 
 def check_thresholds(thresholds: dict | None, artifact: str = "this model") -> dict:

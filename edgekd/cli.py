@@ -25,6 +25,19 @@ def _echo(text: str) -> None:
     typer.echo(text)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from edgekd import __version__
+        typer.echo(f"edgekd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print edgekd's version and exit.")) -> None:
+    """Knowledge-distillation anomaly detection: data, training, evaluation and prediction."""
+
+
 @data_app.command("synth", help="Generate the built-in synthetic industrial dataset (MVTec AD layout).")
 def data_synth(root: Path = typer.Argument(..., help="Folder to write categories into."),
                categories: str = typer.Option("all", help="Comma-separated categories, 'logical' (the assemblies tray, board) or 'all'."),
@@ -81,7 +94,7 @@ def data_video(root: Path = typer.Argument(..., help="Dataset root."),
     from edgekd.data.layouts import load_dataset
     from edgekd.data.video import write_line_video
     from edgekd.outputs import check_output_file
-    from edgekd.stream.sinks import VIDEO_OUT_SUFFIXES
+    from edgekd.sinks import VIDEO_OUT_SUFFIXES
     check_output_file(out, "video", VIDEO_OUT_SUFFIXES)
     defects = list(range(defect_every - 1, frames, defect_every)) if defect_every else []
     write_line_video(load_dataset(root, category), out, frames, defects, fps, size, seed, normal_part)
@@ -159,7 +172,8 @@ def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One
     import numpy
 
     from edgekd.calibrate import write_thresholds
-    from edgekd.calibration import check_thresholds, thresholds_from_labels
+    from edgekd.calibration import check_thresholds
+    from edgekd.metrics import thresholds_from_labels
     from edgekd.data.layouts import load_dataset
     from edgekd.evaluate import evaluate, markdown_table, one_class_note, write_results
     from edgekd.outputs import check_output_folder
@@ -223,7 +237,10 @@ def predict(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
 
 
 @app.command(help="Stream frames through a model: live defect masks, events, video; camera, file, stream or folder.")
-def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP + " With --server: the model's name there."),
+def run(ctx: typer.Context,
+        config: Optional[Path] = typer.Option(None, "--config", help="A YAML line file: one key per option of this "
+                                              "command (model, camera, jsonl, serve, ...); options given here override it."),
+        model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP + " With --server: the model's name there."),
         bundle: Optional[Path] = typer.Option(None, "--bundle", help="Run the model of an 'edgekd bundle' archive."),
         server: Optional[str] = typer.Option(None, help="A Triton server (grpc://HOST:8001 or http://HOST:8000, e.g. "
                                              "'edgekd serve') that does the inference; the rest runs here."),
@@ -249,6 +266,8 @@ def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP 
                                             "a file or folder is played at."),
         realtime: bool = typer.Option(False, "--realtime", help="Play a video file or image folder at its frame rate "
                                       "(or --fps), as a camera would deliver it."),
+        loop: bool = typer.Option(False, "--loop", help="Play a video file or image folder again each time it ends, "
+                                  "until stopped (with --realtime: a clip stands in for a camera)."),
         serve: Optional[str] = typer.Option(None, "--serve", help="Serve the operator dashboard at HOST:PORT (a port "
                                             "alone: 127.0.0.1). Anything but loopback needs --token-file."),
         token_file: Optional[Path] = typer.Option(None, "--token-file", help="File whose first line is the dashboard's "
@@ -262,22 +281,23 @@ def run(model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP 
         truth: Optional[Path] = typer.Option(None, help="Frame list of a test video ('edgekd data video' writes it): "
                                              "print detected vs true defect frames at the end.")):
     from edgekd.stream.cli_run import run_stream
-    if (model is None) == (bundle is None):
+    from edgekd.stream.request import RunRequest
+    given = {name: value for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+    request = RunRequest.build(config, given)
+    if (request.model is None) == (request.bundle is None):
         raise EdgekdError("say which model: exactly one of --model ARTIFACT or --bundle ARCHIVE.tar.gz")
-    if bundle is not None:
-        if server is not None:
+    if request.bundle is not None:
+        if request.server is not None:
             raise EdgekdError("--bundle runs its model here; with --server the server holds the model")
         from edgekd.deploy.bundle import open_bundle
-        model = str(open_bundle(bundle, log=lambda line: typer.echo(line, err=True)))
-    if server_key_file is not None and server is None:
+        request = request.replace(model=str(open_bundle(request.bundle, log=lambda line: typer.echo(line, err=True))))
+    if request.server_key_file is not None and request.server is None:
         raise EdgekdError("--server-key-file goes with --server URL (the key of the Triton server that does the inference)")
     from edgekd.dashboard.access import read_token
-    server_key = read_token(None, server_key_file, "server API key", "--server-key-file") if server_key_file else None
-    run_stream(model=model, server=server, server_key=server_key, camera=camera, source=source, backend=backend, device=device, show=show,
-               save_video=save_video, save_masks=save_masks, jsonl=jsonl, threshold=threshold, min_area=min_area,
-               hysteresis=hysteresis, batch=batch, width=width, height=height, fps=fps, max_frames=max_frames,
-               stats_every=stats_every, reconnect_timeout=reconnect_timeout, echo=_echo, truth=truth, serve=serve,
-               token=token, token_file=token_file, realtime=realtime, pixel_threshold=pixel_threshold)
+    server_key = (read_token(None, request.server_key_file, "server API key", "--server-key-file")
+                  if request.server_key_file else None)
+    run_stream(request, echo=_echo, server_key=server_key)
 
 
 @app.command(help="Set thresholds from good frames of your own camera or clip; writes them into the artifact.")
@@ -377,11 +397,11 @@ def build_engine(source: Path = typer.Argument(..., help="model.ckpt (exported f
                  plugin: Optional[bool] = typer.Option(None, "--plugin/--no-plugin", help="Build the fused scoring op as "
                                                        "the edgekd CUDA plugin (default on full TensorRT) or from its "
                                                        "ONNX function body (default on TensorRT-RTX).")):
-    from edgekd.engine.builder import build_engine as build
+    from edgekd.pipeline import engine_from
     from edgekd.progress import make_progress
     with make_progress() as progress:
-        result = build(source, out, precision, batch, workspace_gb, timing_cache, dla_core, tensorrt, progress=progress,
-                       plugin=plugin)
+        result = engine_from(source, out, precision, batch, workspace_gb, timing_cache, dla_core, tensorrt,
+                             progress=progress, plugin=plugin)
     shapes = lambda tensors: ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in tensors)
     _echo(f"built {result.engine} with {result.tensorrt} in {result.seconds:.1f}s"
           + (f" (and {', '.join(map(str, result.extra_engines))})" if result.extra_engines else ""))

@@ -268,6 +268,26 @@ class _StrictLoader(yaml.SafeLoader):
 MAX_YAML_DEPTH = 20
 
 
+def read_yaml_file(path: str | Path, what: str, examples: str) -> dict:
+    """A YAML file whose top level is a mapping (a training config, a line file), read strictly: every problem is
+    one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekdError(f"{what} {path} does not exist: {examples}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise EdgekdError(f"{what} {path} is not UTF-8 text (binary, or UTF-16): save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise EdgekdError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    if "\x00" in text:
+        raise EdgekdError(f"{what} {path} is not a text file: pass a YAML file ({examples})")
+    loaded = read_yaml(text, f"{what} {path}") or {}
+    if not isinstance(loaded, dict):
+        raise EdgekdError(f"{what} {path} must be a YAML mapping at the top level")
+    return loaded
+
+
 def read_yaml(text: str, where: str):
     """`text` parsed strictly; any problem is one line naming `where` and the first reason."""
     try:
@@ -309,21 +329,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """The config file (None: the base values below, which every file is merged onto) with --set overrides."""
     config = copy.deepcopy(DEFAULTS)
     if path:
-        path = Path(path)
-        if not path.is_file():
-            raise EdgekdError(f"config file {path} does not exist: see configs/ for examples")
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            raise EdgekdError(f"config file {path} is not UTF-8 text (binary, or UTF-16): save it as UTF-8 YAML") from None
-        except OSError as exc:
-            raise EdgekdError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
-        if "\x00" in text:
-            raise EdgekdError(f"config file {path} is not a text file: pass a YAML config (see configs/)")
-        loaded = read_yaml(text, f"config file {path}") or {}
-        if not isinstance(loaded, dict):
-            raise EdgekdError(f"config file {path} must be a YAML mapping at the top level")
-        config = _merge(config, loaded)
+        config = _merge(config, read_yaml_file(path, "config file", "see configs/ for examples"))
     for text in overrides or []:
         keys, value = parse_override(text)
         nested: dict = value

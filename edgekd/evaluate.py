@@ -10,29 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
-from edgekd.calibration import above
 from edgekd.data.images import write_image_atomic
 from edgekd.data.layouts import Dataset, load_dataset
 from edgekd.data.loading import load_images_and_masks
 from edgekd.runtime.base import Runtime
-from edgekd.metrics import aupro, f1_max, image_auroc, pixel_auroc
+from edgekd.metrics import compute_metrics, image_auroc
 from edgekd.viz import montage
 
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
-
-
-def compute_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
-                    image_threshold: float | None = None) -> dict:
-    f1, f1_threshold = f1_max(labels, scores)
-    metrics = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps),
-               "aupro": aupro(masks, maps), "image_f1_max": f1, "image_f1_threshold": f1_threshold,
-               "n_test": int(len(labels)), "n_anomalous": int(np.sum(labels))}
-    if image_threshold is not None:  # how the stored threshold does: what the line would see
-        predicted = above(scores, image_threshold)
-        metrics["at_threshold"] = {"threshold": float(image_threshold),
-                                   "recall": float(predicted[labels == 1].mean()) if labels.any() else math.nan,
-                                   "false_alarm_rate": float(predicted[labels == 0].mean()) if (labels == 0).any() else math.nan}
-    return metrics
 
 
 def auroc_by_type(dataset: Dataset, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:

@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
+from edgekd.calibration import above
+
 
 def _has_both_classes(labels: np.ndarray) -> bool:
     return labels.size > 0 and 0 < labels.sum() < labels.size
@@ -76,3 +78,29 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
         fpr = np.append(fpr[:cut], fpr_limit)
         pro = np.append(pro[:cut], pro_at)
     return float(np.trapezoid(pro, fpr) / fpr_limit)
+
+
+def compute_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
+                    image_threshold: float | None = None) -> dict:
+    f1, f1_threshold = f1_max(labels, scores)
+    metrics = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps),
+               "aupro": aupro(masks, maps), "image_f1_max": f1, "image_f1_threshold": f1_threshold,
+               "n_test": int(len(labels)), "n_anomalous": int(np.sum(labels))}
+    if image_threshold is not None:  # how the stored threshold does: what the line would see
+        predicted = above(scores, image_threshold)
+        metrics["at_threshold"] = {"threshold": float(image_threshold),
+                                   "recall": float(predicted[labels == 1].mean()) if labels.any() else math.nan,
+                                   "false_alarm_rate": float(predicted[labels == 0].mean()) if (labels == 0).any() else math.nan}
+    return metrics
+
+
+def thresholds_from_labels(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
+                           max_pixels: int = 2_000_000, seed: int = 0) -> dict:
+    """F1-optimal image and pixel thresholds on labelled data (pixels subsampled to bound memory)."""
+    _, image = f1_max(labels, scores)
+    flat_masks, flat_maps = masks.reshape(-1), maps.reshape(-1)
+    if flat_maps.size > max_pixels:
+        pick = np.random.default_rng(seed).choice(flat_maps.size, max_pixels, replace=False)
+        flat_masks, flat_maps = flat_masks[pick], flat_maps[pick]
+    _, pixel = f1_max(flat_masks, flat_maps)
+    return {"method": "f1", "image": image, "pixel": pixel}

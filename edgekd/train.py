@@ -21,6 +21,7 @@ from edgekd.data.augment import augment_batch, check_augment
 from edgekd.data.images import to_model_input
 from edgekd.data.layouts import load_dataset
 from edgekd.data.loading import load_images
+from edgekd.data.splits import split_normals
 from edgekd.device import resolve_device
 from edgekd.distributed import Rank, barrier, end_process_group, mean_over_ranks, rank_from_environment, start_process_group
 from edgekd.errors import EdgekdError
@@ -50,13 +51,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def split_normals(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of images to fit on and of held-out normal images for calibration."""
-    n_val = min(max(2, int(round(n * fraction))), n - 1) if n >= 3 and fraction > 0 else 0
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def _device_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -67,7 +67,7 @@ step "edgekd from $SOURCE"
 step "service unit edgekd@.service"
 install -m 0644 "$SOURCE/jetson/edgekd@.service" /etc/systemd/system/edgekd@.service
 mkdir -p /etc/edgekd
-[ -f /etc/edgekd/example.env ] || install -m 0644 "$SOURCE/jetson/example.env" /etc/edgekd/example.env
+[ -f /etc/edgekd/example.yaml ] || install -m 0644 "$SOURCE/jetson/example.yaml" /etc/edgekd/example.yaml
 chown -R "$SERVICE_USER:$SERVICE_USER" "$PREFIX/models" "$PREFIX/runs"
 systemctl daemon-reload
 
@@ -78,5 +78,5 @@ fi
 
 step "edgekd doctor"
 "$PREFIX/venv/bin/edgekd" doctor || true
-echo "done: copy /etc/edgekd/example.env to /etc/edgekd/NAME.env, set MODEL and SOURCE, then"
+echo "done: copy /etc/edgekd/example.yaml to /etc/edgekd/NAME.yaml, set model and source, then"
 echo "      sudo systemctl enable --now edgekd@NAME"

@@ -1,6 +1,7 @@
 """The command line as a user runs it: real subprocesses, real files, one-line errors."""
 
 import json
+import re
 
 import pytest
 from cli_runner import edgekd
@@ -17,7 +18,8 @@ def test_help_lists_every_command():
 
 
 @pytest.mark.slow
-def test_synth_train_eval_predict_end_to_end(tmp_path):
+def test_synth_train_eval_predict_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_PROGRESS_EVERY", "0")  # every update a line: the output is not a terminal
     data, run = tmp_path / "synth", tmp_path / "run"
     result = edgekd("data", "synth", data, "--categories", "tile", "--size", "128", "--train", "24",
                     "--test-good", "6", "--per-defect", "2")
@@ -26,6 +28,10 @@ def test_synth_train_eval_predict_end_to_end(tmp_path):
                     "--set", "input_size=128", "--set", "train.batch_size=8")
     assert result.returncode == 0, result.stderr
     assert "checkpoint:" in result.stdout and (run / "model.ckpt").is_file()
+    progress = [line for line in result.stderr.splitlines() if line.startswith("train ")]
+    assert progress and all(re.match(r"train \d+/\d+ \(\d+%\) epoch \d+/2 loss [\d.]+, \d\d:\d\d:\d\d elapsed", line)
+                            for line in progress), result.stderr
+    assert "(100%)" in progress[-1]
     trained = read_checkpoint(run / "model.ckpt")["config"]  # no --config: the default detector, not RD alone
     assert trained == load_config(DEFAULT_DETECTOR, ["train.epochs=2", "input_size=128", "train.batch_size=8"])
     assert trained["train"]["augment"] == "camera" and trained["model_options"]["memory_size"] > 0

@@ -23,8 +23,8 @@ from edgekd.dashboard.board import LiveBoard
 from edgekd.dashboard.server import Dashboard
 from edgekd.errors import EdgekdError
 from edgekd.calibration import Thresholds
-from edgekd.stream.detect import Region
-from edgekd.stream.sinks import Result
+from edgekd.sinks import Region
+from edgekd.sinks import Result
 from edgekd.stream.stats import RunStats
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -363,15 +363,15 @@ def test_the_page_in_chromium_follows_a_run(onnx_exports, synth_root, tmp_path):
     from edgekd.data.layouts import load_dataset
     from edgekd.data.video import write_line_video
     from edgekd.stream.cli_run import run_stream
+    from edgekd.stream.request import RunRequest
     sync_playwright = _chromium()
     video = write_line_video(load_dataset(synth_root, "wood"), tmp_path / "line.mp4", 96, BROWSER_DEFECTS,
                              fps=12.0)["video"]
     model = onnx_exports["fp32"]
     # The line's threshold sits between this clip's normal and defect scores, as a user calibrates it for a camera.
     scored = tmp_path / "scored.jsonl"
-    run_stream(model=model, camera=None, source=str(video), backend=None, device="cpu", show=False, save_video=None,
-               save_masks=None, jsonl=scored, threshold=None, min_area=0, hysteresis="1,1", batch=4, width=None,
-               height=None, fps=None, max_frames=None, stats_every=0.0, reconnect_timeout=0.0, echo=lambda t: None)
+    run_stream(RunRequest(model=str(model), source=str(video), device="cpu", jsonl=scored, batch=4, stats_every=0.0),
+               echo=lambda t: None)
     scores = np.array([json.loads(line)["score"] for line in scored.read_text().splitlines()])
     is_defect = np.isin(np.arange(96), BROWSER_DEFECTS)
     threshold = float((scores[is_defect].min() + scores[~is_defect].max()) / 2)

@@ -4,7 +4,7 @@ import numpy as np
 
 from edgekd.calibration import ThresholdRule, Thresholds, screen_clip
 from edgekd.config import DEFAULTS
-from edgekd.evaluate import compute_metrics
+from edgekd.metrics import compute_metrics
 from edgekd.scoring import threshold_mask
 from edgekd.stream.detect import frame_is_defective
 

@@ -248,7 +248,7 @@ def test_a_corrupt_patch_mid_file_is_skipped_and_counted_not_taken_for_the_end(t
 
 
 def test_jsonl_never_ends_in_half_a_line_when_a_write_fails(tmp_path, monkeypatch):
-    from edgekd.stream import sinks
+    from edgekd.sinks import files as sinks
     path = tmp_path / "events.jsonl"
     sink = sinks.JsonlSink(path)
     result = sinks.Result(0, 0.0, None, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32),
@@ -269,9 +269,9 @@ def test_jsonl_never_ends_in_half_a_line_when_a_write_fails(tmp_path, monkeypatc
 
 
 def test_a_video_sink_that_fails_leaves_no_file_under_its_final_name(tmp_path):
-    from edgekd.stream.sinks import VideoSink
+    from edgekd.sinks import VideoSink
     sink = VideoSink(tmp_path / "out.mp4", 25.0)
-    from edgekd.stream import sinks as sinks_module
+    from edgekd import sinks as sinks_module
     result = sinks_module.Result(0, 0.0, None, np.zeros((64, 64, 3), np.uint8), np.zeros((8, 8), np.float32),
                                  np.zeros((8, 8), np.uint8), 0.5, False, False)
     sink.write(result, np.zeros((64, 64, 3), np.uint8))

@@ -48,7 +48,7 @@ def test_setup_script_stops_first_off_a_jetson_with_the_fix(tmp_path):
 def test_service_unit_verifies_and_restarts_a_stalled_runner(tmp_path):
     text = (JETSON / "edgekd@.service").read_text()
     for setting in ("Type=notify", "WatchdogSec=", "Restart=always", "User=edgekd", "SupplementaryGroups=video",
-                    "StandardOutput=journal", "EnvironmentFile=/etc/edgekd/%i.env"):
+                    "StandardOutput=journal", "run --config /etc/edgekd/%i.yaml"):
         assert setting in text, setting
     # systemd-analyze also checks that ExecStart's program exists: point it at this edgekd for the check
     edgekd_bin = shutil.which("edgekd") or str(Path(os.sys.executable).with_name("edgekd"))
@@ -188,12 +188,12 @@ def test_damaged_or_hostile_bundles_are_refused(onnx_exports, tmp_path):
         write_bundle(lonely, tmp_path / "lonely.tar.gz")
 
 
-def test_example_env_dashboard_line_is_what_edgekd_run_takes(tmp_path):
-    """The commented DASHBOARD= line, as systemd splits $DASHBOARD, reaches the dashboard's own checks."""
-    line = next(l for l in (JETSON / "example.env").read_text().splitlines() if l.startswith("#DASHBOARD=--serve"))
-    words = line.split("=", 1)[1].split()
-    words[words.index("--token-file") + 1] = str(tmp_path / "dashboard.token")  # not there: the check must say so
-    result = subprocess.run([os.sys.executable, "-m", "edgekd", "run", "--model", str(tmp_path / "m.onnx"),
-                             "--source", str(tmp_path), *words], capture_output=True, text=True)
+def test_the_example_line_file_is_what_edgekd_run_takes(tmp_path):
+    """The example line file, its dashboard lines switched on, reaches edgekd run's own checks (a missing token
+    file is named); every key in it is an option of edgekd run."""
+    text = (JETSON / "example.yaml").read_text().replace("#serve:", "serve:").replace("#token_file:", "token_file:")
+    line = tmp_path / "line.yaml"
+    line.write_text(text.replace("/etc/edgekd/dashboard.token", str(tmp_path / "dashboard.token")))
+    result = subprocess.run([os.sys.executable, "-m", "edgekd", "run", "--config", str(line), "--jsonl",
+                             str(tmp_path / "e.jsonl")], capture_output=True, text=True)
     assert result.returncode != 0 and "dashboard.token does not exist" in result.stderr, result.stderr
-    assert "$DASHBOARD" in (JETSON / "edgekd@.service").read_text()

@@ -255,6 +255,7 @@ def test_pooled_descriptor_equals_adaptive_average_pooling(size):
 def test_logicrd_reduced_precision_keeps_the_global_branch_in_float_and_streams(trained, tray_root, tmp_path):
     from edgekd.data.layouts import load_dataset
     from edgekd.stream.cli_run import run_stream
+    from edgekd.stream.request import RunRequest
     checkpoint = trained["logicrd"][1].checkpoint
     for precision, extra in (("fp16", {}), ("int8", {"int8_for": "onnxruntime", "calib_images": 16})):
         result = export_checkpoint(checkpoint, precision, out_dir=tmp_path, name="logicrd", force=True, **extra)
@@ -274,9 +275,7 @@ def test_logicrd_reduced_precision_keeps_the_global_branch_in_float_and_streams(
     folder.mkdir()
     for sample in load_dataset(tray_root, "tray").test[:6]:
         (folder / sample.path.name.replace(".png", f"_{sample.defect}.png")).write_bytes(sample.path.read_bytes())
-    summary = run_stream(model=result.artifact, camera=None, source=str(folder), backend=None, device="cpu", show=False,
-                         save_video=None, save_masks=None, jsonl=tmp_path / "events.jsonl", threshold=None, min_area=0,
-                         hysteresis="1,1", batch=4, width=None, height=None, fps=None, max_frames=None, stats_every=0.0,
-                         reconnect_timeout=0.0, echo=lambda text: None)
+    summary = run_stream(RunRequest(model=str(result.artifact), source=str(folder), device="cpu", batch=4,
+                                    jsonl=tmp_path / "events.jsonl", stats_every=0.0), echo=lambda text: None)
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert summary["processed"] == 6 and len(lines) == 6

@@ -19,6 +19,7 @@ from edgekd.data.layouts import load_dataset
 from edgekd.data.video import write_line_video
 from edgekd.errors import EdgekdError, RunIncomplete
 from edgekd.stream.cli_run import run_stream
+from edgekd.stream.request import RunRequest
 from edgekd.calibration import Thresholds
 from edgekd.stream.detect import Hysteresis, defect_regions, parse_hysteresis
 from edgekd.stream.runner import DONE, _NewestQueue
@@ -31,10 +32,9 @@ DEFECT_FRAMES = [6, 17, 29, 30, 41]
 
 
 def _run(model, source, tmp_path, **options):
-    defaults = dict(camera=None, backend=None, device="cpu", show=False, save_video=None, save_masks=None, jsonl=None,
-                    threshold=None, min_area=0, hysteresis="1,1", batch=4, width=None, height=None, fps=None,
-                    max_frames=None, stats_every=0.0, reconnect_timeout=0.0, echo=lambda text: None)
-    return run_stream(model=model, source=str(source), **{**defaults, **options})
+    echo = options.pop("echo", lambda text: None)
+    request = RunRequest(**{"device": "cpu", "batch": 4, "stats_every": 0.0, **options})
+    return run_stream(request.replace(model=str(model), source=str(source)), echo=echo)
 
 
 def _events(path: Path) -> list[dict]:
@@ -240,7 +240,7 @@ def test_run_option_mistakes_fail_in_one_line(onnx_exports, synth_root, tmp_path
                        "grpc://127.0.0.1:8001")
     assert code == 2 and "--bundle runs its model here" in lines[-1]
     code, lines = _cli("--source", str(folder), "--model", model, "--pixel-threshold", "nan")
-    assert code == 2 and len(lines) == 1 and "--pixel-threshold nan is not a finite number" in lines[0]
+    assert code == 2 and len(lines) == 1 and "--pixel-threshold nan is not finite" in lines[0]
     code, lines = _cli("--source", str(folder), "--model", model, "--realtime")
     assert code == 2 and "has no frame rate of its own: give --realtime a rate with --fps" in lines[-1]
     with pytest.raises(EdgekdError, match="already delivers in real time"):
@@ -254,3 +254,35 @@ def test_realtime_paces_a_folder_at_fps(synth_root):
     source.close()
     assert [r.status for r in reads] == [OK] * 6 and source.fps == 20.0
     assert time.monotonic() - started >= 5 / 20 - 0.01  # the first frame at once, then one every 50 ms
+
+
+def test_a_line_file_runs_like_the_options_and_the_command_line_overrides_it(onnx_exports, synth_root, tmp_path):
+    folder = synth_root / "wood" / "test" / "good"
+    line = tmp_path / "line.yaml"
+    line.write_text(f"model: {onnx_exports['fp32']}\nsource: {folder}\njsonl: {tmp_path / 'from_file.jsonl'}\n"
+                    "stats-every: 0\nhysteresis: '2,1'\n")
+    result = subprocess.run([sys.executable, "-m", "edgekd", "run", "--config", str(line), "--jsonl",
+                             str(tmp_path / "from_cli.jsonl")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "from_file.jsonl").exists()  # the flag given on the command line wins
+    assert len(_events(tmp_path / "from_cli.jsonl")) == len(list(folder.glob("*.png")))
+    for content, said in (("model: m.onnx\ncamra: 0\n", "'camra' is not an option of 'edgekd run'"),
+                          ("model: m.onnx\nbatch: 0\n", f"line file {line}: batch=0 is out of range"),
+                          ("- model\n", "must be a YAML mapping")):
+        line.write_text(content)
+        code, lines = _cli("--config", str(line))
+        assert code == 2 and len(lines) == 1 and said in lines[0], lines
+
+
+def test_loop_plays_a_folder_again_until_stopped(onnx_exports, synth_root, tmp_path):
+    folder = synth_root / "wood" / "test" / "good"
+    count = len(list(folder.glob("*.png")))
+    summary = _run(onnx_exports["fp32"], folder, tmp_path, jsonl=tmp_path / "e.jsonl", loop=True,
+                   max_frames=2 * count + 3)
+    names = [event["file"] for event in _events(tmp_path / "e.jsonl")]
+    assert summary["processed"] == 2 * count + 3 and names[:count] == names[count:2 * count]
+    with pytest.raises(EdgekdError, match="--loop plays a file or folder again"):
+        open_source(7, loop=True)
+    code, lines = _cli("--source", str(folder), "--model", str(onnx_exports["fp32"]), "--loop", "--truth",
+                       str(tmp_path / "t.json"))
+    assert code == 2 and "--truth counts the frames of one pass" in lines[-1]

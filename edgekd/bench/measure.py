@@ -122,7 +122,7 @@ def end_to_end(runtime, source: str, batch: int, jsonl: Path) -> dict:
     """Decode -> preprocess -> infer -> postprocess -> JSONL through `edgekd run`'s runner: its frames per second."""
     from edgekd.calibration import Thresholds
     from edgekd.stream.runner import RunOptions, Runner
-    from edgekd.stream.sinks import JsonlSink
+    from edgekd.sinks import JsonlSink
     from edgekd.stream.sources import open_source
     stream = open_source(source)
     sink = JsonlSink(jsonl)

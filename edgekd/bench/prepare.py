@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekd.artifacts import read_sidecar
+from edgekd.artifacts import exported_stem, read_sidecar
 from edgekd.backbones.weights import sha256_of
 from edgekd.bench.plan import FAILED, SKIPPED, Model
 from edgekd.engine.gpu import gpu_count
@@ -34,8 +34,7 @@ def onnx_for(model: Model, precision: str, int8_for: str, cache: Path, data: Pat
              max_drop: float) -> Path:
     from edgekd.export.exporter import export_checkpoint
     folder = cache / model.name
-    suffix = "-ort" if precision == "int8" and int8_for == "onnxruntime" else ""
-    target = folder / f"{model.name}.{precision}{suffix}.onnx"
+    target = folder / f"{exported_stem(model.name, precision, int8_for)}.onnx"
     if _cached(target, sha256_of(model.checkpoint)):
         return target
     try:
@@ -64,7 +63,7 @@ def artifact_for(model: Model, backend: str, precision: str, max_batch: int, cac
         return onnx_for(model, precision, "onnxruntime", cache, data, category, max_drop)
     if gpu_count() == 0:
         raise NotRunnable(SKIPPED, "a TensorRT engine runs on an NVIDIA GPU and none is visible here")
-    from edgekd.engine.builder import build_engine
+    from edgekd.engine.builder import build_engine  # the ONNX comes from onnx_for, which exported it
     source = onnx_for(model, precision, "tensorrt", cache, data, category, max_drop)
     folder = cache / model.name / "engines"  # beside the ONNX, an engine's sidecar would replace the ONNX's
     engine = folder / f"{source.stem}.engine"
@@ -74,7 +73,7 @@ def artifact_for(model: Model, backend: str, precision: str, max_batch: int, cac
                 int(info.get("profile", {}).get("batch", {}).get("max", 0)) >= max_batch:
             return engine
     try:
-        return build_engine(source, folder, precision, f"1,{max_batch},{max_batch}").engine
+        return build_engine(source, folder, f"1,{max_batch},{max_batch}").engine
     except EdgekdError as exc:
         raise NotRunnable(FAILED, f"engine build failed: {exc}") from None
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edgekd.stream.sinks import Result, Sink, annotate
+from edgekd.sinks.base import Result, Sink, annotate
 
 HISTORY_S = 300.0  # the score chart's memory
 GALLERY_SIZE = 24

@@ -1,7 +1,7 @@
 """`edgekd bundle`: everything a line box needs for one model, in one archive; `edgekd run --bundle` runs from it.
 
     MODEL (.engine or .onnx) + its sidecar (input contract, thresholds) + the calibration plot when there is one
-    + the plugin's source (to rebuild it on the box) + the service unit and an example env file
+    + the plugin's source (to rebuild it on the box) + the service unit and an example line file
     + edgekd-bundle.json: what is inside, with checksums and sizes (written first, so it is read first)
 
 A bundle runs only what it carries. Opening one reads the archive as a stream: every member must be a regular
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXTRAS = {"plugin/MultiScaleFeatureDiffPlugin.cu": REPO / "engines" / "plugin" / "MultiScaleFeatureDiffPlugin.cu",
           "plugin/CMakeLists.txt": REPO / "engines" / "plugin" / "CMakeLists.txt",
           "service/edgekd@.service": REPO / "jetson" / "edgekd@.service",
-          "service/example.env": REPO / "jetson" / "example.env"}
+          "service/example.yaml": REPO / "jetson" / "example.yaml"}
 # An engine of a large model is a few hundred MB; a member or an unpack beyond these is a decompression bomb.
 MAX_MEMBER_BYTES = 2 << 30
 MAX_UNPACKED_BYTES = 4 << 30

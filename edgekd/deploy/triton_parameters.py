@@ -38,3 +38,14 @@ def check_model_name(name: str, option: str = "--name") -> str:
         raise EdgekdError(f"{option} {name!r} is not a Triton model name: use 1-64 letters, digits, '_' and '-', "
                           "starting with a letter or digit (it becomes a folder of the repository)")
     return name
+
+
+# The API key of a Triton started with restricted APIs (`edgekd serve --api-key-file`): the header it checks.
+API_KEY_HEADER = "edgekd-api-key"
+
+
+def api_key_headers(scheme: str, api_key: str | None) -> dict[str, str] | None:
+    """What a client sends: Triton's gRPC endpoint reads the key from 'triton-grpc-protocol-<header>' metadata."""
+    if not api_key:
+        return None
+    return {(f"triton-grpc-protocol-{API_KEY_HEADER}" if scheme == "grpc" else API_KEY_HEADER): api_key}

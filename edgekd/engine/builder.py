@@ -200,12 +200,11 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
                         trt.label)
 
 
-def build_engine(source: str | Path, out_dir: str | Path = "engines", precision: str = "fp16",
-                 batch: str = "1,4,8", workspace_gb: float = 2.0, timing_cache: str | Path | None = None,
-                 dla_core: int | None = None, flavour: str | None = None, export_dir: str | Path = "export",
-                 progress=None, plugin: bool | None = None) -> EngineResult:
-    """A checkpoint is exported to ONNX at `precision` first (with its parity and accuracy checks); an ONNX
-    file is built at the precision it was exported with."""
+def build_engine(source: str | Path, out_dir: str | Path = "engines", batch: str = "1,4,8",
+                 workspace_gb: float = 2.0, timing_cache: str | Path | None = None, dla_core: int | None = None,
+                 flavour: str | None = None, plugin: bool | None = None) -> EngineResult:
+    """An engine from an ONNX file, at the precision it was exported with (edgekd/pipeline.py takes a checkpoint
+    there first)."""
     source, out_dir = Path(source), check_output_folder(out_dir, "--out")
     sizes = parse_batch(batch)
     if timing_cache is not None:
@@ -213,10 +212,7 @@ def build_engine(source: str | Path, out_dir: str | Path = "engines", precision:
         if load_tensorrt(flavour).flavour != "tensorrt":
             raise EdgekdError("--timing-cache is for full TensorRT, and this build uses TensorRT-RTX, which keeps no "
                               "timing cache: drop --timing-cache")
-    if source.suffix == ".ckpt":
-        from edgekd.export.exporter import export_checkpoint
-        source = export_checkpoint(source, precision, out_dir=export_dir, progress=progress).artifact
-    elif source.suffix != ".onnx":
+    if source.suffix != ".onnx":
         raise EdgekdError(f"build-engine takes a .ckpt or an .onnx file, not {source}")
     if not source.is_file():
         raise EdgekdError(f"ONNX file {source} does not exist: create it with 'edgekd export'")

@@ -13,21 +13,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.artifacts import describe_checkpoint, stamped_fields, write_sidecar
+from edgekd.artifacts import describe_checkpoint, exported_stem, stamped_fields, write_sidecar
 from edgekd.calibration import ThresholdRule, score_statistics, thresholds_from_normal
 from edgekd.checkpoint import load_checkpoint
 from edgekd.data.images import to_model_input
 from edgekd.data.layouts import Dataset, load_dataset
 from edgekd.data.loading import load_images, load_images_and_masks
+from edgekd.data.splits import split_normals
 from edgekd.errors import EdgekdError
-from edgekd.evaluate import compute_metrics
+from edgekd.metrics import compute_metrics
 from edgekd.export.onnx_export import FUSED_OP_FORMS, OPSET, export_graphs, set_mask_threshold, set_metadata
 from edgekd.export.parity import ParityReport, compare
 from edgekd.export.quantize import INT8_TARGETS, STEM_MODES, quantize_int8
 from edgekd.outputs import check_output_folder
 from edgekd.runtime.onnx_backend import OnnxRuntime
 from edgekd.runtime.torch_backend import TorchRuntime
-from edgekd.train import split_normals
 
 PRECISIONS = ("fp32", "fp16", "int8")
 LAYOUTS = ("single", "split")
@@ -181,9 +181,7 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_staging(out_dir)
-    # The onnxruntime INT8 form gets its own name so it never overwrites the TensorRT one beside it.
-    flavour = "-ort" if precision == "int8" and int8_for == "onnxruntime" else ""
-    stem = f"{name or default_name(checkpoint)}.{precision}{flavour}"
+    stem = exported_stem(name or default_name(checkpoint), precision, int8_for)
     pixel_threshold = (payload.get("thresholds") or {}).get("pixel")
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir))
     try:

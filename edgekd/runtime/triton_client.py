@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from edgekd.deploy.triton_parameters import REQUIRED, read_parameters
+from edgekd.deploy.triton_parameters import REQUIRED, api_key_headers, read_parameters
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime, RuntimeUnavailable
 
@@ -39,7 +39,6 @@ class TritonClientRuntime(Runtime):
 
     def __init__(self, url: str, model: str, timeout_s: float = 10.0, max_backoff_s: float = 2.0,
                  api_key: str | None = None):
-        from edgekd.serve.server import api_key_headers
         self.scheme, self.address = parse_server_url(url)
         self.headers = api_key_headers(self.scheme, api_key)  # 'edgekd serve --api-key-file' checks it
         self._clients: list = []

@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekd.deploy.triton_parameters import API_KEY_HEADER, api_key_headers
 from edgekd.errors import EdgekdError
 
 INSTALL_HINT = "pip install --no-deps nvidia-pytriton==0.7.0 (its wheel ships the tritonserver binary)"
@@ -51,15 +52,7 @@ def serving_ports(http: int, grpc: int, metrics: int) -> Ports:
 
 
 # Triton's restricted APIs: with an API key every one of them needs the key header (HTTP) or metadata (gRPC).
-API_KEY_HEADER = "edgekd-api-key"
 RESTRICTED_APIS = "health,metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging"
-
-
-def api_key_headers(scheme: str, api_key: str | None) -> dict[str, str] | None:
-    """What a client sends: Triton's gRPC endpoint reads the key from 'triton-grpc-protocol-<header>' metadata."""
-    if not api_key:
-        return None
-    return {(f"triton-grpc-protocol-{API_KEY_HEADER}" if scheme == "grpc" else API_KEY_HEADER): api_key}
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from edgekd.errors import EdgekdError, RunIncomplete
-from edgekd.outputs import check_output_file, check_output_folder
 from edgekd.calibration import Thresholds
 from edgekd.stream.detect import parse_hysteresis
+from edgekd.stream.request import RunRequest
 from edgekd.stream.runner import RunOptions, Runner
-from edgekd.stream.sinks import VIDEO_OUT_SUFFIXES, JsonlSink, MaskSink, VideoSink, WindowSink
+from edgekd.sinks import SinkContext, build_sinks, check_sink_places
 from edgekd.stream.sources import CaptureSettings, open_source
 from edgekd.stream.truth import FrameVerdicts, check_truth_matches, compare, describe, read_truth
 
@@ -23,56 +23,48 @@ def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_stream(model: str | Path, camera: int | None, source: str | None, backend: str | None, device: str, show: bool,
-               save_video: Path | None, save_masks: Path | None, jsonl: Path | None, threshold: float | None,
-               min_area: int, hysteresis: str, batch: int, width: int | None, height: int | None, fps: float | None,
-               max_frames: int | None, stats_every: float, reconnect_timeout: float, echo=print,
-               truth: Path | None = None, server: str | None = None, serve: str | None = None,
-               token: str | None = None, token_file: Path | None = None, realtime: bool = False,
-               pixel_threshold: float | None = None, server_key: str | None = None) -> dict:
+def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -> dict:
+    """One `edgekd run`: checks, the source, the runtime (local, or the server of `request.server`), the sinks, the
+    runner, and the summary. `server_key`: the server's API key, read from request.server_key_file by the caller."""
     from edgekd.runtime import open_runtime
-    if (camera is None) == (source is None):
+    if (request.camera is None) == (request.source is None):
         raise EdgekdError("say where frames come from: exactly one of --camera N or --source (file, folder, URL, csi://N)")
-    for option, value in (("--fps", fps), ("--width", width), ("--height", height)):
+    for option, value in (("--fps", request.fps), ("--width", request.width), ("--height", request.height)):
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise EdgekdError(f"{option} {value:g} is not a capture setting: give a positive number, or leave it out "
                               "to keep the source's own")
-    if serve is None and (token is not None or token_file is not None):
+    if request.serve is None and (request.token is not None or request.token_file is not None):
         raise EdgekdError("--token and --token-file guard the dashboard: use them with --serve HOST:PORT")
     # Every output place is checked before the model loads (a bad path fails now, not at the first frame).
-    if jsonl:
-        check_output_file(jsonl, "--jsonl")
-    if save_video:
-        check_output_file(save_video, "--save-video", VIDEO_OUT_SUFFIXES)
-    if save_masks:
-        check_output_folder(save_masks, "--save-masks")
-    truth_frames = read_truth(truth) if truth else None
-    on_off = parse_hysteresis(hysteresis)
-    if show:
-        WindowSink.check_display()
-    settings = CaptureSettings(width, height, fps)
+    if request.loop and request.truth is not None:
+        raise EdgekdError("--truth counts the frames of one pass of its video; --loop plays it again and again: use one")
+    check_sink_places(request)
+    truth_frames = read_truth(request.truth) if request.truth else None
+    on_off = parse_hysteresis(request.hysteresis)
+    settings = CaptureSettings(request.width, request.height, request.fps)
     with ExitStack() as cleanup:
         # The dashboard binds now: a taken port fails before the model loads.
-        dashboard = open_dashboard(serve, token, token_file) if serve is not None else None
+        dashboard = open_dashboard(request.serve, request.token, request.token_file) if request.serve is not None else None
         if dashboard is not None:
             cleanup.callback(dashboard.close)
-        if server is not None:
-            if backend:
+        if request.server is not None:
+            if request.backend:
                 raise EdgekdError("--backend chooses a local runtime; with --server the server's runtime does the "
                                   "inference")
             from edgekd.runtime.triton_client import TritonClientRuntime
-            runtime = TritonClientRuntime(server, str(model), api_key=server_key)
+            runtime = TritonClientRuntime(request.server, str(request.model), api_key=server_key)
         else:
-            runtime = open_runtime(Path(model), backend, device)
+            runtime = open_runtime(Path(request.model), request.backend, request.device)
         try:
-            thresholds = Thresholds.resolve(runtime.thresholds, threshold, pixel_threshold)
-            stream = open_source(camera if camera is not None else source, settings, realtime)
+            thresholds = Thresholds.resolve(runtime.thresholds, request.threshold, request.pixel_threshold)
+            stream = open_source(request.camera if request.camera is not None else request.source, settings,
+                                 request.realtime, request.loop)
         except BaseException:
             runtime.close()  # a TensorRT runtime holds GPU buffers
             raise
         if truth_frames is not None:
             try:
-                warning = check_truth_matches(truth_frames, truth, str(source if camera is None else camera),
+                warning = check_truth_matches(truth_frames, request.truth, str(request.source if request.camera is None else request.camera),
                                               stream.frame_count)
             except BaseException:
                 stream.close()
@@ -81,33 +73,24 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
             if warning:
                 _log(warning)
         runner_ref: list[Runner] = []
-        sinks = []
         try:
-            if jsonl:
-                sinks.append(JsonlSink(jsonl))
-            if save_masks:
-                sinks.append(MaskSink(save_masks))
-            if save_video:
-                sinks.append(VideoSink(save_video, stream.fps or settings.fps or 25.0))
-            if show:
-                sinks.append(WindowSink(lambda: runner_ref[0].stop("window closed")))
-            verdicts = FrameVerdicts() if truth_frames is not None else None
-            if verdicts:
-                sinks.append(verdicts)
-            if dashboard is not None:
-                sinks.append(dashboard.board)
+            sinks = build_sinks(request, SinkContext(stream.fps or settings.fps or 25.0,
+                                                     lambda reason: runner_ref[0].stop(reason)))
         except BaseException:
-            for sink in sinks:
-                sink.close()
             stream.close()
             runtime.close()
             raise
-        options = RunOptions(thresholds, min_area, on_off, batch, max_frames, stats_every, reconnect_timeout)
+        verdicts = FrameVerdicts() if truth_frames is not None else None
+        if verdicts:
+            sinks.append(verdicts)
+        if dashboard is not None:
+            sinks.append(dashboard.board)
+        options = RunOptions(thresholds, request.min_area, on_off, request.batch, request.max_frames, request.stats_every, request.reconnect_timeout)
         runner = Runner(stream, runtime, sinks, options, log=_log)
         runner_ref.append(runner)
         if dashboard is not None:
             dashboard.board.attach(thresholds, (runner.vmin, runner.vmax), lambda: runner.stats.snapshot(),
-                                   {"model": str(model), "source": stream.description, "backend": runtime.backend})
+                                   {"model": str(request.model), "source": stream.description, "backend": runtime.backend})
             dashboard.start()
             guarded = " (open it once as /?token=YOUR_TOKEN; scripts send 'Authorization: Bearer YOUR_TOKEN')"
             _log(f"info: dashboard at {dashboard.url}" + (guarded if dashboard.gate.token else ""))
@@ -119,7 +102,7 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
             runner.stop(signal.Signals(number).name)
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        _log(f"info: {stream.description} -> {model} ({runtime.backend}), thresholds image {thresholds.image:.4g} "
+        _log(f"info: {stream.description} -> {request.model} ({runtime.backend}), thresholds image {thresholds.image:.4g} "
              f"pixel {thresholds.pixel:.4g}; Ctrl-C stops")
         try:
             summary = runner.run()
@@ -130,7 +113,7 @@ def run_stream(model: str | Path, camera: int | None, source: str | None, backen
         if verdicts:
             summary["truth"] = compare(truth_frames, verdicts)
             _log(describe(summary["truth"]))
-        echo(json.dumps({"source": stream.description, "model": str(model), "backend": runtime.backend, **summary}))
+        echo(json.dumps({"source": stream.description, "model": str(request.model), "backend": runtime.backend, **summary}))
         if summary.get("lost"):
             outages = summary.get("server_outages_s") or []
             _log(f"warning: {summary['lost']} frames were lost while {runtime.label} was unavailable"

@@ -3,26 +3,13 @@ specks dropped), a per-frame verdict, and a verdict smoothed over frames so it d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
 from edgekd.calibration import Thresholds
+from edgekd.sinks.base import Region
 from edgekd.errors import EdgekdError
 from edgekd.scoring import threshold_mask
-
-
-@dataclass(frozen=True)
-class Region:
-    x: int
-    y: int
-    w: int
-    h: int
-    area: int  # defect pixels, in frame pixels
-
-    def to_dict(self) -> dict:
-        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area}
 
 
 def defect_regions(amap: np.ndarray, pixel_threshold: float, frame_shape: tuple[int, int],

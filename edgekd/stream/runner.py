@@ -23,7 +23,7 @@ from edgekd.runtime.base import Runtime, RuntimeUnavailable
 from edgekd.calibration import Thresholds
 from edgekd.stream.detect import Hysteresis, defect_regions, frame_is_defective
 from edgekd.stream.service import ServiceNotifier
-from edgekd.stream.sinks import Result, Sink, annotate
+from edgekd.sinks import Result, Sink, annotate
 from edgekd.stream.sources import CORRUPT, END, LOST, OK, Source
 from edgekd.stream.stats import RunStats
 from edgekd.viz import colour_range

@@ -232,6 +232,34 @@ class PacedSource(Source):
         self.inner.close()
 
 
+class LoopedSource(Source):
+    """A file or folder played again from its start each time it ends (`--loop`), until the run is stopped: a short
+    clip keeps a dashboard or a service busy. It has no end, so no frame count."""
+
+    def __init__(self, inner: Source):
+        self.inner, self.loops = inner, 0
+        self.description = f"{inner.description} (looped)"
+
+    @property
+    def fps(self) -> float | None:
+        return self.inner.fps
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def read(self) -> Read:
+        read = self.inner.read()
+        if read.status == END:
+            self.inner.close()
+            self.inner.open()
+            self.loops += 1
+            read = self.inner.read()  # END again: nothing in it to play
+        return read
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def csi_pipeline(sensor: int, settings: CaptureSettings) -> str:
     width, height, fps = settings.width or 1920, settings.height or 1080, int(settings.fps or 30)
     return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},"
@@ -247,9 +275,10 @@ def quiet_opencv() -> None:
         logging.setLogLevel(logging.LOG_LEVEL_ERROR)
 
 
-def open_source(spec: str | int, settings: CaptureSettings = CaptureSettings(), realtime: bool = False) -> Source:
+def open_source(spec: str | int, settings: CaptureSettings = CaptureSettings(), realtime: bool = False,
+                loop: bool = False) -> Source:
     """'0' or 0 -> camera; csi://N; gst:<pipeline>; rtsp/http/... -> stream; a folder; a video file. `realtime`
-    paces a file or folder at --fps (or the file's own rate)."""
+    paces a file or folder at --fps (or the file's own rate); `loop` plays it again each time it ends."""
     quiet_opencv()
     text = str(spec).strip()
     if re.fullmatch(r"\d+", text):
@@ -283,7 +312,11 @@ def open_source(spec: str | int, settings: CaptureSettings = CaptureSettings(), 
                               "gst:..., a folder nor an existing video file")
     if realtime and source.live:
         raise EdgekdError(f"--realtime paces files and folders; {source.description} already delivers in real time")
+    if loop and source.live:
+        raise EdgekdError(f"--loop plays a file or folder again; {source.description} is live and never ends")
     source.open()
+    if loop:
+        source = LoopedSource(source)
     if realtime:
         fps = settings.fps or source.fps
         if not fps:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
-from edgekd.stream.sinks import Sink
+from edgekd.sinks import Sink
 
 
 @dataclass(frozen=True)

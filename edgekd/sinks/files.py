@@ -1,11 +1,10 @@
-"""Where results go: JSONL events, defect masks, an annotated video, a live window. A sink that fails to write
-(disk full, folder gone) is stopped on its own; detection and the other sinks go on."""
+"""Sinks that write files: JSONL events, defect masks, an annotated video. Each write is whole or absent: a sink
+that fails (disk full, folder gone) keeps nothing that looks complete."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -13,49 +12,7 @@ import numpy as np
 
 from edgekd.data.images import write_image_atomic
 from edgekd.errors import EdgekdError
-from edgekd.stream.detect import Region
-from edgekd.viz import overlay
-
-
-@dataclass
-class Result:
-    """One processed frame, as the sinks see it."""
-    index: int
-    timestamp: float  # wall-clock seconds (Unix time) the frame was captured
-    position: float | None  # seconds into a video file
-    image: np.ndarray  # BGR frame
-    amap: np.ndarray  # anomaly map at the model's input size
-    mask: np.ndarray  # uint8 mask at the model's input size, regions below --min-area removed
-    score: float
-    defective: bool  # this frame alone
-    verdict: bool  # after hysteresis
-    regions: list[Region] = field(default_factory=list)
-    latency_ms: float = 0.0
-    fps: float = 0.0
-    name: str | None = None  # source file, for folder sources
-
-    def event(self) -> dict:
-        return {"frame": self.index, **({"file": self.name} if self.name else {}), "time": round(self.timestamp, 6),
-                **({"position_s": round(self.position, 4)} if self.position is not None else {}),
-                "score": round(float(self.score), 6), "defective": self.defective,
-                "verdict": "defect" if self.verdict else "ok", "regions": [r.to_dict() for r in self.regions],
-                "latency_ms": round(self.latency_ms, 2)}
-
-
-class Sink:
-    name = "sink"
-    wants_overlay = False
-
-    def write(self, result: Result, overlay_bgr: np.ndarray | None) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def abandon(self) -> Path | None:
-        """After a failed write: stop, leave nothing that looks whole but is not; returns what was kept, if any."""
-        self.close()
-        return None
+from edgekd.sinks.base import Result, Sink
 
 
 class JsonlSink(Sink):
@@ -140,42 +97,3 @@ class VideoSink(Sink):
             self.writer.release()
             self.writer = None
         return self.partial if self.partial.exists() else None
-
-
-class WindowSink(Sink):
-    """A live window; q or Esc stops the run."""
-    wants_overlay = True
-    title = "edgekd"
-
-    def __init__(self, request_stop):
-        self.check_display()
-        self.request_stop, self.name = request_stop, "--show"
-
-    @staticmethod
-    def check_display() -> None:
-        if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise EdgekdError("--show needs a display and none is set (DISPLAY): run it on the machine's screen, "
-                              "or use --save-video")
-
-    def write(self, result, overlay_bgr):
-        cv2.imshow(self.title, overlay_bgr)
-        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-            self.request_stop()
-
-    def close(self):
-        cv2.destroyAllWindows()
-
-
-def annotate(result: Result, vmin: float, vmax: float) -> np.ndarray:
-    """Heatmap, defect contours, score, verdict and FPS on the frame (BGR in, BGR out)."""
-    rgb = cv2.cvtColor(result.image, cv2.COLOR_BGR2RGB)
-    out = cv2.cvtColor(overlay(rgb, result.amap, result.mask, vmin, vmax), cv2.COLOR_RGB2BGR)
-    for region in result.regions:
-        cv2.rectangle(out, (region.x, region.y), (region.x + region.w, region.y + region.h), (0, 0, 255), 2)
-    scale = max(out.shape[0] / 480, 0.5)
-    colour = (0, 0, 255) if result.verdict else (0, 200, 0)
-    text = f"{'DEFECT' if result.verdict else 'OK'}  score {result.score:.3f}  {result.fps:.1f} fps"
-    cv2.rectangle(out, (0, 0), (out.shape[1], int(30 * scale)), (0, 0, 0), -1)
-    cv2.putText(out, text, (6, int(22 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, colour, max(1, int(2 * scale)),
-                cv2.LINE_AA)
-    return out

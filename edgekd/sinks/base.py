@@ -1,0 +1,80 @@
+"""What a sink receives and what it is: one processed frame (`Result`, with its defect `Region`s), the `Sink`
+interface, and the annotated picture several sinks draw. Below the stream runner and the dashboard alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgekd.viz import overlay
+
+
+@dataclass(frozen=True)
+class Region:
+    x: int
+    y: int
+    w: int
+    h: int
+    area: int  # defect pixels, in frame pixels
+
+    def to_dict(self) -> dict:
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area}
+
+
+@dataclass
+class Result:
+    """One processed frame, as the sinks see it."""
+    index: int
+    timestamp: float  # wall-clock seconds (Unix time) the frame was captured
+    position: float | None  # seconds into a video file
+    image: np.ndarray  # BGR frame
+    amap: np.ndarray  # anomaly map at the model's input size
+    mask: np.ndarray  # uint8 mask at the model's input size, regions below --min-area removed
+    score: float
+    defective: bool  # this frame alone
+    verdict: bool  # after hysteresis
+    regions: list[Region] = field(default_factory=list)
+    latency_ms: float = 0.0
+    fps: float = 0.0
+    name: str | None = None  # source file, for folder sources
+
+    def event(self) -> dict:
+        return {"frame": self.index, **({"file": self.name} if self.name else {}), "time": round(self.timestamp, 6),
+                **({"position_s": round(self.position, 4)} if self.position is not None else {}),
+                "score": round(float(self.score), 6), "defective": self.defective,
+                "verdict": "defect" if self.verdict else "ok", "regions": [r.to_dict() for r in self.regions],
+                "latency_ms": round(self.latency_ms, 2)}
+
+
+class Sink:
+    name = "sink"
+    wants_overlay = False
+
+    def write(self, result: Result, overlay_bgr: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def abandon(self) -> Path | None:
+        """After a failed write: stop, leave nothing that looks whole but is not; returns what was kept, if any."""
+        self.close()
+        return None
+
+
+def annotate(result: Result, vmin: float, vmax: float) -> np.ndarray:
+    """Heatmap, defect contours, score, verdict and FPS on the frame (BGR in, BGR out)."""
+    rgb = cv2.cvtColor(result.image, cv2.COLOR_BGR2RGB)
+    out = cv2.cvtColor(overlay(rgb, result.amap, result.mask, vmin, vmax), cv2.COLOR_RGB2BGR)
+    for region in result.regions:
+        cv2.rectangle(out, (region.x, region.y), (region.x + region.w, region.y + region.h), (0, 0, 255), 2)
+    scale = max(out.shape[0] / 480, 0.5)
+    colour = (0, 0, 255) if result.verdict else (0, 200, 0)
+    text = f"{'DEFECT' if result.verdict else 'OK'}  score {result.score:.3f}  {result.fps:.1f} fps"
+    cv2.rectangle(out, (0, 0), (out.shape[1], int(30 * scale)), (0, 0, 0), -1)
+    cv2.putText(out, text, (6, int(22 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, colour, max(1, int(2 * scale)),
+                cv2.LINE_AA)
+    return out

@@ -11,6 +11,7 @@ from pathlib import Path
 from edgekd import __version__
 from edgekd.backbones.weights import sha256_of
 from edgekd.atomic import write_bytes_atomic
+from edgekd.artifact_kinds import ONNX, ArtifactKind, kind_by_suffix
 from edgekd.errors import EdgekdError
 
 SIDECAR_FORMAT = "edgekd-artifact"
@@ -54,8 +55,16 @@ def write_sidecar(artifact: str | Path, info: dict) -> Path:
 
 
 def _remake(artifact: str | Path) -> str:
-    return ("rebuild it with 'edgekd build-engine MODEL.onnx'" if Path(artifact).suffix.lower() in (".engine", ".plan")
-            else "re-export it with 'edgekd export model.ckpt'")
+    kind = kind_by_suffix(artifact) or ONNX
+    return f"make it again with '{kind.made_by}'"
+
+
+def read_info(path: str | Path, kind: ArtifactKind) -> dict:
+    """What an artifact says about itself, read without loading it: a checkpoint's payload, or the sidecar."""
+    if not kind.has_sidecar:
+        from edgekd.checkpoint import read_checkpoint
+        return read_checkpoint(path)
+    return read_sidecar(path)
 
 
 def _journal(artifact: str | Path) -> Path:
@@ -182,9 +191,10 @@ def check_artifact_pair(artifact: str | Path, info: dict, metadata: dict[str, st
     passes thresholds=False: it checks them on every use, and `calibrate` opens it to replace bad ones."""
     from edgekd.calibration import check_thresholds
     path = Path(artifact)
-    if path.suffix.lower() in (".engine", ".plan"):
+    kind = kind_by_suffix(path) or ONNX
+    if kind.sidecar_check == "checksum":  # a plan carries no metadata of its own: its bytes are the check
         check_engine_matches_sidecar(path, info)
-    else:
+    elif kind.sidecar_check == "graph metadata":
         check_onnx_matches_sidecar(path, info, onnx_metadata(path) if metadata is None else metadata)
     if thresholds:
         check_thresholds(info.get("thresholds"), str(path))

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgekd.artifact_kinds import ArtifactKind, kind_of
 from edgekd.artifacts import read_sidecar, replace_together, sidecar_path, update_pending
 from edgekd.atomic import write_bytes_atomic
 from edgekd.calibration import (ADVISED_NORMAL, MAX_OUTLIER_SHARE, MIN_NORMAL, ThresholdRule, Thresholds, above,
@@ -152,18 +153,26 @@ def _history_entry(previous: dict | None, source: str) -> dict:
     return {"thresholds": previous, "replaced": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": f"edgekd calibrate ({source})"}
 
 
-def write_thresholds(artifact: Path, backend: str, thresholds: dict, source: str) -> tuple[dict | None, list[Path]]:
-    """Store thresholds in the artifact, keeping the previous ones in its history; returns (previous, files written).
-    Checkpoint: one atomic rewrite. ONNX: the graph (mask constant and metadata) and its sidecar are both prepared
-    before either replaces its original, so a failure leaves the old pair. Engine: its sidecar (the runtime reads
-    thresholds from there; the plan's own mask output keeps its build-time threshold)."""
-    if backend == "torch":
-        from edgekd.checkpoint import read_checkpoint, update_checkpoint
-        payload = read_checkpoint(artifact)
-        previous = payload.get("thresholds")
-        history = list(payload.get("thresholds_history", [])) + [_history_entry(previous, source)]
-        update_checkpoint(artifact, thresholds=thresholds, thresholds_history=history)
-        return previous, [artifact]
+def write_thresholds(artifact: Path, kind: ArtifactKind, thresholds: dict, source: str) -> tuple[dict | None, list[Path]]:
+    """Store thresholds where the artifact's kind keeps them, keeping the previous ones in its history; returns
+    (previous, files written)."""
+    return THRESHOLD_WRITERS[kind.thresholds_in](artifact, thresholds, source)
+
+
+def _into_checkpoint(artifact: Path, thresholds: dict, source: str) -> tuple[dict | None, list[Path]]:
+    """One atomic rewrite of the checkpoint."""
+    from edgekd.checkpoint import read_checkpoint, update_checkpoint
+    payload = read_checkpoint(artifact)
+    previous = payload.get("thresholds")
+    history = list(payload.get("thresholds_history", [])) + [_history_entry(previous, source)]
+    update_checkpoint(artifact, thresholds=thresholds, thresholds_history=history)
+    return previous, [artifact]
+
+
+def _into_sidecar(artifact: Path, thresholds: dict, source: str, graph_too: bool = False) -> tuple[dict | None, list[Path]]:
+    """The sidecar (an engine: the runtime reads thresholds there; the plan's own mask output keeps its build-time
+    threshold), and with graph_too the ONNX graph's mask constant and metadata: both prepared before either
+    replaces its original, so a failure leaves the old pair."""
     info = read_sidecar(artifact)
     remove_stale_temps(artifact.parent, [artifact.name, sidecar_path(artifact).name])  # a killed run's temps
     previous = info.get("thresholds")
@@ -171,7 +180,7 @@ def write_thresholds(artifact: Path, backend: str, thresholds: dict, source: str
             "thresholds_history": list(info.get("thresholds_history", [])) + [_history_entry(previous, source)]}
     staged: list[tuple[Path, Path]] = []
     try:
-        if backend == "onnxruntime":
+        if graph_too:
             import onnx
 
             from edgekd.export import onnx_export
@@ -194,17 +203,25 @@ def write_thresholds(artifact: Path, backend: str, thresholds: dict, source: str
     return previous, [final for _, final in staged]
 
 
+THRESHOLD_WRITERS = {"checkpoint": _into_checkpoint, "sidecar": _into_sidecar,
+                     "graph+sidecar": lambda artifact, thresholds, source: _into_sidecar(artifact, thresholds, source,
+                                                                                         graph_too=True)}
+
+
 def calibrate(artifact: Path, source, frames: int, backend: str | None = None, device: str = "auto",
               settings: CaptureSettings | None = None, rule: ThresholdRule | None = None, plot: Path | None = None,
               dry_run: bool = False, log=lambda text: None, accept_outliers: bool = False) -> Calibration:
     from edgekd.runtime import open_runtime
     artifact = Path(artifact)
-    plot = check_output_file(plot or artifact.with_name(f"{artifact.stem}.calibration.png"), "--plot", (".png",))
+    kind = kind_of(artifact, backend)
+    # A dry run plots beside the real one: the plot `bundle` ships stays the calibration's in force.
+    default_plot = artifact.with_name(f"{artifact.stem}.calibration{'.dry-run' if dry_run else ''}.png")
+    plot = check_output_file(plot or default_plot, "--plot", (".png",))
     if not dry_run:
-        check_output_file(sidecar_path(artifact) if artifact.suffix != ".ckpt" else artifact, "the artifact")
-    with open_runtime(artifact, backend, device) as runtime:
+        check_output_file(sidecar_path(artifact) if kind.has_sidecar else artifact, "the artifact")
+    with open_runtime(artifact, kind.backend, device) as runtime:
         # The stored values, unchecked: calibrating is how a NaN threshold gets replaced.
-        kind, current = runtime.backend, dict(runtime.info.get("thresholds") or {})
+        current = dict(runtime.info.get("thresholds") or {})
         sink, read = collect_normal_scores(runtime, source, frames, settings or CaptureSettings(None, None, None), log=log)
     scores, peaks = np.array(sink.scores), np.array(sink.peaks)
     if len(scores) < MIN_NORMAL:

@@ -171,6 +171,7 @@ def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One
           save_threshold: bool = typer.Option(False, help="Store F1-optimal thresholds from these labels in the checkpoint.")):
     import numpy
 
+    from edgekd.artifact_kinds import CHECKPOINT
     from edgekd.calibrate import write_thresholds
     from edgekd.calibration import check_thresholds
     from edgekd.metrics import thresholds_from_labels
@@ -186,7 +187,7 @@ def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One
             with open_runtime(path, backend, device) as runtime:
                 which = category or runtime.info.get("category")
                 if save_threshold:
-                    if runtime.backend != "torch":
+                    if runtime.backend != CHECKPOINT.backend:
                         raise EdgekdError(f"--save-threshold updates checkpoints, and {path} is not one: "
                                           "save into the model.ckpt, then export again")
                     labels = numpy.array([s.label for s in load_dataset(data, which).test])
@@ -198,7 +199,7 @@ def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One
             if save_threshold:
                 found = thresholds_from_labels(result.labels, result.scores, result.masks, result.maps)
                 check_thresholds(found, f"the F1-optimal thresholds found for {path}")
-                write_thresholds(path, "torch", found, f"edgekd eval --save-threshold on {data}")
+                write_thresholds(path, CHECKPOINT, found, f"edgekd eval --save-threshold on {data}")
                 saved.append(path)
     json_path, md_path = write_results(rows, out)
     _echo(markdown_table(rows))
@@ -518,7 +519,8 @@ def export_triton(artifact: Path = typer.Argument(..., help="An .engine (tensorr
     from edgekd.deploy.triton_repository import RepositoryOptions, default_name, write_repository
     if kind not in ("gpu", "cpu"):
         raise EdgekdError(f"--kind {kind!r} is unknown: use gpu or cpu")
-    platform = platform or ("tensorrt" if artifact.suffix.lower() in (".engine", ".plan") else "onnxruntime")
+    from edgekd.artifact_kinds import kind_by_suffix
+    platform = platform or getattr(kind_by_suffix(artifact), "triton_platform", None) or "onnxruntime"
     options = RepositoryOptions(name=default_name(artifact) if name is None else name, platform=platform, max_batch=max_batch,
                                 instances=instances, kind=f"KIND_{kind.upper()}", container=container, plugin=plugin)
     target = write_repository(artifact, repo, options, overwrite=overwrite)
@@ -570,6 +572,7 @@ def benchmark(artifacts: List[Path] = typer.Argument(None, help="model.ckpt file
     from edgekd.bench.prepare import check_engine_batches
     from edgekd.bench.report import read_report, write_report
     from edgekd.bench.run import Settings, run_benchmark
+    from edgekd.artifact_kinds import kind_for_backend
     from edgekd.bench.tegrastats import TegraStats
     from edgekd.machine import environment_info
     from edgekd.outputs import check_output_folder
@@ -590,7 +593,7 @@ def benchmark(artifacts: List[Path] = typer.Argument(None, help="model.ckpt file
         raise EdgekdError("nothing to benchmark: pass model.ckpt files, or --families rd,dskd --train --data ...")
     models = None if train_first else gather(list(artifacts), chosen_families)
     for model in models or []:
-        if model.fixed is not None and model.fixed_backend == "tensorrt":
+        if model.fixed is not None and not kind_for_backend(model.fixed_backend).loads_without_gpu:  # an engine
             check_engine_batches(model.fixed, batches)
     log = lambda text: typer.echo(text, err=True)
     if train_first:

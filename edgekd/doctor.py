@@ -218,29 +218,28 @@ def check_resources(root: Path, where: Path) -> list[Check]:
 def check_artifact(path: Path) -> list[Check]:
     """Can `edgekd run --model PATH` work here? Asks what opening it would ask, without loading a TensorRT runtime."""
     from edgekd.errors import EdgekdError
-    from edgekd.runtime import backend_for, check_artifact_kind
+    from edgekd.artifact_kinds import kind_of
     try:
         if not path.is_file():
             raise EdgekdError(f"{path} does not exist: pass a model.ckpt, .onnx or .engine")
         from edgekd.calibration import Thresholds
-        kind = backend_for(path)
-        check_artifact_kind(path, kind, False)
-        if kind == "tensorrt":  # no TensorRT runtime without a GPU (it crashes the process): its checks only
-            from edgekd.artifacts import read_sidecar
+        kind = kind_of(path)
+        if not kind.loads_without_gpu:  # no TensorRT runtime without a GPU (it crashes the process): its checks only
             from edgekd.runtime.tensorrt_backend import check_engine_compatible
-            info = read_sidecar(path)
+            from edgekd.artifacts import read_info
+            info = read_info(path, kind)
             check_engine_compatible(path, info)
             thresholds = info.get("thresholds")
         else:
             from edgekd.runtime import open_runtime
-            with open_runtime(path, kind, "cpu") as runtime:  # what `edgekd run` opens: model built, pair checked
+            with open_runtime(path, kind.backend, "cpu") as runtime:  # what `edgekd run` opens: model built, pair checked
                 thresholds = runtime.thresholds  # a NaN threshold is refused here as `edgekd run` would
         Thresholds.resolve(thresholds, None)  # and a missing one, as `edgekd run` refuses it
     except EdgekdError as exc:
         message = str(exc)
         detail, _, fix = message.partition(": ")
         return [Check(f"artifact {path.name}", WRONG, detail, fix or message, blocks_run=True)]
-    return [Check(f"artifact {path.name}", OK, f"edgekd run can open it ({kind})")]
+    return [Check(f"artifact {path.name}", OK, f"edgekd run can open it ({kind.backend})")]
 
 
 def diagnose(artifact: Path | None = None, engines: Path | None = None, root: Path = Path("/"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekd.artifact_kinds import CHECKPOINT, kind_by_suffix
 from edgekd.engine.builder import EngineResult, build_engine
 
 
@@ -16,7 +17,7 @@ def engine_from(source: str | Path, out_dir: str | Path = "engines", precision: 
     """A checkpoint is exported to ONNX at `precision` first (with the export's parity and accuracy checks); an ONNX
     file is built at the precision it was exported with."""
     source = Path(source)
-    if source.suffix == ".ckpt":
+    if kind_by_suffix(source) is CHECKPOINT:
         from edgekd.export.exporter import export_checkpoint
         source = export_checkpoint(source, precision, out_dir=export_dir, progress=progress).artifact
     return build_engine(source, out_dir, batch, workspace_gb, timing_cache, dla_core, flavour, plugin)

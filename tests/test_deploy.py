@@ -108,7 +108,7 @@ def test_plugin_engines_ship_the_plugin_and_preload_it(rtx_engine, tmp_path):
 def test_repository_refuses_what_a_server_cannot_take(onnx_exports, split_export, tmp_path):
     with pytest.raises(EdgekdError, match="split export"):
         write_repository(split_export, tmp_path, RepositoryOptions("x", "onnxruntime"))
-    with pytest.raises(EdgekdError, match="--platform tensorrt serves an .engine"):
+    with pytest.raises(EdgekdError, match=r"--platform tensorrt serves a TensorRT engine \(.engine, from"):
         write_repository(onnx_exports["fp32"], tmp_path, RepositoryOptions("x", "tensorrt"))
     with pytest.raises(EdgekdError, match="unknown: use one of tensorrt, onnxruntime"):
         write_repository(onnx_exports["fp32"], tmp_path, RepositoryOptions("x", "tf"))

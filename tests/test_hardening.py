@@ -248,11 +248,12 @@ def test_a_corrupt_patch_mid_file_is_skipped_and_counted_not_taken_for_the_end(t
 
 
 def test_jsonl_never_ends_in_half_a_line_when_a_write_fails(tmp_path, monkeypatch):
+    from edgekd.sinks import Result
     from edgekd.sinks import files as sinks
     path = tmp_path / "events.jsonl"
     sink = sinks.JsonlSink(path)
-    result = sinks.Result(0, 0.0, None, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32),
-                          np.zeros((8, 8), np.uint8), 0.5, False, False)
+    result = Result(0, 0.0, None, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32),
+                    np.zeros((8, 8), np.uint8), 0.5, False, False)
     sink.write(result, None)
     real_write = os.write
 

@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
     artifact, backend, device, batch = argv[0], argv[1], argv[2], int(argv[3])
     import numpy as np
 
+    from edgekd.artifact_kinds import kind_for_backend
     from edgekd.runtime import open_runtime
     baseline = _hwm_mb()  # the interpreter, torch, onnxruntime and edgekd, before the artifact
     gpu_baseline = _gpu_used_mb()  # also creates this process's CUDA context, which is not the artifact's
@@ -41,7 +42,7 @@ def main(argv: list[str]) -> None:
     for _ in range(3):
         runtime.run(frames)
     gpu = None
-    if backend == "torch":
+    if kind_for_backend(backend).thresholds_in == "checkpoint":  # torch in this process: its allocator knows
         import torch
         gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     elif gpu_baseline is not None and (used := _gpu_used_mb()) is not None:

@@ -13,17 +13,16 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def model_from_file(path: Path) -> Model:
-    from edgekd.artifacts import read_sidecar
-    from edgekd.checkpoint import read_checkpoint
+    from edgekd.artifact_kinds import kind_of
+    from edgekd.artifacts import read_info
     from edgekd.export.exporter import default_name
-    from edgekd.runtime import backend_for
     if not path.is_file():
         raise EdgekdError(f"{path} does not exist: pass model.ckpt files (or exported .onnx / .engine files)")
-    backend = backend_for(path)
-    if backend == "torch":
-        return Model(default_name(path), read_checkpoint(path)["model"], path)
-    info = read_sidecar(path)
-    return Model(f"{path.stem}", info["model"], None, path, backend, info.get("precision", "fp32"))
+    kind = kind_of(path)
+    info = read_info(path, kind)
+    if not kind.has_sidecar:  # a checkpoint: exported to each precision by the benchmark itself
+        return Model(default_name(path), info["model"], path)
+    return Model(f"{path.stem}", info["model"], None, path, kind.backend, info.get("precision", "fp32"))
 
 
 def config_for(family: str, configs: Path) -> Path:

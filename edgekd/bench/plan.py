@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgekd.artifact_kinds import BACKENDS  # noqa: F401  (one list of backends: the kinds table; bench uses it)
 from edgekd.errors import EdgekdError
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 REFERENCES = ("rd", "dskd")  # every row gets a speed ratio against these families (same backend, precision, batch)
 

@@ -9,6 +9,7 @@ from edgekd.artifacts import exported_stem, read_sidecar
 from edgekd.backbones.weights import sha256_of
 from edgekd.bench.plan import FAILED, SKIPPED, Model
 from edgekd.engine.gpu import gpu_count
+from edgekd.artifact_kinds import kind_for_backend
 from edgekd.errors import EdgekdError
 
 
@@ -50,19 +51,26 @@ def artifact_for(model: Model, backend: str, precision: str, max_batch: int, cac
     """The file a runtime opens for this (model, backend, precision), or NotRunnable with the reason."""
     if model.error is not None:
         raise NotRunnable(FAILED, model.error)
+    kind = kind_for_backend(backend)
+    if not kind.loads_without_gpu and gpu_count() == 0:
+        raise NotRunnable(SKIPPED, f"{kind.description} runs on an NVIDIA GPU and none is visible here")
     if model.fixed is not None:
-        if backend == "tensorrt" and gpu_count() == 0:
-            raise NotRunnable(SKIPPED, "a TensorRT engine runs on an NVIDIA GPU and none is visible here")
         return model.fixed
-    if backend == "torch":
-        if precision != "fp32":  # the torch runtime runs a checkpoint as it was trained; a GPU row was mislabelled
-            raise NotRunnable(SKIPPED, f"torch rows run the checkpoint in FP32; edgekd's {precision.upper()} runs in "
-                                       "onnxruntime or TensorRT")
-        return model.checkpoint
-    if backend == "onnxruntime":
-        return onnx_for(model, precision, "onnxruntime", cache, data, category, max_drop)
-    if gpu_count() == 0:
-        raise NotRunnable(SKIPPED, "a TensorRT engine runs on an NVIDIA GPU and none is visible here")
+    return PRODUCERS[kind.name](model, precision, max_batch, cache, data, category, max_drop)
+
+
+def _checkpoint_row(model: Model, precision: str, max_batch, cache, data, category, max_drop) -> Path:
+    if precision != "fp32":  # the torch runtime runs a checkpoint as it was trained; a GPU row was mislabelled
+        raise NotRunnable(SKIPPED, f"torch rows run the checkpoint in FP32; edgekd's {precision.upper()} runs in "
+                                   "onnxruntime or TensorRT")
+    return model.checkpoint
+
+
+def _onnx_row(model: Model, precision: str, max_batch, cache, data, category, max_drop) -> Path:
+    return onnx_for(model, precision, "onnxruntime", cache, data, category, max_drop)
+
+
+def _engine_row(model: Model, precision: str, max_batch, cache, data, category, max_drop) -> Path:
     from edgekd.engine.builder import build_engine  # the ONNX comes from onnx_for, which exported it
     source = onnx_for(model, precision, "tensorrt", cache, data, category, max_drop)
     folder = cache / model.name / "engines"  # beside the ONNX, an engine's sidecar would replace the ONNX's
@@ -76,6 +84,10 @@ def artifact_for(model: Model, backend: str, precision: str, max_batch: int, cac
         return build_engine(source, folder, f"1,{max_batch},{max_batch}").engine
     except EdgekdError as exc:
         raise NotRunnable(FAILED, f"engine build failed: {exc}") from None
+
+
+# How the benchmark makes each kind of artifact from a checkpoint (each row's export and build checks included).
+PRODUCERS = {"checkpoint": _checkpoint_row, "onnx": _onnx_row, "engine": _engine_row}
 
 
 def check_engine_batches(engine: Path, batches: list[int]) -> None:

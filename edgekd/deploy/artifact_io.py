@@ -12,9 +12,9 @@ from pathlib import Path
 
 from edgekd.artifacts import (INPUT_NAME, OUTPUT_NAMES, check_artifact_pair, check_single_graph, onnx_metadata,
                               read_sidecar)
+from edgekd.artifact_kinds import ArtifactKind, kind_by_suffix
 from edgekd.errors import EdgekdError
 
-ENGINE_SUFFIXES = (".engine", ".plan")
 PLUGIN_LIBRARY = "libedgekd_plugin.so"
 # TensorRT / ONNX element type names -> Triton's data types
 TRITON_TYPES = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "UINT8": "TYPE_UINT8", "INT8": "TYPE_INT8",
@@ -37,7 +37,7 @@ class TensorSpec:
 @dataclass(frozen=True)
 class ArtifactIO:
     path: Path
-    kind: str  # "engine" or "onnx"
+    kind: ArtifactKind  # its row in edgekd/artifact_kinds.py
     info: dict  # the sidecar
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -83,7 +83,7 @@ def _onnx_io(path: Path, info: dict) -> tuple[tuple[TensorSpec, ...], tuple[Tens
 def check_loadable_by_full_tensorrt(io: ArtifactIO, consumer: str, plugin, plugin_where: str) -> None:
     """Stock consumers (Triton's tensorrt backend, DeepStream) load engines of full TensorRT only, and an engine whose
     scoring is the edgekd plugin layer needs the plugin library beside it. `consumer` finishes the first message."""
-    if io.kind == "engine":
+    if not io.kind.loads_without_gpu:  # an engine: the TensorRT flavour that built it matters
         flavour = (io.info.get("tensorrt") or {}).get("flavour")
         if flavour != "tensorrt":
             raise EdgekdError(f"{io.path.name} was built by {flavour or 'an unknown TensorRT'}; {consumer}")
@@ -95,25 +95,28 @@ def check_loadable_by_full_tensorrt(io: ArtifactIO, consumer: str, plugin, plugi
                           "its path")
 
 
+def _engine_tensors(path: Path, info: dict):
+    check_artifact_pair(path, info)  # the plan is the one its sidecar describes
+    return _engine_io(path, info)
+
+
+# How each kind that stock servers load tells its tensors: the graph itself, or the engine's sidecar.
+TENSOR_READERS = {"onnx": lambda path, info: (*_onnx_io(path, info), None), "engine": _engine_tensors}
+
+
 def read_artifact_io(artifact: str | Path) -> ArtifactIO:
     """The artifact's tensors; one clear line for a missing file, a split export or an unknown kind."""
     path = Path(artifact)
     if not path.is_file():
         raise EdgekdError(f"{path} does not exist: pass an .onnx from 'edgekd export' or an .engine from "
                           "'edgekd build-engine'")
-    suffix = path.suffix.lower()
-    if suffix not in (".onnx", *ENGINE_SUFFIXES):
+    kind = kind_by_suffix(path)
+    if kind is None or kind.triton_platform is None:
         raise EdgekdError(f"{path} is neither an .onnx nor an .engine/.plan file: serving configs are written for "
                           "exported artifacts")
     info = read_sidecar(path)
     check_single_graph(path, info)
-    if suffix == ".onnx":
-        inputs, outputs = _onnx_io(path, info)
-        kind, max_batch = "onnx", None
-    else:
-        check_artifact_pair(path, info)
-        inputs, outputs, max_batch = _engine_io(path, info)
-        kind = "engine"
+    inputs, outputs, max_batch = TENSOR_READERS[kind.name](path, info)
     if (info.get("thresholds") or {}).get("image") is None:
         raise EdgekdError(f"{path} has no image threshold: run 'edgekd calibrate {path} --source CLIP' first (a server "
                           "without one would call every frame normal)")

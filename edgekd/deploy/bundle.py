@@ -29,11 +29,12 @@ from edgekd import __version__
 from edgekd.artifacts import read_sidecar
 from edgekd.backbones.weights import sha256_of
 from edgekd.cache import prune_cache, user_cache_dir
+from edgekd.artifact_kinds import KINDS
 from edgekd.errors import EdgekdError
 
 MANIFEST = "edgekd-bundle.json"
 FORMAT = "edgekd-bundle"
-MODEL_SUFFIXES = (".onnx", ".engine", ".plan")
+MODEL_SUFFIXES = tuple(s for kind in KINDS if kind.has_sidecar for s in kind.suffixes)  # exported models only
 REPO = Path(__file__).resolve().parents[2]
 EXTRAS = {"plugin/MultiScaleFeatureDiffPlugin.cu": REPO / "engines" / "plugin" / "MultiScaleFeatureDiffPlugin.cu",
           "plugin/CMakeLists.txt": REPO / "engines" / "plugin" / "CMakeLists.txt",

@@ -32,6 +32,9 @@ def _scale_and_offsets(info: dict) -> tuple[float, list[float]]:
     return 1.0 / (255.0 * s), [m * 255.0 for m in norm["mean"]]
 
 
+NVINFER_MODEL_KEY = {"engine": "model-engine-file", "onnx": "onnx-file"}  # by artifact kind: what nvinfer loads
+
+
 def nvinfer_config(artifact_name: str, info: dict, kind: str, batch: int, output_names: list[str], gpu_id: int = 0,
                    plugin: bool = False) -> str:
     precision = str(info.get("precision", "fp32"))
@@ -39,7 +42,7 @@ def nvinfer_config(artifact_name: str, info: dict, kind: str, batch: int, output
         raise EdgekdError(f"precision {precision!r} has no nvinfer network-mode: export fp32, fp16 or int8")
     scale, offsets = _scale_and_offsets(info)
     h, w = info["input_size"]
-    model_line = f"model-engine-file={artifact_name}" if kind == "engine" else f"onnx-file={artifact_name}"
+    model_line = f"{NVINFER_MODEL_KEY[kind]}={artifact_name}"
     lines = ["# nvinfer config written by edgekd: the network takes RGB in [0, 1] (it normalises itself)",
              "[property]", f"gpu-id={gpu_id}", model_line, f"batch-size={batch}",
              f"network-mode={NETWORK_MODES[precision]}", f"net-scale-factor={scale:.10g}",
@@ -80,7 +83,7 @@ def write_deepstream(artifact: str | Path, out: str | Path, batch: int | None = 
     check_loadable_by_full_tensorrt(io, "DeepStream runs engines of full TensorRT: build it on the Jetson/desktop with "
                                     "'edgekd build-engine', or pass the .onnx and let nvinfer build it", plugin,
                                     "on that machine")
-    if io.kind == "onnx" and io.info.get("precision") == "int8" and io.info.get("int8_for") == "onnxruntime":
+    if io.info.get("precision") == "int8" and io.info.get("int8_for") == "onnxruntime":  # only ONNX has this form
         raise EdgekdError(f"{io.path.name} is the onnxruntime form of INT8 (integer operators nvinfer's TensorRT does "
                           "not build the same way): export --precision int8 without --int8-for (the TensorRT form) for "
                           "DeepStream")
@@ -100,7 +103,7 @@ def write_deepstream(artifact: str | Path, out: str | Path, batch: int | None = 
         if plugin is not None:
             shutil.copyfile(plugin, out / PLUGIN_LIBRARY)
         write_bytes_atomic(out / "nvinfer_config.txt",
-                           nvinfer_config(io.path.name, io.info, io.kind, batch, outputs, plugin=plugin is not None).encode())
+                           nvinfer_config(io.path.name, io.info, io.kind.name, batch, outputs, plugin=plugin is not None).encode())
         write_bytes_atomic(out / "README.md", note_text(io.info, io.path.name, outputs).encode())
     except OSError as exc:
         raise EdgekdError(f"could not write {out} ({exc.strerror or exc}): check the path and the free space") from None

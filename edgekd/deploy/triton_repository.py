@@ -20,6 +20,7 @@ from edgekd.atomic import write_bytes_atomic
 from edgekd.deploy.artifact_io import (PLUGIN_LIBRARY, ArtifactIO, TensorSpec, check_loadable_by_full_tensorrt,
                                        read_artifact_io)
 from edgekd.deploy.triton_parameters import check_model_name, model_parameters
+from edgekd.artifact_kinds import KINDS
 from edgekd.errors import EdgekdError
 
 PLATFORMS = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx"}
@@ -78,8 +79,9 @@ def _check(io: ArtifactIO, options: RepositoryOptions) -> int:
     check_model_name(options.name)
     if options.platform not in PLATFORMS:
         raise EdgekdError(f"--platform {options.platform!r} is unknown: use one of {', '.join(PLATFORMS)}")
-    if (options.platform == "tensorrt") != (io.kind == "engine"):
-        want = "an .engine from 'edgekd build-engine'" if options.platform == "tensorrt" else "an .onnx from 'edgekd export'"
+    if options.platform != io.kind.triton_platform:
+        want = next(f"{k.description} ({k.suffixes[0]}, from '{k.made_by}')" for k in KINDS
+                    if k.triton_platform == options.platform)
         raise EdgekdError(f"--platform {options.platform} serves {want}, not {io.path.name}")
     if options.kind == "KIND_CPU" and options.platform == "tensorrt":
         raise EdgekdError("a TensorRT engine runs on a GPU only: use --kind gpu, or --platform onnxruntime with the ONNX")

@@ -15,6 +15,7 @@ from edgekd.backbones.weights import sha256_of
 from edgekd.atomic import write_bytes_atomic
 from edgekd.engine.gpu import gpu_description
 from edgekd.engine.trt import TensorRT, load_tensorrt
+from edgekd.artifact_kinds import ONNX, kind_by_suffix
 from edgekd.errors import EdgekdError
 from edgekd.outputs import check_output_file, check_output_folder
 
@@ -212,7 +213,7 @@ def build_engine(source: str | Path, out_dir: str | Path = "engines", batch: str
         if load_tensorrt(flavour).flavour != "tensorrt":
             raise EdgekdError("--timing-cache is for full TensorRT, and this build uses TensorRT-RTX, which keeps no "
                               "timing cache: drop --timing-cache")
-    if source.suffix != ".onnx":
+    if kind_by_suffix(source) is not ONNX:
         raise EdgekdError(f"build-engine takes a .ckpt or an .onnx file, not {source}")
     if not source.is_file():
         raise EdgekdError(f"ONNX file {source} does not exist: create it with 'edgekd export'")

@@ -60,3 +60,8 @@ class OnnxRuntime(Runtime):
             feeds.update(zip(self.teacher_outputs, self.teacher.run(self.teacher_outputs, {"images": batch})))
         amap, score = self.student.run(["anomaly_map", "score"], {k: feeds[k] for k in self.student_inputs})
         return amap, score
+
+
+def open_onnx(path, device: str = "auto", cuda_graph: bool = False):
+    """This runtime's row in edgekd/artifact_kinds.py opens an artifact through here."""
+    return OnnxRuntime(path, device)

@@ -236,3 +236,8 @@ class TensorRTRuntime(Runtime):
             maps.append(out["anomaly_map"])
             scores.append(out["score"])
         return np.concatenate(maps), np.concatenate(scores)
+
+
+def open_engine(path, device: str = "auto", cuda_graph: bool = False):
+    """This runtime's row in edgekd/artifact_kinds.py opens an artifact through here."""
+    return TensorRTRuntime(path, device, cuda_graph)

@@ -98,3 +98,8 @@ class CudaGraphs:
         with torch.cuda.graph(graph):
             static_outputs = self.model(static_input)
         return graph, static_input, static_outputs
+
+
+def open_checkpoint(path, device: str = "auto", cuda_graph: bool = False):
+    """This runtime's row in edgekd/artifact_kinds.py opens an artifact through here."""
+    return TorchRuntime.from_checkpoint(path, device)

@@ -8,12 +8,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekd.artifacts import check_artifact_pair, check_single_graph, read_sidecar
+from edgekd.artifacts import check_artifact_pair, check_single_graph, read_info
 from edgekd.calibration import check_thresholds
-from edgekd.checkpoint import read_checkpoint
 from edgekd.deploy.triton_parameters import check_model_name, model_parameters
 from edgekd.errors import EdgekdError
-from edgekd.runtime import backend_for
+from edgekd.artifact_kinds import kind_of
 
 MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
 
@@ -33,12 +32,12 @@ def describe(artifact: str | Path, name: str | None = None, backend: str | None 
     path = Path(artifact).resolve()
     if not path.is_file():
         raise EdgekdError(f"{artifact} does not exist: pass a model.ckpt, an .onnx or an .engine")
-    kind = backend_for(path, backend)
-    info = read_checkpoint(path) if kind == "torch" else read_sidecar(path)
-    if kind == "tensorrt":  # a GPU, the same TensorRT and the same GPU model: checked here, not in the server
+    kind = kind_of(path, backend)
+    info = read_info(path, kind)
+    if not kind.loads_without_gpu:  # a GPU, the same TensorRT and the same GPU model: checked here, not in the server
         from edgekd.runtime.tensorrt_backend import check_engine_compatible
         check_engine_compatible(path, info)
-    if kind != "torch":
+    if kind.has_sidecar:
         check_single_graph(artifact, info)
         check_artifact_pair(path, info, thresholds=False)
     check_thresholds(info.get("thresholds"), str(artifact))  # every kind, checkpoints too
@@ -47,7 +46,7 @@ def describe(artifact: str | Path, name: str | None = None, backend: str | None 
         raise EdgekdError(f"{artifact} has no image threshold: run 'edgekd calibrate {artifact} --source CLIP' first "
                           "(a server without one would call every frame normal)")
     name = check_model_name(name or path.name.split(".")[0], "model name")
-    return ServedModel(name, path, kind, tuple(info["input_size"]), thresholds, str(info["model"]))
+    return ServedModel(name, path, kind.backend, tuple(info["input_size"]), thresholds, str(info["model"]))
 
 
 def config_text(model: ServedModel, max_batch: int, instances: int, queue_delay_us: int, device: str) -> str:

@@ -8,11 +8,9 @@ import os
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from edgekd.data.images import write_image_atomic
-from edgekd.errors import EdgekdError
-from edgekd.sinks.base import Result, Sink
+from edgekd.sinks.base import Sink
 
 
 class JsonlSink(Sink):

@@ -142,6 +142,10 @@ def histogram_png(path: Path, scores: np.ndarray, threshold: float, previous: fl
         cv2.putText(image, f"{value:.3g}", (x(value) - 12, height - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, title, (left, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(image, "image score of each good frame", (width // 2 - 110, height - 4), cv2.FONT_HERSHEY_SIMPLEX,
+                0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(image, "frames", (4, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(image, str(int(top)), (4, 58), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise EdgekdError(f"could not encode the histogram {path}")

@@ -610,6 +610,9 @@ def benchmark(artifacts: List[Path] = typer.Argument(None, help="model.ckpt file
           + (f"; plots: {', '.join(report['plots'])}" if report["plots"] else ""))
     if outcome.interrupted:
         raise RunIncomplete("interrupted: the report holds the rows finished before Ctrl-C", 130)
+    from edgekd.bench.report import comparison_lines
+    for line in comparison_lines(report.get("comparison", [])):
+        typer.echo(line, err=True)
     regressions = [c for c in report.get("comparison", []) if c["verdict"] not in ("same", "faster")]
     if regressions:
         typer.echo(f"warning: {len(regressions)} row(s) regressed against {compare} (see the report)", err=True)

@@ -14,7 +14,7 @@ from edgekd.data.images import read_rgb, resize_rgb, write_image_atomic
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime
 from edgekd.scoring import threshold_mask
-from edgekd.viz import colour_range, overlay
+from edgekd.viz import banner, colour_range, overlay
 
 
 def output_stems(paths: list[Path]) -> list[str]:
@@ -75,8 +75,11 @@ def predict_images(runtime: Runtime, paths: list[Path], out: Path, batch_size: i
             amap = cv2.resize(small_map, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
             mask = threshold_mask(amap, pixel_threshold)
             write_image_atomic(out / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
-            write_image_atomic(out / f"{stem}_overlay.png", overlay(rgb, amap, mask, vmin, vmax))
-            records.append({"image": str(path), "score": float(score), "anomalous": bool(above(score, image_threshold)),
+            anomalous = bool(above(score, image_threshold))
+            verdict = f"{'DEFECT' if anomalous else 'OK'}  score {score:.3f}  (threshold {image_threshold:.3f})"
+            write_image_atomic(out / f"{stem}_overlay.png", banner(overlay(rgb, amap, mask, vmin, vmax), verdict,
+                                                                 (255, 0, 0) if anomalous else (0, 200, 0)))  # RGB
+            records.append({"image": str(path), "score": float(score), "anomalous": anomalous,
                             "defect_pixels": int(mask.sum()), "mask": str(out / f"{stem}_mask.png"),
                             "overlay": str(out / f"{stem}_overlay.png"),
                             **({"warning": w} if (w := size_warning(rgb, runtime.input_size)) else {})})

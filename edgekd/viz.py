@@ -33,6 +33,17 @@ def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, vmin: 
     return out
 
 
+def banner(image: np.ndarray, text: str, colour: tuple[int, int, int]) -> np.ndarray:
+    """A black strip across the top of a copy of `image`, `text` on it in `colour` (in the image's channel order):
+    the verdict and score on every picture a person looks at."""
+    out = image.copy()
+    scale = max(out.shape[0] / 480, 0.5)
+    cv2.rectangle(out, (0, 0), (out.shape[1], int(30 * scale)), (0, 0, 0), -1)
+    cv2.putText(out, text, (6, int(22 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, colour, max(1, int(2 * scale)),
+                cv2.LINE_AA)
+    return out
+
+
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
     tile = tile.copy()
     scale = max(tile.shape[0] / 220, 0.6)

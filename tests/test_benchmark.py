@@ -34,6 +34,7 @@ def two_reports(synth_root, tmp_path_factory):
                              "--out", work / "second", "--compare", work / "first" / "report.json",
                              "--source", video, *map(str, common)], capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
+    (work / "second.stderr").write_text(second.stderr)
     return work
 
 
@@ -68,11 +69,22 @@ def test_compare_against_an_earlier_report(two_reports):
     for entry in compared.values():
         assert entry["verdict"] in ("same", "faster", "SLOWER") and entry["speed_slack"] >= 0.05
         assert entry["image_auroc_change"] == pytest.approx(0.0, abs=1e-6)  # same checkpoints, same exports
-    assert "## Against the earlier report" in (two_reports / "second" / "report.md").read_text()
+    markdown = (two_reports / "second" / "report.md").read_text()
+    assert "## Against the earlier report" in markdown and "| noise (+-) |" in markdown
+    # every verdict printed with the noise that decided it
+    printed = (two_reports / "second.stderr").read_text()
+    for row, entry in compared.items():
+        assert f"{row}: FPS " in printed and f"(noise +-{100 * entry['speed_slack']:.1f}%) -> {entry['verdict']}" in printed
     # --source: each row also ran the video through edgekd run's runner, decode to JSONL.
     for row in report["rows"]:
         if row["status"] == "ok":
             assert row["e2e_frames"] == 12 and row["e2e_fps"] > 0
+
+
+def test_the_plot_title_names_only_the_reference_rows_present():
+    from edgekd.bench.report import fps_vs_accuracy_title
+    assert fps_vs_accuracy_title([{"family": "rd"}, {"family": "afkd"}]) == "FPS vs image AUROC (rd red)"
+    assert fps_vs_accuracy_title([{"family": "memkd"}]) == "FPS vs image AUROC"
 
 
 def test_regression_verdicts_follow_the_runs_noise():

@@ -136,9 +136,12 @@ def test_too_few_frames_and_bad_arguments_fail_in_one_line(wood_checkpoint, synt
 def test_dry_run_reports_without_writing(wood_checkpoint, clips, tmp_path):
     checkpoint = tmp_path / "model.ckpt"
     shutil.copy(wood_checkpoint, checkpoint)
+    shipped = tmp_path / "model.calibration.png"  # the plot of the calibration in force, which bundle ships
+    shipped.write_bytes(b"the real calibration's plot")
     before = checkpoint.read_bytes()
     result = calibrate(checkpoint, str(clips[0]), frames=12, dry_run=True)
-    assert len(result.scores) == 12 and result.written == [] and result.plot.is_file()
+    assert len(result.scores) == 12 and result.written == [] and result.plot == tmp_path / "model.calibration.dry-run.png"
+    assert result.plot.is_file() and shipped.read_bytes() == b"the real calibration's plot"
     assert checkpoint.read_bytes() == before
 
 

@@ -45,6 +45,9 @@ def test_synth_train_eval_predict_end_to_end(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr
     predictions = json.loads((tmp_path / "preds" / "predictions.json").read_text())["predictions"]
     assert len(predictions) == 2 and (tmp_path / "preds" / "crack_000_overlay.png").is_file()
+    import cv2
+    top = cv2.imread(str(tmp_path / "preds" / "crack_000_overlay.png"))[:8]  # the verdict banner: black, with text
+    assert top.max() > 100 and (top.reshape(-1, 3).max(axis=1) < 30).mean() > 0.5
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n not really")
     result = edgekd("predict", run / "model.ckpt", images[0], broken, "--out", tmp_path / "preds2")

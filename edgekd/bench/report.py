@@ -79,13 +79,16 @@ def markdown(records: list[dict], environment: dict, outcome_notes: list[str], s
         lines += [f"- {r['model']} {r['backend']} {r['precision']} batch {r['batch']}: {r['status']}: {r['reason']}"
                   for r in failed]
     if comparison is not None:
-        lines += ["", "## Against the earlier report\n", "| row | FPS then | FPS now | change | image AUROC change | "
-                  "verdict |", "|---|---|---|---|---|---|"]
+        lines += ["", "## Against the earlier report\n",
+                  "A speed change counts only beyond the noise: twice the larger spread of per-round medians of the two "
+                  f"runs, and at least {100 * MIN_SPEED_SLACK:.0f}%; accuracy beyond {ACCURACY_SLACK} points.\n",
+                  "| row | FPS then | FPS now | change | noise (+-) | image AUROC change | verdict |",
+                  "|---|---|---|---|---|---|---|"]
         for c in comparison:
-            speed = "-" if c["fps_change"] is None else f"{100 * c['fps_change']:+.1f}%"
-            auroc = "-" if c["image_auroc_change"] is None else f"{c['image_auroc_change']:+.2f} pts"
-            lines.append(f"| {c['row']} | {_cell(c['fps_then'], 'fps')} | {_cell(c['fps_now'], 'fps')} | {speed} | "
-                         f"{auroc} | {c['verdict']} |")
+            lines.append(f"| {c['row']} | {_cell(c['fps_then'], 'fps')} | {_cell(c['fps_now'], 'fps')} | "
+                         f"{_change(c)} | {100 * c['speed_slack']:.1f}% | "
+                         f"{'-' if c['image_auroc_change'] is None else format(c['image_auroc_change'], '+.2f') + ' pts'}"
+                         f" | {c['verdict']} |")
     for note in outcome_notes:
         lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
@@ -100,6 +103,16 @@ def csv_text(records: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _change(c: dict) -> str:
+    return "-" if c["fps_change"] is None else f"{100 * c['fps_change']:+.1f}%"
+
+
+def comparison_lines(comparison: list[dict]) -> list[str]:
+    """One line per compared row for the terminal: the change beside the noise that decides its verdict."""
+    return [f"{c['row']}: FPS {_change(c)} (noise +-{100 * c['speed_slack']:.1f}%) -> {c['verdict']}"
+            for c in comparison]
+
+
 def _axes(width: int, height: int, title: str, x_label: str, y_label: str) -> np.ndarray:
     image = np.full((height, width, 3), 255, np.uint8)
     cv2.putText(image, title, (60, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
@@ -110,6 +123,16 @@ def _axes(width: int, height: int, title: str, x_label: str, y_label: str) -> np
     return image
 
 
+REFERENCE_COLOURS = {"rd": ("red", (0, 0, 220)), "dskd": ("blue", (220, 80, 0))}
+
+
+def fps_vs_accuracy_title(points: list[dict]) -> str:
+    """The title names the colour of each reference family that has a point; others are grey."""
+    present = [f"{family} {REFERENCE_COLOURS[family][0]}" for family in REFERENCE_COLOURS
+               if any(p["family"] == family for p in points)]
+    return "FPS vs image AUROC" + (f" ({', '.join(present)})" if present else "")
+
+
 def fps_vs_accuracy_png(records: list[dict], path: Path) -> Path | None:
     """One point per row that has both figures; rd and dskd rows in their own colours."""
     points = [r for r in records if r["status"] == OK and r.get("fps") and r.get("image_auroc") is not None
@@ -117,8 +140,7 @@ def fps_vs_accuracy_png(records: list[dict], path: Path) -> Path | None:
     if not points:
         return None
     width, height = 900, 560
-    image = _axes(width, height, "FPS vs image AUROC (rd red, dskd blue)", "frames per second (log)",
-                  "image AUROC %")
+    image = _axes(width, height, fps_vs_accuracy_title(points), "frames per second (log)", "image AUROC %")
     fps = np.log10([p["fps"] for p in points])
     auroc = np.array([100 * p["image_auroc"] for p in points])
     fx0, fx1 = fps.min() - 0.1, fps.max() + 0.1
@@ -131,7 +153,7 @@ def fps_vs_accuracy_png(records: list[dict], path: Path) -> Path | None:
     for index, (p, f, a) in enumerate(zip(points, fps, auroc)):
         x = int(60 + (f - fx0) / (fx1 - fx0) * (width - 100))
         y = int(height - 50 - (a - ay0) / (ay1 - ay0) * (height - 110))
-        colour = {"rd": (0, 0, 220), "dskd": (220, 80, 0)}.get(p["family"], (60, 60, 60))
+        colour = REFERENCE_COLOURS.get(p["family"], ("grey", (60, 60, 60)))[1]
         if p["precision"] == "fp32":  # FP32 a ring, FP16 and INT8 a dot; batch 1 small, larger batches large
             cv2.circle(image, (x, y), 4 if p["batch"] == 1 else 7, colour, 2, cv2.LINE_AA)
         else:
@@ -142,8 +164,8 @@ def fps_vs_accuracy_png(records: list[dict], path: Path) -> Path | None:
                 ly -= 14  # stack labels of neighbouring points instead of printing them over each other
             placed.append((x, ly))
             cv2.putText(image, p["model"], (x + 9, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
-    cv2.putText(image, "ring: fp32, dot: fp16/int8; small: batch 1, large: larger batch", (60, height - 62),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1, cv2.LINE_AA)
+    cv2.putText(image, "ring: fp32, dot: fp16/int8; small: batch 1, large: larger batch", (width - 420, 28),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.4, (90, 90, 90), 1, cv2.LINE_AA)  # beside the title, off the axes
     for value in np.linspace(ay0, ay1, 5):
         y = int(height - 50 - (value - ay0) / (ay1 - ay0) * (height - 110))
         cv2.putText(image, f"{value:.1f}", (15, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)

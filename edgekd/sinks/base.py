@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgekd.viz import overlay
+from edgekd.viz import banner, overlay
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,5 @@ def annotate(result: Result, vmin: float, vmax: float) -> np.ndarray:
     out = cv2.cvtColor(overlay(rgb, result.amap, result.mask, vmin, vmax), cv2.COLOR_RGB2BGR)
     for region in result.regions:
         cv2.rectangle(out, (region.x, region.y), (region.x + region.w, region.y + region.h), (0, 0, 255), 2)
-    scale = max(out.shape[0] / 480, 0.5)
-    colour = (0, 0, 255) if result.verdict else (0, 200, 0)
-    text = f"{'DEFECT' if result.verdict else 'OK'}  score {result.score:.3f}  {result.fps:.1f} fps"
-    cv2.rectangle(out, (0, 0), (out.shape[1], int(30 * scale)), (0, 0, 0), -1)
-    cv2.putText(out, text, (6, int(22 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, colour, max(1, int(2 * scale)),
-                cv2.LINE_AA)
-    return out
+    colour = (0, 0, 255) if result.verdict else (0, 200, 0)  # BGR
+    return banner(out, f"{'DEFECT' if result.verdict else 'OK'}  score {result.score:.3f}  {result.fps:.1f} fps", colour)

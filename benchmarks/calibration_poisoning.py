@@ -30,7 +30,6 @@ from edgekd.data.layouts import load_dataset
 from edgekd.data.video import write_line_video
 from edgekd.errors import EdgekdError
 from edgekd.machine import machine_info
-from edgekd.runtime import open_runtime
 from edgekd.stream.cli_run import run_stream
 from edgekd.stream.request import RunRequest
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Throughput of several ONNX graphs in one onnxruntime process, in interleaved turns (A B C, B C A, ...; each
-turn starts with an untimed run: benchmarks/interleaved.py).
+turn starts with an untimed run: edgekd/bench/timing.py).
 
 For comparing forms of one model made by different code (e.g. a family before and after a change): export each
 graph with the code in question, then time them here side by side, so only ratios from one run are compared.
@@ -20,7 +20,7 @@ import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
-from interleaved import rotated, session_options
+from edgekd.bench.timing import rotated, session_options, timed_turn
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,12 +47,8 @@ def main() -> int:
     for round_ in range(args.rounds):
         for label in rotated(list(sessions), round_):
             session, frames, _ = sessions[label]
-            session.run(None, {"images": frames})  # untimed: benchmarks/interleaved.py says why
-            done, started = 0, time.perf_counter()
-            while time.perf_counter() - started < args.seconds:
-                session.run(None, {"images": frames})
-                done += len(frames)
-            rates[label].append(done / (time.perf_counter() - started))
+            turn = timed_turn(lambda: session.run(None, {"images": frames}), seconds=args.seconds)
+            rates[label].append(len(turn) * len(frames) / sum(turn))
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
     first = next(iter(rates))
     rows = [{"graph": label, "path": sessions[label][2], "images_per_s": float(np.median(v)),

@@ -12,7 +12,7 @@ choice put back:
 
 Accuracy: each export's own check (points lost against the checkpoint's FP32 export on the category's test split).
 Speed: the exports of one category in one onnxruntime process, 2 intra-op threads, the category's test images,
-interleaved rounds as benchmarks/interleaved.py says (an untimed run to start each turn, rotating order), medians
+interleaved rounds as edgekd/bench/timing.py says (an untimed run to start each turn, rotating order), medians
 of the per-round ratios to the first form. The first run of this script (then memory_int8.py, no untimed run per
 turn) gave the INT8 memory product 1.23x / 1.47x; this way, 1.23x / 1.37x.
 
@@ -40,7 +40,7 @@ from edgekd.data.loading import load_images
 from edgekd.data.real_textures import parse_categories
 from edgekd.export.exporter import GATED_METRICS, export_checkpoint
 from edgekd.machine import machine_info
-from interleaved import rotated, session_options
+from edgekd.bench.timing import rotated, session_options, timed_turn
 from results_files import write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,11 +85,8 @@ def speed(artifacts: dict[str, Path], images: np.ndarray, rounds: int) -> dict:
         seconds = {form: [] for form in forms}
         for turn in range(rounds):
             for form in rotated(forms, turn):
-                sessions[form].run(None, feed)  # untimed: interleaved.py says why
-                started = time.perf_counter()
-                for _ in range(repeats):
-                    sessions[form].run(None, feed)
-                seconds[form].append((time.perf_counter() - started) / (repeats * batch))
+                turn = timed_turn(lambda: sessions[form].run(None, feed), calls=repeats)
+                seconds[form].append(sum(turn) / (repeats * batch))
         result[f"batch {batch}"] = {
             "img_s": {form: round(1 / statistics.median(s), 1) for form, s in seconds.items()},
             "x_first": {form: round(statistics.median(a / b for a, b in zip(seconds[forms[0]], s)), 3)

@@ -20,6 +20,7 @@ Writes benchmarks/results/scoring_lowering.{md,json}.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -38,7 +39,7 @@ from edgekd.export.exporter import export_checkpoint
 from edgekd.fused import onnx_function
 from edgekd import scoring
 from edgekd.machine import environment_info
-from interleaved import rotated, session_options
+from edgekd.bench.timing import rotated, session_options, timed_turn
 from results_files import write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,12 +139,9 @@ def measure(models: dict[str, Path], batch_images: np.ndarray, rounds: int, imag
             calls = max(1, images_per_turn // batch)
             for round_index in range(rounds):
                 for form in rotated(list(sessions), round_index):
-                    session = sessions[form]
-                    session.run(None, {input_name: feeds[0]})  # warm after the other forms' turns
-                    start = time.perf_counter()
-                    for call in range(calls):
-                        session.run(None, {input_name: feeds[call % len(feeds)]})
-                    turns[form].append(calls * batch / (time.perf_counter() - start))
+                    session, next_feed = sessions[form], itertools.cycle(feeds).__next__
+                    turn = timed_turn(lambda: session.run(None, {input_name: next_feed()}), calls=calls)
+                    turns[form].append(calls * batch / sum(turn))
             before = turns["before"]
             results[f"{model_name} b{batch}"] = {
                 "img_per_s": {form: statistics.median(t) for form, t in turns.items()},
@@ -161,7 +159,7 @@ def report(payload: dict) -> str:
     lines = [f"# How the scoring body is written, measured ({payload['date']})", "",
              f"Made by `benchmarks/scoring_lowering.py`: {payload['environment'].get('cpu', 'CPU')}, onnxruntime "
              f"{payload['environment'].get('onnxruntime', {}).get('version', '?')}, 2 intra-op threads, {payload['rounds']} interleaved rounds "
-             f"(an untimed run to start each turn, rotating order: `benchmarks/interleaved.py`) of {payload['images_per_turn']} real `{payload['category']}` test images per turn. Same exported models, "
+             f"(an untimed run to start each turn, rotating order: `edgekd/bench/timing.py`) of {payload['images_per_turn']} real `{payload['category']}` test images per turn. Same exported models, "
              "only the `edgekd::MultiScaleFeatureDiff` function body differs. Ratios are medians of per-round ratios; "
              "the scoring share is 1 - (img/s of the graph / img/s of the same graph cut at its feature taps).", "",
              "Forms: **before** (stack + ReduceSum combine, Resize upsample, ReduceSum channel sums), **reducesum** "

@@ -6,7 +6,7 @@ with the frame list: good frames flagged and defect frames found, per category.
 Targets (trust issue): at most 1% of good frames flagged and at least 95% of defect frames flagged, on the
 categories whose image AUROC is >= 0.98 (from the accuracy benchmark's JSON).
 
-    python benchmarks/video_targets.py --runs runs/real/real_textures_rd_lite0 --accuracy benchmarks/results/real_textures_rd_lite0.json
+    python benchmarks/video_targets.py --runs runs/real/real_textures_rd_lite0 --accuracy benchmarks/results/archive/real_textures_rd_lite0.json
 
 --artifact int8-ort exports each checkpoint as `edgekd export --precision int8 --int8-for onnxruntime` does (the
 artifact `make demo` deploys; --int8-stems as there) and calibrates and runs that instead of the checkpoint.

@@ -111,7 +111,7 @@ def end_to_end(models: dict[str, Path], video: Path, args) -> dict:
     """`edgekd run` (decode to JSONL) against bare models, in rotating turns."""
     import onnxruntime as ort
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from interleaved import rotated
+    from edgekd.bench.timing import rotated
     from runner_fps import bare_fps, decoded_frames, runner_fps
     from edgekd.runtime import open_runtime
 

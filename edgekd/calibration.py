@@ -88,7 +88,7 @@ class ThresholdRule:
     mean and standard deviation of 16 images do not; the threshold is never below the largest normal value seen."""
     quantile: float = 0.99
     # Training's held-out images and `edgekd calibrate`'s camera frames alike. Margin 2 looked as safe on the 9
-    # real-texture video tests it was chosen on (benchmarks/results/threshold_margin.md), but with the halves of the
+    # real-texture video tests it was chosen on (benchmarks/results/archive/threshold_margin.md), but with the halves of the
     # normal images swapped it flagged 2 of 180 pastel_paper frames and 1 gravel frame (threshold_margin_swapped.md),
     # over the 1% target; 3 flagged none on either split.
     margin: float = 3.0

@@ -234,7 +234,8 @@ def train(config: dict, data: str | Path, category: str | None, out: str | Path,
                 scaler.scale(loss).backward()
                 if settings["grad_clip"]:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.student_parameters(), settings["grad_clip"])
+                    for group in model.clip_groups():  # independent students are clipped apart
+                        torch.nn.utils.clip_grad_norm_(group, settings["grad_clip"])
                 scaler.step(optimizer)
                 scheduler.step()
                 scaler.update()

@@ -189,6 +189,7 @@ def build_teacher(name: str, weights: str | Path | None = None, pretrained: bool
     classifier, digest = build_classifier(name, weights, pretrained)
     segments = spec.segments(classifier) if stages is None else _stage_segments(spec.stages(classifier), tuple(stages))
     teacher = FeatureExtractor(name, segments, spec.mean, spec.std, digest)
+    teacher.weights_file = str(weights) if weights else None  # a family that rebuilds this teacher reuses the file
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -6,11 +6,11 @@ rows alike, so their ratios hold even when absolute figures drift. Latency is pe
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
+from edgekd.bench.timing import noise, rotated, timed_turn
 from edgekd.bench.plan import FAILED, OK, Row
 from edgekd.data.images import to_model_input
 from edgekd.errors import EdgekdError
@@ -48,23 +48,16 @@ def probe_memory(row: Row, device: str) -> None:
 
 def interleaved_timing(rows: list[Row], runtimes: dict, images: np.ndarray, rounds: int, seconds_per_turn: float,
                        progress=None, task=None, between_rounds=lambda: None) -> None:
-    """Each round gives every row one turn of about `seconds_per_turn`; the latency of every call is kept.
-    `between_rounds` may raise to stop (Ctrl-C)."""
+    """Each round gives every row one turn of about `seconds_per_turn`, in rotating order, as edgekd/bench/timing.py
+    defines it; the latency of every call is kept. `between_rounds` may raise to stop (Ctrl-C)."""
     samples: dict = {row.key: [] for row in rows}
     round_medians: dict = {row.key: [] for row in rows}
     batches = {row.key: batch_input(images, row.batch) for row in rows}
-    for _ in range(rounds):
+    for round_index in range(rounds):
         between_rounds()
-        for row in rows:
+        for row in rotated(rows, round_index):
             runtime, batch = runtimes[row.key], batches[row.key]
-            turn, turn_ends = [], time.perf_counter() + seconds_per_turn
-            while True:
-                started = time.perf_counter()
-                runtime.run(batch)
-                now = time.perf_counter()
-                turn.append(now - started)
-                if now >= turn_ends:
-                    break
+            turn = timed_turn(lambda: runtime.run(batch), seconds=seconds_per_turn)
             samples[row.key] += turn
             round_medians[row.key].append(float(np.median(turn)))
             if progress is not None:
@@ -72,12 +65,10 @@ def interleaved_timing(rows: list[Row], runtimes: dict, images: np.ndarray, roun
     for row in rows:
         latency = np.array(samples[row.key]) * 1e3
         p50 = float(np.percentile(latency, 50))
-        medians = np.array(round_medians[row.key])
-        # The run's own noise: how far the per-round medians of this row spread, relative to their median.
-        noise = float((medians.max() - medians.min()) / np.median(medians)) if medians.size > 1 else None
+        spread = noise(round_medians[row.key])  # the run's own noise
         row.results.update({"ms_p50": round(p50, 3), "ms_p99": round(float(np.percentile(latency, 99)), 3),
                             "calls": int(latency.size), "fps": round(row.batch * 1e3 / p50, 2),
-                            "noise": round(noise, 4) if noise is not None else None})
+                            "noise": round(spread, 4) if spread is not None else None})
 
 
 def accuracy(runtime, data: Path, category: str | None, out: Path, name: str, batch: int) -> dict:

@@ -139,6 +139,12 @@ class AnomalyModel(nn.Module):
     def student_parameters(self):
         return [p for name, p in self.named_parameters() if not name.startswith("teacher.")]
 
+    def clip_groups(self) -> list[list]:
+        """The parameter sets whose gradient norm train.grad_clip bounds, each on its own: one student, one set.
+        Families of several independent students (MTHF's groups) give one set per student, so clipping one group's
+        step never shrinks another's."""
+        return [self.student_parameters()]
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # the teacher's BatchNorm statistics stay ImageNet's

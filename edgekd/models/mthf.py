@@ -143,6 +143,8 @@ class MultiGroupTSFusion(AnomalyModel):
         if len(groups) < 2:
             raise ValueError("MTHF needs at least two groups")
         files = list(group_weights or [None] * len(groups))
+        if not files[0] and groups[0] == teacher.name:  # the first group is the teacher: its file (--weights) too
+            files[0] = getattr(teacher, "weights_file", None)
         stages = tuple(stages) if stages else None
         teachers = [teacher if i == 0 and name == teacher.name and not files[0] and stages is None else
                     build_teacher(name, files[i], pretrained=pretrained_groups, stages=stages)
@@ -162,6 +164,9 @@ class MultiGroupTSFusion(AnomalyModel):
                              persistent=False)
         self.alpha = float(alpha)
         self.image_score_source = image_score
+
+    def clip_groups(self) -> list[list]:
+        return [[*student.parameters(), *fusion.parameters()] for student, fusion in zip(self.students, self.fusion)]
 
     def _split(self, feats: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         out, start = [], 0

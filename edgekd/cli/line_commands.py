@@ -1,0 +1,121 @@
+"""On the line: `edgekd run` and `edgekd calibrate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgekd.calibration import ThresholdRule
+from edgekd.cli.common import (ARTIFACT_HELP, BACKEND, DEVICE, _echo, app)
+from edgekd.errors import EdgekdError
+
+
+@app.command(help="Stream frames through a model: live defect masks, events, video; camera, file, stream or folder.")
+def run(ctx: typer.Context,
+        config: Optional[Path] = typer.Option(None, "--config", help="A YAML line file: one key per option of this "
+                                              "command (model, camera, jsonl, serve, ...); options given here override it."),
+        model: Optional[str] = typer.Option(None, "--model", help=ARTIFACT_HELP + " With --server: the model's name there."),
+        bundle: Optional[Path] = typer.Option(None, "--bundle", help="Run the model of an 'edgekd bundle' archive."),
+        server: Optional[str] = typer.Option(None, help="A Triton server (grpc://HOST:8001 or http://HOST:8000, e.g. "
+                                             "'edgekd serve') that does the inference; the rest runs here."),
+        server_key_file: Optional[Path] = typer.Option(None, "--server-key-file", help="With --server: file whose "
+                                                       "first line is the server's API key ('edgekd serve --api-key-file')."),
+        camera: Optional[int] = typer.Option(None, help="Camera index (V4L2), e.g. 0."),
+        source: Optional[str] = typer.Option(None, help="Video file, image folder, rtsp://..., http://..., csi://N "
+                                             "(Jetson CSI camera) or gst:<GStreamer pipeline>."),
+        backend: Optional[str] = BACKEND, device: str = DEVICE,
+        show: bool = typer.Option(False, help="Show the annotated stream in a window (q or Esc quits)."),
+        save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write the annotated stream (.mp4 or .avi)."),
+        save_masks: Optional[Path] = typer.Option(None, "--save-masks", help="Folder for a mask PNG of every defect frame."),
+        jsonl: Optional[Path] = typer.Option(None, help="One JSON event per frame: index, time, score, verdict, regions."),
+        threshold: Optional[float] = typer.Option(None, help="Override the image and pixel threshold of the model."),
+        pixel_threshold: Optional[float] = typer.Option(None, "--pixel-threshold", help="Override the pixel threshold "
+                                                        "alone (masks, regions)."),
+        min_area: int = typer.Option(0, "--min-area", min=0, help="Ignore defect regions smaller than this (frame pixels)."),
+        hysteresis: str = typer.Option("1,1", help="ON,OFF: defect frames in a row to raise the verdict, good frames to clear it."),
+        batch: int = typer.Option(8, min=1, help="Largest micro-batch when frames back up."),
+        width: Optional[int] = typer.Option(None, help="Capture width (cameras, CSI)."),
+        height: Optional[int] = typer.Option(None, help="Capture height (cameras, CSI)."),
+        fps: Optional[float] = typer.Option(None, help="Capture frame rate (cameras, CSI); with --realtime, the rate "
+                                            "a file or folder is played at."),
+        realtime: bool = typer.Option(False, "--realtime", help="Play a video file or image folder at its frame rate "
+                                      "(or --fps), as a camera would deliver it."),
+        loop: bool = typer.Option(False, "--loop", help="Play a video file or image folder again each time it ends, "
+                                  "until stopped (with --realtime: a clip stands in for a camera)."),
+        serve: Optional[str] = typer.Option(None, "--serve", help="Serve the operator dashboard at HOST:PORT (a port "
+                                            "alone: 127.0.0.1). Anything but loopback needs --token-file."),
+        token_file: Optional[Path] = typer.Option(None, "--token-file", help="File whose first line is the dashboard's "
+                                                  "token; every request must carry it."),
+        token: Optional[str] = typer.Option(None, "--token", help="The dashboard's token itself (visible in the "
+                                            "process list: prefer --token-file)."),
+        max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
+        stats_every: float = typer.Option(5.0, "--stats-every", min=0.0, help="Seconds between stats lines (0: none)."),
+        reconnect_timeout: float = typer.Option(0.0, "--reconnect-timeout", min=0.0,
+                                                help="Give up on a lost camera/stream after this many seconds (0: never)."),
+        truth: Optional[Path] = typer.Option(None, help="Frame list of a test video ('edgekd data video' writes it): "
+                                             "print detected vs true defect frames at the end.")):
+    from edgekd.stream.cli_run import run_stream
+    from edgekd.stream.request import RunRequest
+    given = {name: value for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+    request = RunRequest.build(config, given)
+    if (request.model is None) == (request.bundle is None):
+        raise EdgekdError("say which model: exactly one of --model ARTIFACT or --bundle ARCHIVE.tar.gz")
+    if request.bundle is not None:
+        if request.server is not None:
+            raise EdgekdError("--bundle runs its model here; with --server the server holds the model")
+        from edgekd.deploy.bundle import open_bundle
+        request = request.replace(model=str(open_bundle(request.bundle, log=lambda line: typer.echo(line, err=True))))
+    if request.server_key_file is not None and request.server is None:
+        raise EdgekdError("--server-key-file goes with --server URL (the key of the Triton server that does the inference)")
+    from edgekd.dashboard.access import read_token
+    server_key = (read_token(None, request.server_key_file, "server API key", "--server-key-file")
+                  if request.server_key_file else None)
+    run_stream(request, echo=_echo, server_key=server_key)
+
+
+@app.command(help="Set thresholds from good frames of your own camera or clip; writes them into the artifact.")
+def calibrate(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
+              camera: Optional[int] = typer.Option(None, help="Camera index (V4L2), e.g. 0."),
+              source: Optional[str] = typer.Option(None, help="A clip or image folder of GOOD parts, rtsp://..., "
+                                                   "http://..., csi://N or gst:<pipeline>."),
+              frames: int = typer.Option(300, "--frames", min=1, help="Good frames to score (fewer if the source ends)."),
+              quantile: float = typer.Option(ThresholdRule.quantile, help="Rule: threshold = max(Q + margin*s, "
+                                             "largest normal + s)."),
+              margin: float = typer.Option(ThresholdRule.margin, help="Robust spreads (s = 1.4826 MAD) added above the quantile "
+                                           "(training's held-out images get the same)."),
+              plot: Optional[Path] = typer.Option(None, help="Histogram PNG (default <artifact>.calibration.png)."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Report and plot, but leave the artifact as it is."),
+              accept_outliers: bool = typer.Option(False, "--accept-outliers", help="Go on when many frames score far "
+                                                   "above the rest or above an earlier calibration (they are still left "
+                                                   "out of the rule and listed)."),
+              width: Optional[int] = typer.Option(None, help="Capture width (cameras, CSI)."),
+              height: Optional[int] = typer.Option(None, help="Capture height (cameras, CSI)."),
+              fps: Optional[float] = typer.Option(None, help="Capture frame rate (cameras, CSI)."),
+              backend: Optional[str] = BACKEND, device: str = DEVICE):
+    from edgekd.calibrate import calibrate as run_calibration
+    from edgekd.stream.sources import CaptureSettings
+    if (camera is None) == (source is None):
+        raise EdgekdError("say where the good frames come from: exactly one of --camera N or --source (clip, folder, URL)")
+    if not artifact.is_file():
+        raise EdgekdError(f"{artifact} does not exist: pass a model.ckpt, .onnx or .engine")
+    rule = ThresholdRule.from_config({"quantile": quantile, "margin": margin})
+    result = run_calibration(artifact, camera if camera is not None else source, frames, backend, device,
+                             CaptureSettings(width, height, fps), rule, plot, dry_run,
+                             log=lambda text: typer.echo(text, err=True), accept_outliers=accept_outliers)
+    t, s = result.thresholds, result.thresholds["score_stats"]
+    before = result.previous or {}
+    _echo(f"scored {len(result.scores)} good frames (of {result.frames_read} read): score median {s['p50']:.4g}, "
+          f"p99 {s['p99']:.4g}, max {s['max']:.4g}")
+    _echo(f"image threshold {t['image']:.4g} (was {before.get('image', float('nan')):.4g}), pixel threshold "
+          f"{t['pixel']:.4g} (was {before.get('pixel', float('nan')):.4g}); the image threshold sits "
+          f"{t['image'] - s['max']:.4g} above the largest normal score ({result.headroom():.1f} robust spreads)")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if dry_run:
+        _echo(f"dry run: {artifact} unchanged; histogram {result.plot}")
+    else:
+        _echo(f"wrote {', '.join(map(str, result.written))} (previous thresholds kept in thresholds_history); "
+              f"histogram {result.plot}")

@@ -7,14 +7,13 @@ its row, so the runtimes (above it) register themselves by name only.
 
 The split export (a teacher and a student graph) is an ONNX or engine whose sidecar has `layout: split`; the
 runtimes that can run it say so, the others refuse it with `check_single_graph`. A Triton URL (grpc://, http://) is
-the server's model, opened by `edgekd run --server`."""
+the server's model, opened by `edgekd run --server` (edgekd/runtime/triton_client.py)."""
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from edgekd.errors import EdgekdError
 
@@ -30,7 +29,7 @@ class ArtifactKind:
     opener: str  # "module:callable(path, device, cuda_graph)" that returns the Runtime, imported when used
     loads_without_gpu: bool  # False: opening needs an NVIDIA GPU (doctor and serve check the sidecar instead)
     triton_platform: str | None  # its platform in a stock Triton repository; None: not served as is
-    sidecar_check: str | None  # how its sidecar is matched to the file (edgekd/artifacts.py PAIR_CHECKS); None: none
+    sidecar_check: str | None  # how check_artifact_pair (edgekd/artifacts.py) matches its sidecar; None: none
     magic: bytes | None = None  # first bytes that say so (engines have none of their own)
 
     @property
@@ -51,7 +50,6 @@ ENGINE = ArtifactKind("engine", "tensorrt", (".engine", ".plan"), "a TensorRT en
                       "sidecar", "edgekd.runtime.tensorrt_backend:open_engine", False, "tensorrt", "checksum")
 KINDS: tuple[ArtifactKind, ...] = (CHECKPOINT, ONNX, ENGINE)
 BACKENDS = tuple(kind.backend for kind in KINDS)
-SERVER_SCHEMES = ("grpc", "http")  # a Triton URL: `edgekd run --server`
 
 
 def kind_for_backend(backend: str) -> ArtifactKind:
@@ -98,6 +96,3 @@ def kind_of(path: str | Path, backend: str | None = None) -> ArtifactKind:
                           f"{found.suffixes[0]}, or pass the file you meant")
     return kind
 
-
-def is_server_url(text: str) -> bool:
-    return urlparse(str(text)).scheme in SERVER_SCHEMES

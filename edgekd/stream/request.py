@@ -68,12 +68,6 @@ class RunRequest:
     def replace(self, **changes) -> "RunRequest":
         return dataclasses.replace(self, **changes)
 
-    def as_line_file(self) -> dict:
-        """The values that differ from the defaults, as a line file would hold them."""
-        default = RunRequest()
-        return {f.name: (str(v) if isinstance(v, Path) else v) for f in fields(self)
-                if (v := getattr(self, f.name)) != getattr(default, f.name)}
-
 
 PATHS = frozenset({"bundle", "server_key_file", "save_video", "save_masks", "jsonl", "token_file", "truth"})
 RULES: dict[str, Rule] = {

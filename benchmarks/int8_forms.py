@@ -148,7 +148,7 @@ def main() -> None:
         print(category, {form: row[form] for form in forms}, flush=True)
         rows.append(row)
     timed = {form: artifacts[(args.speed_category, form)] for form in forms}
-    size = tuple(read_sidecar(timed[forms[0]])["input_size"])
+    size = tuple(read_sidecar(timed[forms[0]]).input_size)
     images = to_model_input(load_images(load_dataset(args.data, args.speed_category).test[:8], size))
     timing = speed(timed, images, args.rounds)
     payload = {"benchmark": args.name, "date": started, "machine": machine_info(), "runs": str(args.runs),

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekd.data.synth import parse_categories
 from edgekd.atomic import write_bytes_atomic
+from edgekd.artifacts import read_sidecar
 from edgekd.errors import EdgekdError
 from edgekd.export.exporter import export_checkpoint
 from edgekd.machine import machine_info
@@ -60,8 +61,7 @@ def main() -> None:
                 rows.append({"category": category, "precision": precision, "failed": str(exc)})
                 print(rows[-1], flush=True)
                 continue
-            info = json.loads(result.artifact.with_suffix(".json").read_text())
-            size = tuple(info["input_size"])
+            size = read_sidecar(result.artifact).input_size
             row = {"category": category, "precision": precision, "export_seconds": round(time.time() - started, 1),
                    "mb": round(result.artifact.stat().st_size / 2**20, 2),
                    "ms_per_image_ort_cpu": round(latency_ms(result.artifact, size), 2),

@@ -1,22 +1,19 @@
-"""The sidecar JSON next to every exported artifact (ONNX graph, TensorRT engine): THE schema of what a
-runtime needs to know about a model that left PyTorch, read back with clear errors."""
+"""The sidecar file next to every exported artifact (ONNX graph, TensorRT engine): where it lives, how it is written
+and replaced together with its graph, read back (edgekd/sidecar.py is its schema), and checked against the file it
+describes."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
-from edgekd import __version__
 from edgekd.backbones.weights import sha256_of
 from edgekd.atomic import write_bytes_atomic
 from edgekd.artifact_kinds import ONNX, ArtifactKind, kind_by_suffix
 from edgekd.errors import EdgekdError
+from edgekd.sidecar import INPUT_NAME, InputSpec, Sidecar, now
 
-SIDECAR_FORMAT = "edgekd-artifact"
-SIDECAR_VERSION = 1
-INPUT_NAME = "images"
 OUTPUT_NAMES = ("anomaly_map", "score", "mask")
 
 
@@ -30,27 +27,30 @@ def sidecar_path(artifact: str | Path) -> Path:
     return Path(artifact).with_suffix(".json")
 
 
-def describe_checkpoint(payload: dict, checkpoint: str | Path) -> dict:
-    """The fields every artifact made from this checkpoint shares."""
+def describe_payload(payload: dict, kind: str = "checkpoint", artifact: str | Path | None = None) -> Sidecar:
+    """A checkpoint's description in the sidecar's shape (read without hashing the file)."""
     h, w = payload["input_size"]
-    return {
-        "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "edgekd_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": payload["model"],
-        "teacher": payload["teacher"]["name"],
-        "input": {"name": INPUT_NAME, "shape": ["batch", 3, h, w], "dtype": "float32", "color": "RGB",
-                  "range": [0.0, 1.0], "layout": "NCHW", "normalization": {**payload["normalization"], "in_graph": True}},
-        "input_size": [h, w],
-        "thresholds": payload.get("thresholds"), "score_stats": payload.get("score_stats"),
-        "scoring": payload["config"]["scoring"],
-        "source_checkpoint": {"path": str(checkpoint), "sha256": sha256_of(checkpoint)},
-        "category": payload.get("training", {}).get("category"),
-        "dataset": payload.get("training", {}).get("dataset"),
-    }
+    training = payload.get("training", {})
+    return Sidecar(
+        model=payload["model"], input_size=(h, w), kind=kind, created=now(), teacher=payload["teacher"]["name"],
+        input=InputSpec(name=INPUT_NAME, shape=["batch", 3, h, w],
+                        normalization={**payload["normalization"], "in_graph": True}),
+        thresholds=payload.get("thresholds"), score_stats=payload.get("score_stats"),
+        scoring=payload["config"]["scoring"], category=training.get("category"), dataset=training.get("dataset"),
+        thresholds_history=list(payload.get("thresholds_history", [])),
+        artifact=str(artifact) if artifact is not None else None)
 
 
-def write_sidecar(artifact: str | Path, info: dict) -> Path:
+def describe_checkpoint(payload: dict, checkpoint: str | Path) -> Sidecar:
+    """The fields every artifact made from this checkpoint shares (the source named by path and checksum)."""
+    described = describe_payload(payload, "onnx")
+    described.source_checkpoint = {"path": str(checkpoint), "sha256": sha256_of(checkpoint)}
+    return described
+
+
+def write_sidecar(artifact: str | Path, sidecar: Sidecar) -> Path:
     path = sidecar_path(artifact)
-    write_bytes_atomic(path, json.dumps(info, indent=2, default=float).encode())
+    write_bytes_atomic(path, json.dumps(sidecar.to_dict(), indent=2, default=float).encode())
     return path
 
 
@@ -59,11 +59,11 @@ def _remake(artifact: str | Path) -> str:
     return f"make it again with '{kind.made_by}'"
 
 
-def read_info(path: str | Path, kind: ArtifactKind) -> dict:
+def read_info(path: str | Path, kind: ArtifactKind) -> Sidecar:
     """What an artifact says about itself, read without loading it: a checkpoint's payload, or the sidecar."""
     if not kind.has_sidecar:
         from edgekd.checkpoint import read_checkpoint
-        return read_checkpoint(path)
+        return describe_payload(read_checkpoint(path), kind.name, path)
     return read_sidecar(path)
 
 
@@ -104,28 +104,27 @@ def finish_interrupted_update(artifact: str | Path) -> bool:
     return True
 
 
-def read_sidecar(artifact: str | Path) -> dict:
+def read_sidecar(artifact: str | Path) -> Sidecar:
     finish_interrupted_update(artifact)
     path = sidecar_path(artifact)
     if not path.is_file():
         raise EdgekdError(f"{artifact} has no sidecar {path}: {_remake(artifact)} (the sidecar holds its input size, "
                           "normalisation and thresholds, and both files travel together)")
     try:
-        info = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EdgekdError(f"sidecar {path} is not valid JSON ({exc.__class__.__name__}): {_remake(artifact)}") from None
-    if not isinstance(info, dict) or info.get("format") != SIDECAR_FORMAT:
-        raise EdgekdError(f"{path} is not an edgekd sidecar: {_remake(artifact)}")
-    if info.get("format_version", 0) > SIDECAR_VERSION:
-        raise EdgekdError(f"sidecar {path} is newer than this edgekd ({__version__}) understands: upgrade edgekd")
-    return info
+    sidecar = Sidecar.from_dict(raw, str(path), _remake(artifact))
+    sidecar.artifact = str(artifact)
+    return sidecar
 
 
-def check_single_graph(artifact: str | Path, info: dict) -> None:
+def check_single_graph(artifact: str | Path, info: Sidecar) -> None:
     """Servers (Triton, DeepStream, `edgekd serve`) run one graph per request: a teacher or student part of a
     split export (`--layout split`) is refused in one line."""
-    if info.get("layout", "single") != "single" or info.get("role", "detector") != "detector":
-        raise EdgekdError(f"{artifact} is one part of a split export ({info.get('role', 'teacher or student')}): "
+    if not info.is_single_graph:
+        role = info.role if info.role != "detector" else "teacher or student"
+        raise EdgekdError(f"{artifact} is one part of a split export ({role}): "
                           "export with --layout single for a server, which runs one graph per request")
 
 
@@ -134,22 +133,21 @@ def check_single_graph(artifact: str | Path, info: dict) -> None:
 STAMPED_FIELDS = ("model", "precision", "layout", "input_size", "color", "thresholds", "source_sha256")
 
 
-def stamped_fields(info: dict) -> dict:
-    """What the ONNX file carries about itself, taken from a sidecar-shaped description."""
-    return {"model": info["model"], "precision": info["precision"], "layout": info["layout"],
-            "input_size": info["input_size"], "color": info["input"]["color"],
-            "thresholds": info["thresholds"], "source_sha256": info["source_checkpoint"]["sha256"]}
+def stamped_fields(info: Sidecar) -> dict:
+    """What the ONNX file carries about itself, taken from its description."""
+    return {"model": info.model, "precision": info.precision, "layout": info.layout,
+            "input_size": list(info.input_size), "color": info.input.color,
+            "thresholds": info.thresholds, "source_sha256": info.source_sha256}
 
 
-def check_onnx_matches_sidecar(artifact: str | Path, info: dict, metadata: dict[str, str]) -> None:
+def check_onnx_matches_sidecar(artifact: str | Path, info: Sidecar, metadata: dict[str, str]) -> None:
     """Compare the ONNX file's own metadata with its sidecar; one line naming the first disagreement."""
     if not metadata.get("edgekd_version"):
         raise EdgekdError(f"{artifact} carries no edgekd metadata, so its sidecar cannot be checked against it: "
                           f"{_remake(artifact)}")
-    try:
-        expected = stamped_fields(info)
-    except (KeyError, TypeError):
-        raise EdgekdError(f"sidecar {sidecar_path(artifact)} lacks fields edgekd writes: {_remake(artifact)}") from None
+    if info.source_sha256 is None:
+        raise EdgekdError(f"sidecar {sidecar_path(artifact)} lacks fields edgekd writes: {_remake(artifact)}")
+    expected = stamped_fields(info)
     for key in STAMPED_FIELDS:
         raw = metadata.get(key)  # set_metadata stores text as it is and everything else as JSON
         try:
@@ -161,12 +159,12 @@ def check_onnx_matches_sidecar(artifact: str | Path, info: dict, metadata: dict[
                               f"sidecar: {expected[key]!r}): they come from different exports; {_remake(artifact)}")
 
 
-def check_engine_matches_sidecar(path: str | Path, info: dict) -> None:
+def check_engine_matches_sidecar(path: str | Path, info: Sidecar) -> None:
     """The plan is the one its sidecar describes (a copied sidecar, a half-copied or replaced plan are caught here,
     before TensorRT reads a byte of it)."""
-    expected = info.get("engine_sha256")
+    expected = info.engine_sha256
     if expected and sha256_of(path) != expected:
-        source = (info.get("onnx") or {}).get("path", "MODEL.onnx")
+        source = (info.onnx or {}).get("path", "MODEL.onnx")
         raise EdgekdError(f"engine {path} does not match its sidecar {sidecar_path(path)} (different checksum): the "
                           f"plan was replaced, truncated or paired with another sidecar; rebuild it with "
                           f"'edgekd build-engine {source}'")
@@ -183,7 +181,7 @@ def onnx_metadata(path: str | Path, model=None) -> dict[str, str]:
     return {entry.key: entry.value for entry in model.metadata_props}
 
 
-def check_artifact_pair(artifact: str | Path, info: dict, metadata: dict[str, str] | None = None,
+def check_artifact_pair(artifact: str | Path, info: Sidecar, metadata: dict[str, str] | None = None,
                         thresholds: bool = True) -> None:
     """What every consumer of an exported artifact checks before trusting its sidecar (the runtimes, `serve`,
     `export-triton`, `export-deepstream`, `doctor`): the file is the one the sidecar describes, and its thresholds
@@ -197,4 +195,4 @@ def check_artifact_pair(artifact: str | Path, info: dict, metadata: dict[str, st
     elif kind.sidecar_check == "graph metadata":
         check_onnx_matches_sidecar(path, info, onnx_metadata(path) if metadata is None else metadata)
     if thresholds:
-        check_thresholds(info.get("thresholds"), str(path))
+        check_thresholds(info.thresholds, str(path))

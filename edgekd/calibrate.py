@@ -179,9 +179,9 @@ def _into_sidecar(artifact: Path, thresholds: dict, source: str, graph_too: bool
     replaces its original, so a failure leaves the old pair."""
     info = read_sidecar(artifact)
     remove_stale_temps(artifact.parent, [artifact.name, sidecar_path(artifact).name])  # a killed run's temps
-    previous = info.get("thresholds")
-    info = {**info, "thresholds": thresholds,
-            "thresholds_history": list(info.get("thresholds_history", [])) + [_history_entry(previous, source)]}
+    previous = info.thresholds
+    info = info.replace(thresholds=thresholds,
+                        thresholds_history=list(info.thresholds_history) + [_history_entry(previous, source)])
     staged: list[tuple[Path, Path]] = []
     try:
         if graph_too:
@@ -199,7 +199,7 @@ def _into_sidecar(artifact: Path, thresholds: dict, source: str, graph_too: bool
         side = sidecar_path(artifact)
         side_tmp = side.with_name(f".{side.name}.calibrate.tmp")
         staged.append((side_tmp, side))
-        side_tmp.write_text(json.dumps(info, indent=2, default=float))
+        side_tmp.write_text(json.dumps(info.to_dict(), indent=2, default=float))
         replace_together(artifact, staged)
     finally:
         for tmp, _ in staged if not update_pending(artifact) else []:
@@ -225,7 +225,7 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
         check_output_file(sidecar_path(artifact) if kind.has_sidecar else artifact, "the artifact")
     with open_runtime(artifact, kind.backend, device) as runtime:
         # The stored values, unchecked: calibrating is how a NaN threshold gets replaced.
-        current = dict(runtime.info.get("thresholds") or {})
+        current = dict(runtime.info.thresholds or {})
         sink, read = collect_normal_scores(runtime, source, frames, settings or CaptureSettings(None, None, None), log=log)
     scores, peaks = np.array(sink.scores), np.array(sink.peaks)
     if len(scores) < MIN_NORMAL:

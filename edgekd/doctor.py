@@ -108,7 +108,7 @@ def check_engine_folder(folder: Path, trt) -> list[Check]:
         except Exception as exc:
             checks.append(Check(f"engine {engine.name}", WRONG, str(exc).split(":")[0], "rebuild it with 'edgekd build-engine'"))
             continue
-        made_for = info.get("built_on_gpu") or {}
+        made_for = info.built_on_gpu or {}
         problems = engine_mismatches(info, trt, gpu)
         if problems:
             checks.append(Check(f"engine {engine.name}", WRONG, "; ".join(p for p, _ in problems), problems[0][1]))
@@ -229,7 +229,7 @@ def check_artifact(path: Path) -> list[Check]:
             from edgekd.artifacts import read_info
             info = read_info(path, kind)
             check_engine_compatible(path, info)
-            thresholds = info.get("thresholds")
+            thresholds = info.thresholds
         else:
             from edgekd.runtime import open_runtime
             with open_runtime(path, kind.backend, "cpu") as runtime:  # what `edgekd run` opens: model built, pair checked

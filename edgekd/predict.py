@@ -57,7 +57,7 @@ def predict_images(runtime: Runtime, paths: list[Path], out: Path, batch_size: i
     if not thresholds or thresholds.get("image") is None or thresholds.get("pixel") is None:
         raise EdgekdError("this artifact has no thresholds: pass --threshold or re-export from a calibrated checkpoint")
     image_threshold, pixel_threshold = thresholds["image"], thresholds["pixel"]
-    vmin, vmax = colour_range(runtime.info.get("score_stats"), pixel_threshold)
+    vmin, vmax = colour_range(runtime.info.score_stats, pixel_threshold)
     stems = output_stems(paths)
     records, failures = [], []
     for start in range(0, len(paths), batch_size):

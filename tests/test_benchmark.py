@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cli_runner import run_main
 
-from edgekd.artifacts import SIDECAR_FORMAT
+from edgekd.sidecar import SIDECAR_FORMAT
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     engine.write_bytes(b"plan")
     engine.with_suffix(".json").write_text(json.dumps({
         "format": SIDECAR_FORMAT, "format_version": 1, "model": "rd", "precision": "fp16", "input_size": [64, 64],
+        "input": {"shape": ["batch", 3, 64, 64], "normalization": {}},
         "profile": {"batch": {"min": 1, "opt": 4, "max": 4}}}))
     cases = [
         ([], "nothing to benchmark"),

@@ -271,5 +271,5 @@ def test_a_kill_between_the_two_renames_is_finished_on_the_next_load(onnx_export
     assert list(artifact.parent.glob(".*.update.json"))  # the journal of the cut update
     from edgekd.runtime import open_runtime
     with open_runtime(artifact) as runtime:  # would raise "disagree on thresholds" with a half-done update
-        assert runtime.info["thresholds"]["source"] == str(clips[0])
+        assert runtime.info.thresholds["source"] == str(clips[0])
     assert not list(artifact.parent.glob(".*"))  # journal and temps gone

@@ -30,17 +30,17 @@ def test_engine_builds_from_every_precision(onnx_exports, tmp_path, precision):
     assert [t["name"] for t in result.outputs] == ["anomaly_map", "score", "mask"]
     assert result.outputs[2]["dtype"] == "UINT8"
     info = read_sidecar(result.engine)
-    assert info["kind"] == "engine" and info["precision"] == precision
-    assert info["profile"]["batch"] == {"min": 1, "opt": 2, "max": 4}
-    assert info["profile"]["shapes"]["images"] == [[1, 3, 128, 128], [2, 3, 128, 128], [4, 3, 128, 128]]
-    assert info["tensorrt"]["flavour"] == "tensorrt_rtx" and info["onnx"]["sha256"]
-    assert info["timing_cache"] is None and not (tmp_path / "timing.cache").exists()  # TensorRT-RTX keeps none
+    assert info.kind == "engine" and info.precision == precision
+    assert info.profile["batch"] == {"min": 1, "opt": 2, "max": 4}
+    assert info.profile["shapes"]["images"] == [[1, 3, 128, 128], [2, 3, 128, 128], [4, 3, 128, 128]]
+    assert info.tensorrt["flavour"] == "tensorrt_rtx" and info.onnx["sha256"]
+    assert info.timing_cache is None and not (tmp_path / "timing.cache").exists()  # TensorRT-RTX keeps none
 
 
 def test_split_layout_builds_two_engines(split_export, tmp_path):
     result = build_engine(split_export, tmp_path, batch="1,1,2", flavour="tensorrt_rtx")
     assert {p.name for p in tmp_path.glob("*.engine")} == {"wood.fp32.teacher.engine", "wood.fp32.student.engine"}
-    assert read_sidecar(result.engine)["graphs"] == {"teacher": "wood.fp32.teacher.engine",
+    assert read_sidecar(result.engine).graphs == {"teacher": "wood.fp32.teacher.engine",
                                                       "student": "wood.fp32.student.engine"}
 
 
@@ -68,7 +68,7 @@ def test_parse_failure_names_the_node_and_op(onnx_exports, tmp_path):
     onnx.save(model, str(path))
     info = read_sidecar(onnx_exports["fp32"])
     write_sidecar(path, info)
-    set_metadata(path, {"edgekd_version": info["edgekd_version"], **stamped_fields(info)})  # a file and sidecar that agree
+    set_metadata(path, {"edgekd_version": info.edgekd_version, **stamped_fields(info)})  # a file and sidecar that agree
     with pytest.raises(EdgekdError, match=r"cannot parse .*odd\.onnx: node 'mystery_node' \(op Frobnicate\)"):
         build_engine(path, tmp_path / "engines", flavour="tensorrt_rtx")
 
@@ -86,7 +86,7 @@ def test_engine_runtime_without_gpu_is_a_clear_error(built_engine):
 
 def test_stale_engine_is_caught_from_the_sidecar(built_engine):
     info = read_sidecar(built_engine)
-    info["tensorrt"]["version"] = "0.9.0"
+    info.tensorrt["version"] = "0.9.0"
     write_sidecar(built_engine, info)
     with pytest.raises(EdgekdError, match="built with tensorrt_rtx 0.9.0 .* rebuild it"):
         open_runtime(built_engine)
@@ -98,7 +98,7 @@ def test_stale_engine_is_caught_from_the_sidecar(built_engine):
 def test_engine_for_another_gpu_is_caught_before_loading(built_engine, monkeypatch):
     import edgekd.runtime.tensorrt_backend as backend
     info = read_sidecar(built_engine)
-    info["built_on_gpu"] = {"name": "NVIDIA H100", "compute_capability": "9.0"}
+    info.built_on_gpu = {"name": "NVIDIA H100", "compute_capability": "9.0"}
     monkeypatch.setattr(backend, "gpu_description", lambda index=0: {"name": "Orin", "compute_capability": "8.7"})
     with pytest.raises(EdgekdError, match=r"built for NVIDIA H100 \(sm 9.0\) but this GPU is Orin \(sm 8.7\)"):
         backend.check_engine_compatible(built_engine, info)  # a check only: no TensorRT runtime is created

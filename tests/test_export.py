@@ -23,9 +23,9 @@ def test_fp32_export_matches_pytorch(exports, wood_checkpoint):
     # Relative to the map's range: the fused map's units depend on how its branches are balanced.
     assert fp32.parity.max_abs_map_diff < 1e-5 * fp32.parity.map_range and fp32.parity.score_rank_agreement > 0.999
     info = read_sidecar(fp32.artifact)
-    assert info["precision"] == "fp32" and info["input"]["color"] == "RGB" and info["input_size"] == [128, 128]
-    assert info["model"] == "rd" and info["opset"] == 17 and len(info["source_checkpoint"]["sha256"]) == 64
-    assert info["outputs"] == ["anomaly_map", "score", "mask"]
+    assert info.precision == "fp32" and info.input.color == "RGB" and info.input_size == (128, 128)
+    assert info.model == "rd" and info.opset == 17 and len(info.source_sha256) == 64
+    assert info.outputs == ["anomaly_map", "score", "mask"]
     model = onnx.load(str(fp32.artifact))
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["precision"] == "fp32" and json.loads(meta["input_size"]) == [128, 128]
@@ -48,7 +48,7 @@ def test_fp16_export_keeps_scoring_in_fp32(exports):
     assert _float_type_of_reductions(model) == {onnx.TensorProto.FLOAT}  # dot products and norms in FP32
     assert max(fp16.deltas.values()) <= 0.1, fp16.deltas  # the FP16 target
     info = read_sidecar(fp16.artifact)
-    assert info["accuracy"]["drop_points"] == fp16.deltas and "thresholds_fp32" in info
+    assert info.accuracy["drop_points"] == fp16.deltas and info.thresholds_fp32 is not None
 
 
 def test_int8_export_is_explicit_qdq_with_float_scoring(exports):
@@ -64,11 +64,11 @@ def test_int8_export_is_explicit_qdq_with_float_scoring(exports):
     assert not any(producers.get(i) is not None and producers[i].op_type == "QuantizeLinear" for i in scorer_inputs)
     assert _float_type_of_reductions(model) == {onnx.TensorProto.FLOAT}
     assert set(int8.deltas) == {"image_auroc", "pixel_auroc", "aupro"}
-    assert read_sidecar(int8.artifact)["accuracy"]["drop_points"] == int8.deltas
+    assert read_sidecar(int8.artifact).accuracy["drop_points"] == int8.deltas
     assert dequantized  # weights and activations go through Q/DQ pairs
     stems = [n for n in model.graph.node if "/teacher/segments.0/" in n.name and n.op_type == "Conv"]
     quantized_convs = [n for n in model.graph.node if n.op_type == "Conv" and any(i in dequantized for i in n.input)]
-    used = read_sidecar(int8.artifact)["int8_stems"]["used"]  # auto: INT8 unless that failed the gate
+    used = read_sidecar(int8.artifact).int8_stems["used"]  # auto: INT8 unless that failed the gate
     assert stems and all(any(i in dequantized for i in n.input) == (used == "int8") for n in stems)
     assert len(quantized_convs) > 10  # the rest of the teacher and the student are INT8
 
@@ -80,7 +80,7 @@ def test_int8_accuracy_gate_refuses_and_force_keeps(wood_checkpoint, tmp_path):
     assert not list(tmp_path.glob("*.onnx"))  # nothing written when refused
     forced = export_checkpoint(wood_checkpoint, "int8", out_dir=tmp_path, calib_images=8, max_drop=-1.0, force=True,
                                calibration_method="minmax")
-    assert forced.refused and read_sidecar(forced.artifact)["forced"] is True
+    assert forced.refused and read_sidecar(forced.artifact).forced is True
 
 
 def test_every_artifact_runs_behind_one_interface(exports, wood_checkpoint, synth_root):
@@ -137,8 +137,8 @@ def test_int8_for_onnxruntime_runs_as_integer_convolutions(wood_checkpoint, synt
     result = export_checkpoint(wood_checkpoint, "int8", out_dir=tmp_path, calib_images=8, int8_for="onnxruntime",
                                int8_stems="int8", force=True)
     assert result.artifact.name == "wood.int8-ort.onnx" and result.parity.passed
-    assert read_sidecar(result.artifact)["int8_for"] == "onnxruntime"
-    assert read_sidecar(result.artifact)["int8_stems"] == {"mode": "int8", "used": "int8", "failed_first": []}
+    assert read_sidecar(result.artifact).int8_for == "onnxruntime"
+    assert read_sidecar(result.artifact).int8_stems == {"mode": "int8", "used": "int8", "failed_first": []}
     model = onnx.load(str(result.artifact))
     zero_points = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     activation_types = {zero_points[n.input[2]].dtype for n in model.graph.node
@@ -196,7 +196,7 @@ def test_int8_stems_auto_falls_back_to_float_stems_when_the_gate_fails(wood_chec
     result = export_checkpoint(wood_checkpoint, "int8", out_dir=tmp_path, calib_images=8, int8_for="onnxruntime",
                                max_drop=2.0)
     assert stems_seen == ["int8", "float"]
-    stems = read_sidecar(result.artifact)["int8_stems"]
+    stems = read_sidecar(result.artifact).int8_stems
     assert stems["used"] == "float" and stems["failed_first"][0]["stems"] == "int8"
     assert stems["failed_first"][0]["drop_points"]["aupro"] == 5.0 and result.deltas["aupro"] < 2.0
     model = onnx.load(str(result.artifact))

@@ -148,12 +148,13 @@ def test_an_onnx_paired_with_another_exports_sidecar_is_refused(fp32_pair, expor
 
 
 def test_an_engine_that_does_not_match_its_sidecar_is_refused_before_tensorrt_reads_it(tmp_path):
-    from edgekd.artifacts import SIDECAR_FORMAT
+    from edgekd.sidecar import SIDECAR_FORMAT
     from edgekd.runtime import open_runtime
     engine = tmp_path / "wood.fp16.engine"
     engine.write_bytes(b"not the plan that was built")
     engine.with_suffix(".json").write_text(json.dumps({
-        "format": SIDECAR_FORMAT, "format_version": 1, "input_size": [128, 128], "engine_sha256": "0" * 64,
+        "format": SIDECAR_FORMAT, "format_version": 1, "model": "rd", "input_size": [128, 128],
+        "input": {"shape": ["batch", 3, 128, 128], "normalization": {}}, "engine_sha256": "0" * 64,
         "onnx": {"path": "export/wood.fp16.onnx"}, "tensorrt": {"flavour": "tensorrt_rtx"}}))
     with pytest.raises(EdgekdError, match="does not match its sidecar.*edgekd build-engine export/wood.fp16.onnx"):
         open_runtime(engine)

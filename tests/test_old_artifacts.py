@@ -69,7 +69,7 @@ def test_old_sidecar_and_bundle_open_today(old_artifacts, tmp_path):
     from edgekd.runtime import open_runtime
     info = read_sidecar(old_artifacts["onnx"])
     with open_runtime(old_artifacts["onnx"]) as runtime:
-        assert runtime.thresholds["image"] == info["thresholds"]["image"]
+        assert runtime.thresholds["image"] == info.thresholds["image"]
     folder = old_artifacts["images"][0].parent
     result = edgekd("run", "--bundle", old_artifacts["bundle"], "--source", folder, "--jsonl", tmp_path / "e.jsonl",
                     "--stats-every", "0")

@@ -234,7 +234,7 @@ def test_export_parity_with_global_branches_in_the_graph(family, trained, tmp_pa
     result = export_checkpoint(trained[family][1].checkpoint, "fp32", out_dir=tmp_path, name=family)
     assert result.parity.passed and result.parity.score_rank_agreement > 0.99
     info = read_sidecar(result.artifact)
-    assert info["model"] == family
+    assert info.model == family
     graph = onnx.load(str(result.artifact)).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("MultiScaleFeatureDiff") == 1  # the map branch is still the one fused scoring op

@@ -122,7 +122,7 @@ def test_served_outputs_are_the_local_runtimes(server, artifact):
 def test_malformed_requests_get_errors_and_the_server_goes_on(server, artifact):
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.ports[1]}")
     from edgekd.artifacts import read_sidecar
-    h, w = read_sidecar(artifact)["input_size"]
+    h, w = read_sidecar(artifact).input_size
     def send(name, shape, dtype, array, model="wood"):
         request = grpcclient.InferInput(name, shape, dtype)
         request.set_data_from_numpy(array)
@@ -224,7 +224,7 @@ def test_sigterm_lets_the_request_in_flight_finish(artifact, tmp_path):
     served = Served(artifact, free_ports(3), tmp_path / "serve.log").start()
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.ports[1]}")
     from edgekd.artifacts import read_sidecar
-    h, w = read_sidecar(artifact)["input_size"]
+    h, w = read_sidecar(artifact).input_size
     request = grpcclient.InferInput("frames", [8, h, w, 3], "UINT8")
     request.set_data_from_numpy(np.zeros((8, h, w, 3), np.uint8))
     results = []

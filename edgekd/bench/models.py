@@ -21,8 +21,8 @@ def model_from_file(path: Path) -> Model:
     kind = kind_of(path)
     info = read_info(path, kind)
     if not kind.has_sidecar:  # a checkpoint: exported to each precision by the benchmark itself
-        return Model(default_name(path), info["model"], path)
-    return Model(f"{path.stem}", info["model"], None, path, kind.backend, info.get("precision", "fp32"))
+        return Model(default_name(path), info.model, path)
+    return Model(f"{path.stem}", info.model, None, path, kind.backend, info.precision)
 
 
 def config_for(family: str, configs: Path) -> Path:

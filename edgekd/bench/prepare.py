@@ -26,8 +26,8 @@ def _cached(path: Path, checkpoint_sha: str) -> bool:
     if not path.is_file():
         return False
     try:
-        return read_sidecar(path)["source_checkpoint"]["sha256"] == checkpoint_sha
-    except (EdgekdError, KeyError, TypeError):
+        return read_sidecar(path).source_sha256 == checkpoint_sha
+    except EdgekdError:
         return False
 
 
@@ -77,8 +77,8 @@ def _engine_row(model: Model, precision: str, max_batch, cache, data, category, 
     engine = folder / f"{source.stem}.engine"
     if engine.is_file():
         info = read_sidecar(engine)
-        if info.get("onnx", {}).get("sha256") == sha256_of(source) and \
-                int(info.get("profile", {}).get("batch", {}).get("max", 0)) >= max_batch:
+        if (info.onnx or {}).get("sha256") == sha256_of(source) and \
+                int((info.profile or {}).get("batch", {}).get("max", 0)) >= max_batch:
             return engine
     try:
         return build_engine(source, folder, f"1,{max_batch},{max_batch}").engine
@@ -92,7 +92,7 @@ PRODUCERS = {"checkpoint": _checkpoint_row, "onnx": _onnx_row, "engine": _engine
 
 def check_engine_batches(engine: Path, batches: list[int]) -> None:
     """An engine given as it is runs only the batch sizes of its optimisation profile."""
-    profile = read_sidecar(engine).get("profile", {}).get("batch", {})
+    profile = (read_sidecar(engine).profile or {}).get("batch", {})
     largest = profile.get("max")
     too_big = [b for b in batches if largest is not None and b > int(largest)]
     if too_big:

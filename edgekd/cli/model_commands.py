@@ -94,7 +94,7 @@ def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One
     with make_progress() as progress:
         for path in artifacts:
             with open_runtime(path, backend, device) as runtime:
-                which = category or runtime.info.get("category")
+                which = category or runtime.info.category
                 if save_threshold:
                     if runtime.backend != CHECKPOINT.backend:
                         raise EdgekdError(f"--save-threshold updates checkpoints, and {path} is not one: "
@@ -104,7 +104,7 @@ def eval_(artifacts: List[Path] = typer.Argument(..., help=ARTIFACT_HELP + " One
                         raise EdgekdError(f"--save-threshold needs defective and normal test images, but {note}; "
                                           f"{path} keeps its thresholds (use 'edgekd calibrate' with good frames)")
                 result = evaluate(runtime, data, which, out, str(path), progress, batch_size)
-            rows.append({**result.row, "backend": runtime.backend, "precision": runtime.info.get("precision")})
+            rows.append({**result.row, "backend": runtime.backend, "precision": runtime.info.precision})
             if save_threshold:
                 found = thresholds_from_labels(result.labels, result.scores, result.masks, result.maps)
                 check_thresholds(found, f"the F1-optimal thresholds found for {path}")

@@ -14,6 +14,7 @@ from edgekd.artifacts import (INPUT_NAME, OUTPUT_NAMES, check_artifact_pair, che
                               read_sidecar)
 from edgekd.artifact_kinds import ArtifactKind, kind_by_suffix
 from edgekd.errors import EdgekdError
+from edgekd.sidecar import Sidecar
 
 PLUGIN_LIBRARY = "libedgekd_plugin.so"
 # TensorRT / ONNX element type names -> Triton's data types
@@ -38,18 +39,18 @@ class TensorSpec:
 class ArtifactIO:
     path: Path
     kind: ArtifactKind  # its row in edgekd/artifact_kinds.py
-    info: dict  # the sidecar
+    info: Sidecar
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch: int | None  # the engine profile's largest batch; None for ONNX (dynamic)
 
     @property
     def input_size(self) -> tuple[int, int]:
-        return tuple(self.info["input_size"])
+        return tuple(self.info.input_size)
 
 
-def _engine_io(path: Path, info: dict) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], int]:
-    network, profile = info.get("network"), info.get("profile")
+def _engine_io(path: Path, info: Sidecar) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], int]:
+    network, profile = info.network, info.profile
     if not network or not profile:
         raise EdgekdError(f"sidecar of {path} lacks the engine's network or profile: rebuild it with "
                           "'edgekd build-engine MODEL.onnx'")
@@ -59,7 +60,7 @@ def _engine_io(path: Path, info: dict) -> tuple[tuple[TensorSpec, ...], tuple[Te
             int(profile["batch"]["max"]))
 
 
-def _onnx_io(path: Path, info: dict) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+def _onnx_io(path: Path, info: Sidecar) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     import onnx
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -68,7 +69,7 @@ def _onnx_io(path: Path, info: dict) -> tuple[tuple[TensorSpec, ...], tuple[Tens
                           "'edgekd export model.ckpt'") from None
     check_artifact_pair(path, info, onnx_metadata(path, model))  # the runtime's own checks, before any is written
     graph = model.graph
-    h, w = info["input_size"]
+    h, w = info.input_size
     # The exporter's outputs: the map and mask at the input size, one score per image (edgekd/artifacts.py).
     known = {INPUT_NAME: (3, h, w), "anomaly_map": (1, h, w), "score": (), "mask": (1, h, w)}
     def spec(value):
@@ -84,10 +85,10 @@ def check_loadable_by_full_tensorrt(io: ArtifactIO, consumer: str, plugin, plugi
     """Stock consumers (Triton's tensorrt backend, DeepStream) load engines of full TensorRT only, and an engine whose
     scoring is the edgekd plugin layer needs the plugin library beside it. `consumer` finishes the first message."""
     if not io.kind.loads_without_gpu:  # an engine: the TensorRT flavour that built it matters
-        flavour = (io.info.get("tensorrt") or {}).get("flavour")
+        flavour = (io.info.tensorrt or {}).get("flavour")
         if flavour != "tensorrt":
             raise EdgekdError(f"{io.path.name} was built by {flavour or 'an unknown TensorRT'}; {consumer}")
-        if io.info.get("fused_op") == "plugin" and plugin is None:
+        if io.info.fused_op == "plugin" and plugin is None:
             raise EdgekdError(f"{io.path.name} computes its scoring in the edgekd plugin layer: pass --plugin "
                               f"{PLUGIN_LIBRARY} (built from engines/plugin/ {plugin_where})")
     if plugin is not None and not Path(plugin).is_file():
@@ -95,7 +96,7 @@ def check_loadable_by_full_tensorrt(io: ArtifactIO, consumer: str, plugin, plugi
                           "its path")
 
 
-def _engine_tensors(path: Path, info: dict):
+def _engine_tensors(path: Path, info: Sidecar):
     check_artifact_pair(path, info)  # the plan is the one its sidecar describes
     return _engine_io(path, info)
 
@@ -117,7 +118,7 @@ def read_artifact_io(artifact: str | Path) -> ArtifactIO:
     info = read_sidecar(path)
     check_single_graph(path, info)
     inputs, outputs, max_batch = TENSOR_READERS[kind.name](path, info)
-    if (info.get("thresholds") or {}).get("image") is None:
+    if (info.thresholds or {}).get("image") is None:
         raise EdgekdError(f"{path} has no image threshold: run 'edgekd calibrate {path} --source CLIP' first (a server "
                           "without one would call every frame normal)")
     names = [o.name for o in outputs]

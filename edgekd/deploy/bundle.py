@@ -70,8 +70,8 @@ def write_bundle(artifact: str | Path, out: str | Path, overwrite: bool = False)
         files[plot.name] = plot
     files.update({name: path for name, path in EXTRAS.items() if path.is_file()})
     manifest = {"format": FORMAT, "edgekd_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "model": artifact.name, "model_family": info.get("model"), "precision": info.get("precision"),
-                "thresholds": info.get("thresholds"), "files": {name: sha256_of(path) for name, path in files.items()},
+                "model": artifact.name, "model_family": info.model, "precision": info.precision,
+                "thresholds": info.thresholds, "files": {name: sha256_of(path) for name, path in files.items()},
                 "sizes": {name: path.stat().st_size for name, path in files.items()}}
     partial = out.with_name(f".{out.name}.partial")
     try:

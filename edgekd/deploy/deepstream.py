@@ -14,13 +14,14 @@ from pathlib import Path
 from edgekd.atomic import write_bytes_atomic
 from edgekd.deploy.artifact_io import PLUGIN_LIBRARY, check_loadable_by_full_tensorrt, read_artifact_io
 from edgekd.errors import EdgekdError
+from edgekd.sidecar import Sidecar
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
 COLOR_FORMATS = {"RGB": 0, "BGR": 1}
 
 
-def _scale_and_offsets(info: dict) -> tuple[float, list[float]]:
-    norm = info["input"]["normalization"]
+def _scale_and_offsets(info: Sidecar) -> tuple[float, list[float]]:
+    norm = info.input.normalization
     if norm.get("in_graph", False):
         return 1.0 / 255.0, [0.0, 0.0, 0.0]
     # Not in the graph: nvinfer must do it, and it has one scale for all channels.
@@ -35,19 +36,19 @@ def _scale_and_offsets(info: dict) -> tuple[float, list[float]]:
 NVINFER_MODEL_KEY = {"engine": "model-engine-file", "onnx": "onnx-file"}  # by artifact kind: what nvinfer loads
 
 
-def nvinfer_config(artifact_name: str, info: dict, kind: str, batch: int, output_names: list[str], gpu_id: int = 0,
+def nvinfer_config(artifact_name: str, info: Sidecar, kind: str, batch: int, output_names: list[str], gpu_id: int = 0,
                    plugin: bool = False) -> str:
-    precision = str(info.get("precision", "fp32"))
+    precision = info.precision
     if precision not in NETWORK_MODES:
         raise EdgekdError(f"precision {precision!r} has no nvinfer network-mode: export fp32, fp16 or int8")
     scale, offsets = _scale_and_offsets(info)
-    h, w = info["input_size"]
+    h, w = info.input_size
     model_line = f"{NVINFER_MODEL_KEY[kind]}={artifact_name}"
     lines = ["# nvinfer config written by edgekd: the network takes RGB in [0, 1] (it normalises itself)",
              "[property]", f"gpu-id={gpu_id}", model_line, f"batch-size={batch}",
              f"network-mode={NETWORK_MODES[precision]}", f"net-scale-factor={scale:.10g}",
              f"offsets={';'.join(f'{o:.6g}' for o in offsets)}",
-             f"model-color-format={COLOR_FORMATS[info['input']['color']]}",
+             f"model-color-format={COLOR_FORMATS[info.input.color]}",
              f"infer-dims=3;{h};{w}", "network-input-order=0", "maintain-aspect-ratio=0", "scaling-filter=1",
              f"output-blob-names={';'.join(output_names)}",
              "# not a detector or classifier: the outputs are attached as tensor metadata for a probe",
@@ -57,9 +58,9 @@ def nvinfer_config(artifact_name: str, info: dict, kind: str, batch: int, output
     return "\n".join(lines) + "\n"
 
 
-def note_text(info: dict, artifact_name: str, outputs: list[str]) -> str:
-    thresholds = info.get("thresholds") or {}
-    h, w = info["input_size"]
+def note_text(info: Sidecar, artifact_name: str, outputs: list[str]) -> str:
+    thresholds = info.thresholds or {}
+    h, w = info.input_size
     return "\n".join([
         f"# {artifact_name} in DeepStream", "",
         "`nvinfer_config.txt` is the `config-file-path` of an nvinfer element (primary mode, full frame). The",
@@ -83,7 +84,7 @@ def write_deepstream(artifact: str | Path, out: str | Path, batch: int | None = 
     check_loadable_by_full_tensorrt(io, "DeepStream runs engines of full TensorRT: build it on the Jetson/desktop with "
                                     "'edgekd build-engine', or pass the .onnx and let nvinfer build it", plugin,
                                     "on that machine")
-    if io.info.get("precision") == "int8" and io.info.get("int8_for") == "onnxruntime":  # only ONNX has this form
+    if io.info.precision == "int8" and io.info.int8_for == "onnxruntime":  # only ONNX has this form
         raise EdgekdError(f"{io.path.name} is the onnxruntime form of INT8 (integer operators nvinfer's TensorRT does "
                           "not build the same way): export --precision int8 without --int8-for (the TensorRT form) for "
                           "DeepStream")

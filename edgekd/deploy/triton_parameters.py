@@ -8,6 +8,7 @@ import re
 
 from edgekd.calibration import check_thresholds
 from edgekd.errors import EdgekdError
+from edgekd.sidecar import Sidecar
 
 REQUIRED = ("edgekd_input_size", "edgekd_image_threshold", "edgekd_pixel_threshold")
 
@@ -22,11 +23,12 @@ def model_parameters(model: str, input_size, thresholds: dict | None, **extra: s
             **{f"edgekd_{key}": value for key, value in extra.items()}}
 
 
-def read_parameters(params: dict[str, str]) -> dict:
-    """Model, input size and thresholds from the parameters; callers check REQUIRED first."""
-    return {"model": params.get("edgekd_model"), "input_size": json.loads(params["edgekd_input_size"]),
-            "thresholds": {"image": json.loads(params["edgekd_image_threshold"]),
-                           "pixel": json.loads(params["edgekd_pixel_threshold"])}}
+def read_parameters(params: dict[str, str]) -> Sidecar:
+    """Model, input size and thresholds from the parameters, as a served model's description; callers check
+    REQUIRED first."""
+    return Sidecar(model=params.get("edgekd_model"), input_size=tuple(json.loads(params["edgekd_input_size"])),
+                   kind="triton", thresholds={"image": json.loads(params["edgekd_image_threshold"]),
+                                              "pixel": json.loads(params["edgekd_pixel_threshold"])})
 
 
 # A model name is a folder of the repository and a quoted string in config.pbtxt: letters, digits, '_' and '-' only

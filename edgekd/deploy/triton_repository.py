@@ -57,9 +57,10 @@ def _tensor_block(tensors: tuple[TensorSpec, ...]) -> str:
 
 def _parameters(io: ArtifactIO) -> dict[str, str]:
     info = io.info
-    return model_parameters(info["model"], io.input_size, info.get("thresholds"), precision=str(info.get("precision")),
-                            input=json.dumps({k: info["input"][k] for k in ("color", "range", "layout")}),
-                            category=str(info.get("category")))
+    return model_parameters(info.model, io.input_size, info.thresholds, precision=info.precision,
+                            input=json.dumps({"color": info.input.color, "range": info.input.range,
+                                              "layout": info.input.layout}),
+                            category=str(info.category))
 
 
 def config_text(io: ArtifactIO, options: RepositoryOptions, max_batch: int) -> str:
@@ -103,9 +104,9 @@ def _readme_section(options: RepositoryOptions, io: ArtifactIO, max_batch: int) 
     gpus = "--gpus all " if options.kind == "KIND_GPU" else ""
     plugin_mount = (f"-v \"$PWD/plugins:/plugins\" -e LD_PRELOAD=/plugins/{PLUGIN_LIBRARY} "
                     if options.plugin is not None else "")
-    version = (io.info.get("tensorrt") or {}).get("version")
+    version = (io.info.tensorrt or {}).get("version")
     lines = [f"## {options.name}", "",
-             f"{io.info['model']} ({io.info.get('precision')}) from `{io.path.name}`, served as `{PLATFORMS[options.platform]}`, "
+             f"{io.info.model} ({io.info.precision}) from `{io.path.name}`, served as `{PLATFORMS[options.platform]}`, "
              f"input `images` float32 NCHW RGB in [0, 1] at {io.input_size[0]}x{io.input_size[1]} "
              f"(normalisation is inside the model), up to {max_batch} images per batch; outputs "
              + ", ".join(f"`{o.name}`" for o in io.outputs) + ".", "",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.artifacts import check_onnx_matches_sidecar, read_sidecar, write_sidecar
+from edgekd.sidecar import Sidecar
 from edgekd.backbones.weights import sha256_of
 from edgekd.atomic import write_bytes_atomic
 from edgekd.engine.gpu import gpu_description
@@ -100,7 +101,7 @@ def _parse(trt: TensorRT, builder, onnx_path: Path, logger, strongly_typed: bool
     return network, parser
 
 
-def _fused_op_form(network, info: dict, trt: TensorRT) -> str:
+def _fused_op_form(network, info: Sidecar, trt: TensorRT) -> str:
     """How the engine computes the scoring: 'plugin' (one MultiScaleFeatureDiff plugin layer, whose creator must be
     registered before the plan is deserialised), 'function body' (stock layers from the ONNX function) or 'stock ops'."""
     kinds = {network.get_layer(i).type for i in range(network.num_layers)}
@@ -108,7 +109,7 @@ def _fused_op_form(network, info: dict, trt: TensorRT) -> str:
                     if hasattr(trt.module.LayerType, name)}
     if kinds & plugin_kinds:
         return "plugin"
-    return "function body" if info.get("fused_op", "function") == "function" else "stock ops"
+    return "function body" if (info.fused_op or "function") == "function" else "stock ops"
 
 
 def _tensor_info(tensor) -> dict:
@@ -132,8 +133,8 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
                     plugin: bool | None = None) -> EngineResult:
     info = read_sidecar(onnx_path)
     check_onnx_file(onnx_path, info)
-    precision = info.get("precision", "fp32")
-    if info.get("int8_for", "tensorrt") != "tensorrt":
+    precision = info.precision
+    if (info.int8_for or "tensorrt") != "tensorrt":
         raise EdgekdError(f"{onnx_path} is an INT8 export for onnxruntime (uint8 activations with zero points, which "
                           "TensorRT does not build): build from the checkpoint, or export with --int8-for tensorrt")
     trt = load_tensorrt(flavour)
@@ -188,16 +189,15 @@ def build_from_onnx(onnx_path: Path, out_dir: Path, name: str, batch: tuple[int,
     if cache is not None:
         write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     outputs = [_tensor_info(network.get_output(i)) for i in range(network.num_outputs)]
-    sidecar = {**info, "kind": "engine", "engine_sha256": sha256_of(engine_path),
-               "onnx": {"path": str(onnx_path), "sha256": sha256_of(onnx_path)},
-               "tensorrt": {"flavour": trt.flavour, "version": trt.version, "strongly_typed": strongly_typed},
-               "built_on_gpu": gpu_description(), "dla_core": dla_core,
-               "profile": {"batch": {"min": batch[0], "opt": batch[1], "max": batch[2]}, "shapes": shapes},
-               "network": {"inputs": [_tensor_info(t) for t in inputs], "outputs": outputs},
-               "build_seconds": round(seconds, 2), "workspace_gb": workspace_gb, "fused_op": fused_op,
-               "timing_cache": str(timing_cache) if cache is not None else None}
+    sidecar = info.replace(
+        kind="engine", engine_sha256=sha256_of(engine_path), onnx={"path": str(onnx_path), "sha256": sha256_of(onnx_path)},
+        tensorrt={"flavour": trt.flavour, "version": trt.version, "strongly_typed": strongly_typed},
+        built_on_gpu=gpu_description(), dla_core=dla_core,
+        profile={"batch": {"min": batch[0], "opt": batch[1], "max": batch[2]}, "shapes": shapes},
+        network={"inputs": [_tensor_info(t) for t in inputs], "outputs": outputs}, build_seconds=round(seconds, 2),
+        workspace_gb=workspace_gb, fused_op=fused_op, timing_cache=str(timing_cache) if cache is not None else None)
     sidecar_path = write_sidecar(engine_path, sidecar)
-    return EngineResult(engine_path, sidecar_path, sidecar["network"]["inputs"], outputs, sidecar["profile"], seconds,
+    return EngineResult(engine_path, sidecar_path, sidecar.network["inputs"], outputs, sidecar.profile, seconds,
                         trt.label)
 
 
@@ -219,15 +219,15 @@ def build_engine(source: str | Path, out_dir: str | Path = "engines", batch: str
         raise EdgekdError(f"ONNX file {source} does not exist: create it with 'edgekd export'")
     info = read_sidecar(source)
     cache = Path(timing_cache) if timing_cache else out_dir / "timing.cache"
-    if info.get("layout") != "split":
+    if info.layout != "split":
         return build_from_onnx(source, out_dir, source.stem, sizes, workspace_gb, cache, dla_core, flavour, plugin)
     # Split layout: one engine per graph; the teacher is the part that goes to a DLA core when asked.
     results = {role: build_from_onnx(source.parent / graph, out_dir, Path(graph).stem, sizes, workspace_gb, cache,
                                      dla_core if role == "teacher" else None, flavour, plugin)
-               for role, graph in info["graphs"].items()}
+               for role, graph in info.graphs.items()}
     engines = {role: r.engine.name for role, r in results.items()}
     for result in results.values():
-        write_sidecar(result.engine, {**read_sidecar(result.engine), "graphs": engines})
+        write_sidecar(result.engine, read_sidecar(result.engine).replace(graphs=engines))
     student = results["student"]
     student.extra_engines = [results["teacher"].engine]
     return student

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from edgekd.artifacts import describe_checkpoint, exported_stem, stamped_fields, write_sidecar
+from edgekd.sidecar import Sidecar
 from edgekd.calibration import ThresholdRule, score_statistics, thresholds_from_normal
 from edgekd.checkpoint import load_checkpoint
 from edgekd.data.images import to_model_input
@@ -138,15 +139,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _stamp(graphs: dict[str, Path], info: dict) -> None:
+def _stamp(graphs: dict[str, Path], info: Sidecar) -> None:
     """The same description in each graph's own metadata and in its sidecar (runtimes compare the two)."""
     for role, path in graphs.items():
-        set_metadata(path, {"edgekd_version": info["edgekd_version"], "role": role,
-                            "normalization": info["input"]["normalization"], **stamped_fields(info)})
-        write_sidecar(path, {**info, "role": role})
+        set_metadata(path, {"edgekd_version": info.edgekd_version, "role": role,
+                            "normalization": info.input.normalization, **stamped_fields(info)})
+        write_sidecar(path, info.replace(role=role))
 
 
-def _publish(graphs: dict[str, Path], info: dict, staging: Path, out_dir: Path) -> list[Path]:
+def _publish(graphs: dict[str, Path], info: Sidecar, staging: Path, out_dir: Path) -> list[Path]:
     """Stamp metadata and sidecars, then move every file out of staging: all of an export appears, or none."""
     _stamp(graphs, info)
     final = []
@@ -195,10 +196,10 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
             graphs = export_graphs(exported, pixel_threshold, staging, stem, layout, fused_op)
             tries = (None,)
 
-        described = {**describe_checkpoint(payload, checkpoint), "kind": "onnx", "precision": precision,
-                     "layout": layout, "opset": OPSET, "fused_op": fused_op,
-                     **({"int8_for": int8_for} if precision == "int8" else {}),
-                     "outputs": ["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else [])}
+        described = describe_checkpoint(payload, checkpoint).replace(
+            kind="onnx", precision=precision, layout=layout, opset=OPSET, fused_op=fused_op,
+            int8_for=int8_for if precision == "int8" else None,
+            outputs=["anomaly_map", "score"] + (["mask"] if pixel_threshold is not None else []))
         failed_tries = []
         reference = TorchRuntime(model, device="cpu")
         parity_images_loaded = load_images(_pick_parity_images(dataset, parity_images), model.input_size)
@@ -209,14 +210,14 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
                                           float_stems=stems == "float")
             info = copy.deepcopy(described)
             if stems is not None:
-                info["int8_stems"] = {"mode": int8_stems, "used": stems, "failed_first": failed_tries}
+                info.int8_stems = {"mode": int8_stems, "used": stems, "failed_first": failed_tries}
             if layout == "split":
-                info["graphs"] = {role: path.name for role, path in graphs.items()}
+                info.graphs = {role: path.name for role, path in graphs.items()}
             _stamp(graphs, info)
             artifact = graphs.get("detector", graphs.get("student"))
             candidate = OnnxRuntime(artifact)
             parity = compare(reference, candidate, parity_images_loaded, precision)
-            info["parity"] = parity.to_dict()
+            info.parity = parity.to_dict()
             if not parity.passed:
                 if not last:  # INT8 stems out of tolerance: try again with them in float
                     failed_tries.append({"stems": stems, "failed": f"parity ({parity.summary()})"})
@@ -229,14 +230,14 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
                 # Reduced precision shifts the score scale a little (INT8 more): thresholds from FP32 would be
                 # wrong, so calibrate again on the held-out normal images that training calibrated on.
                 thresholds, stats = recalibrate(candidate, dataset, payload)
-                info["thresholds_fp32"], info["thresholds"] = info["thresholds"], thresholds
-                info["score_stats_fp32"], info["score_stats"] = info["score_stats"], stats
+                info.thresholds_fp32, info.thresholds = info.thresholds, thresholds
+                info.score_stats_fp32, info.score_stats = info.score_stats, stats
                 candidate.thresholds = thresholds
-                if "mask" in info["outputs"]:
+                if "mask" in info.outputs:
                     set_mask_threshold(artifact, thresholds["pixel"])
-                info["accuracy"] = {**_accuracy_drop(reference, candidate, dataset, precision, progress),
-                                    "max_drop": max_drop}
-                deltas = info["accuracy"]["drop_points"]
+                info.accuracy = {**_accuracy_drop(reference, candidate, dataset, precision, progress),
+                                 "max_drop": max_drop}
+                deltas = info.accuracy["drop_points"]
                 refused = any(d > max_drop for d in deltas.values() if np.isfinite(d))
                 if refused and not last:
                     failed_tries.append({"stems": stems, "failed": "accuracy gate", "drop_points": deltas})
@@ -248,10 +249,10 @@ def export_checkpoint(checkpoint: str | Path, precision: str = "fp32", layout: s
                                       "it anyway")
             break
         shutil.rmtree(staging / "fp32", ignore_errors=True)
-        info["forced"] = bool(refused and force)
+        info.forced = bool(refused and force)
         final = _publish(graphs, info, staging, out_dir)
         return ExportResult(out_dir / artifact.name, final, parity, deltas, refused, dataset.root,
-                            info.get("int8_stems", {}))
+                            info.int8_stems or {})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if created and not any(out_dir.iterdir()):

@@ -10,6 +10,7 @@ import numpy as np
 from edgekd.calibration import check_thresholds
 from edgekd.data.images import to_model_input
 from edgekd.scoring import threshold_mask
+from edgekd.sidecar import Sidecar
 
 
 @dataclass
@@ -30,22 +31,22 @@ class Runtime(ABC):
     backend = "base"
     warm_up = True  # run a batch of zeros before the first frame (local backends size their memory then)
 
-    def __init__(self, info: dict):
-        self.info = info  # sidecar-shaped description: input_size, thresholds, score_stats, model, ...
-        self.input_size = tuple(info["input_size"])
+    def __init__(self, info: Sidecar):
+        self.info = info  # what the model says about itself: input size, thresholds, score statistics, family, ...
+        self.input_size = tuple(info.input_size)
 
     @property
     def thresholds(self) -> dict:
         """The artifact's thresholds, checked on every use (a NaN would call every defect normal)."""
-        return check_thresholds(self.info.get("thresholds"), self.label)
+        return check_thresholds(self.info.thresholds, self.label)
 
     @thresholds.setter
     def thresholds(self, value: dict) -> None:
-        self.info["thresholds"] = value
+        self.info.thresholds = value
 
     @property
     def label(self) -> str:
-        return str(self.info.get("artifact") or self.info.get("checkpoint") or "this model")
+        return self.info.label
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,14 +40,14 @@ class OnnxRuntime(Runtime):
         path = Path(path)
         if not path.is_file():
             raise EdgekdError(f"ONNX file {path} does not exist: create it with 'edgekd export'")
-        info = {**read_sidecar(path), "artifact": str(path)}
+        info = read_sidecar(path)
         super().__init__(info)
         providers = PROVIDERS.get("cpu" if device == "auto" else device.split(":")[0])
         if providers is None:
             raise EdgekdError(f"device '{device}' is not one of {', '.join(PROVIDERS)} for onnxruntime")
-        if info.get("layout") == "split":
-            self.teacher = _session(path.parent / info["graphs"]["teacher"], providers)
-            self.student = _session(path.parent / info["graphs"]["student"], providers)
+        if info.layout == "split":
+            self.teacher = _session(path.parent / info.graphs["teacher"], providers)
+            self.student = _session(path.parent / info.graphs["student"], providers)
         else:
             self.teacher, self.student = None, _session(path, providers)
         check_artifact_pair(path, info, self.student.get_modelmeta().custom_metadata_map, thresholds=False)

@@ -12,19 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.artifacts import check_engine_matches_sidecar, read_sidecar
+from edgekd.sidecar import Sidecar
 from edgekd.engine.gpu import gpu_description
 from edgekd.engine.trt import load_tensorrt
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime
 
 
-def engine_mismatches(info: dict, trt, gpu: dict | None) -> list[tuple[str, str]]:
+def engine_mismatches(info: Sidecar, trt, gpu: dict | None) -> list[tuple[str, str]]:
     """What keeps an engine (its sidecar `info`) from running with this TensorRT on this GPU, as (problem, fix)
     pairs; empty when it can run. The one place these comparisons live: running refuses on the first problem,
     `edgekd doctor` lists them all."""
-    built = info.get("tensorrt") or {}
-    made_for = info.get("built_on_gpu") or {}
-    source = (info.get("onnx") or {}).get("path", "MODEL.onnx")
+    built = info.tensorrt or {}
+    made_for = info.built_on_gpu or {}
+    source = (info.onnx or {}).get("path", "MODEL.onnx")
     problems = []
     if built.get("version") and (built.get("flavour"), built["version"]) != (trt.flavour, trt.version):
         problems.append((f"was built with {built.get('flavour')} {built['version']} but this machine has {trt.label}",
@@ -38,10 +39,10 @@ def engine_mismatches(info: dict, trt, gpu: dict | None) -> list[tuple[str, str]
     return problems
 
 
-def check_engine_compatible(path: Path, info: dict) -> None:
+def check_engine_compatible(path: Path, info: Sidecar) -> None:
     """Raise a clear error when the engine cannot run here; called before TensorRT deserialises anything."""
     check_engine_matches_sidecar(path, info)
-    trt = load_tensorrt((info.get("tensorrt") or {}).get("flavour"))
+    trt = load_tensorrt((info.tensorrt or {}).get("flavour"))
     problems = engine_mismatches(info, trt, gpu_description())
     if problems:
         problem, fix = problems[0]
@@ -209,18 +210,18 @@ class TensorRTRuntime(Runtime):
         path = Path(path)
         if not path.is_file():
             raise EdgekdError(f"engine {path} does not exist: build it with 'edgekd build-engine'")
-        info = {**read_sidecar(path), "artifact": str(path)}
+        info = read_sidecar(path)
         super().__init__(info)
         check_engine_compatible(path, info)
-        trt = load_tensorrt(info["tensorrt"]["flavour"]).module
-        if info.get("fused_op") == "plugin":  # the plan names our plugin; its creator must exist first
+        trt = load_tensorrt(info.tensorrt["flavour"]).module
+        if info.fused_op == "plugin":  # the plan names our plugin; its creator must exist first
             from edgekd.fused.trt_plugin import register_plugin
             register_plugin(trt)
         self.cuda = _cuda(prefer_graphs=cuda_graph)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.max_batch = int(info["profile"]["batch"]["max"])
-        graphs = info.get("graphs")
+        self.max_batch = int(info.profile["batch"]["max"])
+        graphs = info.graphs
         engine = lambda p: _Engine(trt, self.runtime, self.cuda, p, self.max_batch, cuda_graph)
         self.teacher = engine(path.parent / graphs["teacher"]) if graphs else None
         self.student = engine(path.parent / graphs["student"] if graphs else path)

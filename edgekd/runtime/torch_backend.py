@@ -12,13 +12,14 @@ import torch
 from edgekd.checkpoint import load_checkpoint
 from edgekd.device import resolve_device
 from edgekd.models import AnomalyModel
+from edgekd.sidecar import Sidecar
 from edgekd.runtime.base import Runtime
 
 
 class TorchRuntime(Runtime):
     backend = "torch"
 
-    def __init__(self, model: AnomalyModel, info: dict | None = None, device: str | torch.device | None = None,
+    def __init__(self, model: AnomalyModel, info: Sidecar | None = None, device: str | torch.device | None = None,
                  fused_kernels: bool | None = None, cuda_graphs: bool | None = None):
         self.model = model.eval()
         self.device = resolve_device(device) if isinstance(device, str) else (device or next(model.parameters()).device)
@@ -33,17 +34,15 @@ class TorchRuntime(Runtime):
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and os.environ.get("EDGEKD_CUDA_GRAPHS", "1") != "0"
         self.graphs = CudaGraphs(self.model) if cuda_graphs else None
-        super().__init__({"input_size": list(model.input_size), "precision": "fp32",
-                          "fused_kernels": self.model.use_fused_kernels, "cuda_graphs": bool(cuda_graphs),
-                          **(info or {})})
+        self.cuda_graphs = bool(cuda_graphs)
+        super().__init__(info or Sidecar(model=None, input_size=tuple(model.input_size), kind="checkpoint"))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto") -> "TorchRuntime":
+        from edgekd.artifacts import describe_payload
         model, payload = load_checkpoint(checkpoint)
-        training = payload.get("training", {})
-        info = {"thresholds": payload.get("thresholds"), "score_stats": payload.get("score_stats"),
-                "model": payload["model"], "category": training.get("category_arg") or training.get("category"),
-                "checkpoint": str(checkpoint)}
+        info = describe_payload(payload, "checkpoint", checkpoint)
+        info.category = payload.get("training", {}).get("category_arg") or info.category
         runtime = cls(model, info, device)
         runtime.payload = payload
         return runtime

@@ -50,7 +50,8 @@ class TritonClientRuntime(Runtime):
         self.module = client_module
         self._local = threading.local()  # the HTTP client (gevent) must stay in the thread that made it
         params = self._model_parameters(url)
-        info = {**read_parameters(params), "artifact": f"{url}/{model}"}
+        info = read_parameters(params)
+        info.artifact = f"{url}/{model}"
         super().__init__(info)
         self.down_since: float | None = None
         self.backoff = 0.0

@@ -40,13 +40,13 @@ def describe(artifact: str | Path, name: str | None = None, backend: str | None 
     if kind.has_sidecar:
         check_single_graph(artifact, info)
         check_artifact_pair(path, info, thresholds=False)
-    check_thresholds(info.get("thresholds"), str(artifact))  # every kind, checkpoints too
-    thresholds = info.get("thresholds") or {}
+    check_thresholds(info.thresholds, str(artifact))  # every kind, checkpoints too
+    thresholds = info.thresholds or {}
     if thresholds.get("image") is None:
         raise EdgekdError(f"{artifact} has no image threshold: run 'edgekd calibrate {artifact} --source CLIP' first "
                           "(a server without one would call every frame normal)")
     name = check_model_name(name or path.name.split(".")[0], "model name")
-    return ServedModel(name, path, kind.backend, tuple(info["input_size"]), thresholds, str(info["model"]))
+    return ServedModel(name, path, kind.backend, tuple(info.input_size), thresholds, str(info.model))
 
 
 def config_text(model: ServedModel, max_batch: int, instances: int, queue_delay_us: int, device: str) -> str:

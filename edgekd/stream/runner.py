@@ -96,7 +96,7 @@ class Runner:
             else queue.Queue(maxsize=4)
         self.queues = [capture_out, queue.Queue(maxsize=2 * options.max_batch), queue.Queue(maxsize=8),
                        queue.Queue(maxsize=8)]
-        self.vmin, self.vmax = colour_range(runtime.info.get("score_stats"), options.thresholds.pixel)
+        self.vmin, self.vmax = colour_range(runtime.info.score_stats, options.thresholds.pixel)
         self.hysteresis = Hysteresis(*options.hysteresis)
         self.active_sinks = list(sinks)
         self.stopped_by: str | None = None  # what stopped the run before its source ended (a signal, the window)

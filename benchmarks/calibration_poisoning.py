@@ -35,6 +35,7 @@ from edgekd.stream.request import RunRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_files import write_results  # noqa: E402
+from studies import folder_of
 
 REPO = Path(__file__).resolve().parents[1]
 BAD_PARTS = (0, 1, 3, 10)
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO / "data" / "real")
     parser.add_argument("--categories", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("calibration poisoning"))
     parser.add_argument("--name", default="calibration_poisoning")
     parser.add_argument("--fence", type=float, default=None, help="Try another fence than "
                         "edgekd.calibration.OUTLIER_FENCE (robust spreads).")

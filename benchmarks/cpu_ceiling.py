@@ -10,7 +10,7 @@
   (edgekd/export/quantize.py), so its operations are charged at the FP32 peak.
 - Ceiling = frames/s if every operation ran at peak: an upper bound no runtime on this machine can pass.
 
-Writes benchmarks/results/cpu_ceiling.{json,md}.
+Writes benchmarks/results/cpu-ceiling/cpu_ceiling.{json,md}.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
+from studies import folder_of
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = folder_of("CPU ceiling")  # this study's folder (benchmarks/studies.py)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TARGETS_INT8 = {"stfpm": 250.0, "rd": 100.0}  # the issue's runner targets on this machine
 

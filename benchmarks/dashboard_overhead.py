@@ -14,7 +14,7 @@ attached by then), so every condition is measured over the same kind of window. 
 round; medians are reported. Afterwards one paced run (--realtime) with chromium takes the README's screenshot.
 
     python benchmarks/dashboard_overhead.py runs/wood/export/wood.int8-ort.onnx --data data/synth --category wood
-Writes benchmarks/results/dashboard_overhead.{json,md} and benchmarks/results/dashboard.png.
+Writes dashboard_overhead.{json,md} and dashboard.png under benchmarks/results/dashboard-overhead/.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
+from studies import folder_of
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = folder_of("dashboard overhead")  # this study's folder (benchmarks/studies.py)
 CONDITIONS = ("off", "served", "viewer", "chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--no-first-run", "--disable-dev-shm-usage"]

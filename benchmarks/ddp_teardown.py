@@ -26,6 +26,7 @@ from edgekd.machine import machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_files import write_results  # noqa: E402
+from studies import folder_of  # noqa: E402
 
 RANK_SCRIPT = '''
 import os, sys, time, torch, torch.distributed as dist
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--port", type=int, default=31000)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out", type=Path, default=folder_of("DDP teardown"))
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory() as folder:

@@ -8,7 +8,7 @@ student), scoring to a 256x256 map (add, blur sigma 4 on the stride-4 grid, one 
 the outputs written once; bandwidth = bytes / median time. On a GPU it also measures a plain device copy as the
 bandwidth ceiling and times stage 1 (the per-scale cosine pass) alone. Targets (H100-class GPU, batch 8):
 stage 1 >= 70% of copy bandwidth, whole op >= 3x faster than the unfused graph.
-Writes benchmarks/results/fused_op_<cpu|gpu>.{json,md,png}.
+Writes benchmarks/results/fused-op/fused_op_<cpu|gpu>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from edgekd.fused.cuda_kernels import LaunchPlan
 from edgekd.fused.onnx_function import op_model
 from edgekd.fused.spec import FusedOpSpec
 from edgekd.machine import machine_info
+from studies import folder_of
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = folder_of("fused op")  # this study's folder (benchmarks/studies.py)
 LITE0_256 = ((24, 64, 64), (40, 32, 32), (112, 16, 16))
 SPEC = FusedOpSpec((256, 256), threshold=0.6, map_stride=4)  # the default scoring grid
 

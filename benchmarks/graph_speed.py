@@ -21,8 +21,9 @@ import numpy as np
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
 from edgekd.bench.timing import rotated, session_options, timed_turn
+from studies import folder_of
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = folder_of("paper fidelity")  # this study's folder (benchmarks/studies.py)
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ turn) gave the INT8 memory product 1.23x / 1.47x; this way, 1.23x / 1.37x.
 
     python benchmarks/int8_forms.py --forms "product without bias,today"
 
-Made results/int8_forms.md, and results/memory_int8.md while it was benchmarks/memory_int8.py (forms "memory float"
+Made results/int8-forms/int8_forms.md, and results/int8-forms/memory_int8.md while it was benchmarks/memory_int8.py (forms "memory float"
 and "memory int8", the latter that day's form).
 """
 
@@ -42,6 +42,7 @@ from edgekd.export.exporter import GATED_METRICS, export_checkpoint
 from edgekd.machine import machine_info
 from edgekd.bench.timing import rotated, session_options, timed_turn
 from results_files import write_results
+from studies import folder_of
 
 REPO = Path(__file__).resolve().parents[1]
 # form -> (module, attribute, stand-in) that puts the earlier choice back for one export, or the export's option
@@ -128,7 +129,7 @@ def main() -> None:
     parser.add_argument("--categories", default="all")
     parser.add_argument("--speed-category", default="cork")
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("INT8 forms"))
     parser.add_argument("--name", default="int8_forms")
     args = parser.parse_args()
     forms = [form.strip() for form in args.forms.split(",") if form.strip()]

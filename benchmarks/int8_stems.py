@@ -22,6 +22,7 @@ from edgekd.data.real_textures import parse_categories
 from edgekd.export.exporter import GATED_METRICS, export_checkpoint
 from edgekd.machine import machine_info
 from results_files import write_results
+from studies import folder_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "real" / "real_textures_rd_lite0")
     parser.add_argument("--categories", default="all")
     parser.add_argument("--targets", default="onnxruntime")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("INT8 stems"))
     parser.add_argument("--name", default="int8_stems")
     args = parser.parse_args()
     targets = args.targets.split(",")

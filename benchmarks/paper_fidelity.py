@@ -11,7 +11,7 @@ collects those runs' JSON files into one page beside what the papers themselves 
     python benchmarks/paper_fidelity.py --before family_synth_before,family_real_before \\
         --after family_synth_after,family_real_after,family_synth_mthf_loss,family_real_mthf_loss
 
-Writes benchmarks/results/paper_fidelity_figures.md.
+Writes benchmarks/results/paper-fidelity/paper_fidelity_figures.md.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import math
 from pathlib import Path
 
 from edgekd.atomic import write_bytes_atomic
+from studies import folder_of
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = folder_of("paper fidelity")  # this study's folder (benchmarks/studies.py)
 # What the papers report, on data that cannot be had offline (MVTec AD / LOCO) with weights that cannot either.
 PAPERS = [
     ("rd", "RD4AD (CVPR 2022), MVTec AD", "image AUROC 98.5, pixel AUROC 97.8, AUPRO 93.9 (WideResNet50-2)"),

@@ -23,6 +23,7 @@ from edgekd.errors import EdgekdError
 from edgekd.export.exporter import export_checkpoint
 from edgekd.machine import machine_info
 from edgekd.runtime import open_runtime
+from studies import folder_of
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"fp16": 0.1, "int8": 1.0}
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--calibration", default="minmax")
     parser.add_argument("--calib-images", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "precision")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("precision deltas"))
     args = parser.parse_args()
 
     rows = []

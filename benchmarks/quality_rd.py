@@ -24,6 +24,7 @@ from edgekd.evaluate import evaluate, markdown_table, mean_row
 from edgekd.runtime.torch_backend import TorchRuntime
 from edgekd.machine import machine_info
 from edgekd.train import train
+from studies import folder_of
 
 TARGETS = {"image_auroc": 0.98, "pixel_auroc": 0.96, "aupro": 0.90}
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "rd_lite0.yaml")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "benchmark")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("RD quality (synthetic)"))
     parser.add_argument("--name", default="quality_rd_lite0")
     args = parser.parse_args()
 

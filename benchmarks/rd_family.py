@@ -34,9 +34,10 @@ import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
+from studies import folder_of
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = folder_of("RD family")  # this study's folder (benchmarks/studies.py)
 MODELS = ("rd", "afkd", "logicrd", "dskd")
 # config file, overrides for the accuracy runs, overrides for the throughput model
 SETUP = {name: (f"{name}_lite0.yaml", [], []) for name in ("rd", "afkd", "logicrd", "dskd", "mthf", "memkd")}

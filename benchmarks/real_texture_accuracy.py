@@ -35,6 +35,7 @@ from edgekd.models.patch_memory import BALANCES, branch_scales, normal_maxima
 from edgekd.runtime.torch_backend import TorchRuntime
 from edgekd.data.splits import split_normals
 from edgekd.train import normal_views, train
+from studies import folder_of
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"image_auroc": 0.95, "pixel_auroc": 0.97, "aupro": 0.92}
@@ -233,7 +234,7 @@ def main() -> None:
     parser.add_argument("--peer-runs", type=Path, default=Path("/tmp/anomalib-peer/runs"))
     parser.add_argument("--peer-json", type=Path, default=None, help="Take the peers' figures from this earlier "
                         "results JSON instead of --peer-runs.")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("real-texture accuracy"))
     parser.add_argument("--name", default="real_textures_rd_lite0")
     parser.add_argument("--reuse", action="store_true", help="Evaluate existing checkpoints instead of training.")
     parser.add_argument("--from-runs", default=None, help="With --reuse: take the checkpoints of this earlier run "

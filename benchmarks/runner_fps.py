@@ -14,7 +14,7 @@ images), exported to FP32 ONNX and to INT8 in both Q/DQ forms (for TensorRT, and
   regions and verdict, and a JSON line per frame written to disk.
 Targets on this 2-core CPU machine: runner >= 90% of bare throughput; stfpm INT8 runner >= 250 FPS, rd INT8 >= 100
 (benchmarks/cpu_ceiling.py gives the most this CPU's arithmetic allows).
-Writes benchmarks/results/runner_fps_<device>.{json,md,png}.
+Writes benchmarks/results/runner-fps/runner_fps_<device>.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
+from studies import folder_of
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = folder_of("runner FPS")  # this study's folder (benchmarks/studies.py)
 # The INT8 targets apply to the INT8 form made for onnxruntime (--int8-for onnxruntime); the TensorRT form is
 # measured beside it to show why that form is not the one to run on a CPU.
 TARGETS = {("stfpm", "int8-ort"): 250.0, ("rd", "int8-ort"): 100.0}

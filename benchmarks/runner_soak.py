@@ -4,7 +4,7 @@ flat after warm-up.
 
     python benchmarks/runner_soak.py --model export/wood.fp32.onnx --seconds 300
 
-Writes benchmarks/results/runner_soak.{json,md,png}: RSS over time, its peak, its slope over the second half of
+Writes benchmarks/results/runner-soak/runner_soak.{json,md,png}: RSS over time, its peak, its slope over the second half of
 the run (after warm-up: onnxruntime grows its memory arena the first time a larger micro-batch comes through, e.g.
 after a reconnect lets frames pile up), frames processed, reconnects.
 """
@@ -24,11 +24,12 @@ import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
+from studies import folder_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from mjpeg_server import MjpegServer  # noqa: E402  (the tests' live source: an HTTP MJPEG camera)
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = folder_of("runner soak")  # this study's folder (benchmarks/studies.py)
 
 
 def rss_mib(pid: int) -> float:

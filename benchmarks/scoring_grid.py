@@ -37,6 +37,7 @@ from edgekd.evaluate import evaluate  # noqa: E402
 from edgekd.machine import machine_info  # noqa: E402
 from edgekd.runtime.torch_backend import TorchRuntime  # noqa: E402
 from edgekd.scoring import FeatureDiff  # noqa: E402
+from studies import folder_of
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.2  # points, per category and metric
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "real" / "real_textures_rd_lite0")
     parser.add_argument("--categories", default="all")
     parser.add_argument("--strides", default="1,4")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("scoring grid"))
     parser.add_argument("--name", default="scoring_grid")
     parser.add_argument("--convert-to", type=int, default=None, help="Write the checkpoints with this map_stride.")
     parser.add_argument("--converted", type=Path, default=None, help="Folder of the converted runs (one per category).")

@@ -14,7 +14,7 @@ Forms of the body (the arithmetic is the same in all; edgekd/scoring.py):
     python benchmarks/scoring_lowering.py --stfpm runs/real/stfpm_lite0_grid2/cork/model.ckpt \
         --rd runs/real/rd_lite0_grid2/cork/model.ckpt --data data/real --category cork
 
-Writes benchmarks/results/scoring_lowering.{md,json}.
+Writes benchmarks/results/scoring-lowering/scoring_lowering.{md,json}.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from edgekd import scoring
 from edgekd.machine import environment_info
 from edgekd.bench.timing import rotated, session_options, timed_turn
 from results_files import write_results
+from studies import folder_of
 
 REPO = Path(__file__).resolve().parents[1]
 FORMS = ("before", "reducesum", "convolution", "exported")
@@ -189,7 +190,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO / "data" / "real")
     parser.add_argument("--category", default="cork")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekd-scoring-lowering")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("scoring lowering"))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--images-per-turn", type=int, default=32)
     args = parser.parse_args()

@@ -11,7 +11,7 @@ On a 2-core VM the server, its Python-backend stub and the clients share the sam
 the serving path costs here, not what a GPU server gives.
 
     python benchmarks/serve_throughput.py ARTIFACT.onnx
-Writes benchmarks/results/serve_throughput.{json,md}.
+Writes benchmarks/results/serve-throughput/serve_throughput.{json,md}.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
+from studies import folder_of
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = folder_of("serve throughput")  # this study's folder (benchmarks/studies.py)
 CLIENTS = (1, 2, 4)
 
 

@@ -4,14 +4,16 @@ today's figure and the runs it replaced. `python benchmarks/studies.py` writes b
 this table (date from git, machine from the result itself); tests/test_docs.py checks that the index is current and
 that every result file belongs to exactly one study.
 
-A study's `files` are its current results (the first is the one to read); `superseded` are earlier runs kept for the
-record (an earlier default, a replaced method), kept under results/archive/ and listed apart, so a reader finds
-today's figure first.
+Each study has its own folder, benchmarks/results/<study>/ (its name in lower case, words joined by '-'), where its
+script writes by default. A study's `files` are its current results there (the first is the one to read);
+`superseded` are earlier runs kept for the record (an earlier default, a replaced method), under the study's
+archive/ folder and listed apart, so a reader finds today's figure first.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import subprocess
 import sys
@@ -22,6 +24,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 INDEX = RESULTS / "INDEX.md"
 
 
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 @dataclass(frozen=True)
 class Study:
     name: str
@@ -29,6 +35,15 @@ class Study:
     script: str
     files: tuple[str, ...]
     superseded: tuple[str, ...] = ()
+
+    @property
+    def folder(self) -> str:
+        return slug(self.name)
+
+    def paths(self) -> tuple[list[str], list[str]]:
+        """(current, superseded) files, relative to benchmarks/results/."""
+        return ([posixpath.normpath(f"{self.folder}/{f}") for f in self.files],
+                [f"{self.folder}/{ARCHIVE}{f}" for f in self.superseded])
 
 
 STUDIES = (
@@ -71,7 +86,7 @@ STUDIES = (
           ("benchmark_cpu.md", "benchmark_cpu.json", "benchmark_cpu.csv", "benchmark_cpu_fps_vs_accuracy.png",
            "benchmark_cpu_latency.png")),
     Study("beside anomalib (speed)", "How fast are edgekd's STFPM and RD beside anomalib's STFPM in onnxruntime?",
-          "vs_anomalib.py", ("../vs_anomalib.md", "vs_anomalib.json", "vs_anomalib.txt", "speed_tried.md"),
+          "vs_anomalib.py", ("../../vs_anomalib.md", "vs_anomalib.json", "vs_anomalib.txt", "speed_tried.md"),
           ("vs_anomalib_before.md", "vs_anomalib_before.json", "vs_anomalib_before.txt")),
     Study("INT8 forms", "Which form of the onnxruntime INT8 export is fastest for the accuracy it keeps?",
           "int8_forms.py", ("int8_forms.md", "int8_forms.json", "int8_forms_stfpm_stems.md",
@@ -124,16 +139,22 @@ def result_files() -> set[str]:
     return {str(p.relative_to(RESULTS)) for p in RESULTS.rglob("*") if p.is_file() and p != INDEX}
 
 
-ARCHIVE = "archive/"  # superseded runs live under benchmarks/results/archive/, by the same names
+ARCHIVE = "archive/"  # superseded runs live under benchmarks/results/<study>/archive/, by the same names
+
+
+def folder_of(name: str) -> Path:
+    """Where the study called `name` keeps its results: a script's default output folder."""
+    return RESULTS / slug(name)
 
 
 def listed_files() -> list[str]:
-    return [f for s in STUDIES for f in (*s.files, *(ARCHIVE + f for f in s.superseded)) if not f.startswith("../")]
+    return [f for s in STUDIES for group in s.paths() for f in group if not f.startswith("../")]
 
 
 def _date(path: Path) -> str:
-    done = subprocess.run(["git", "log", "-1", "--format=%cs", "--", str(path)], capture_output=True, text=True,
-                          cwd=RESULTS)
+    """When the result last changed (a move into its study folder is not a new run)."""
+    done = subprocess.run(["git", "log", "--follow", "--diff-filter=AM", "-1", "--format=%cs", "--", str(path)],
+                          capture_output=True, text=True, cwd=RESULTS)
     return done.stdout.strip() or "not committed"
 
 
@@ -172,11 +193,11 @@ def index_text() -> str:
              "| study | question | script | date | machine | headline (first row of the first file) | files | superseded |",
              "|---|---|---|---|---|---|---|---|"]
     for study in STUDIES:
-        main = RESULTS / study.files[0]
+        current, superseded = study.paths()
+        main = RESULTS / current[0]
         link = lambda f: f"[{Path(f).name}]({f})"
         lines.append(f"| {study.name} | {study.question} | {study.script} | {_date(main)} | {_machine(main)} | "
-                     f"{_headline(main)} | {', '.join(map(link, study.files))} | "
-                     f"{', '.join(link(ARCHIVE + f) for f in study.superseded) or '-'} |")
+                     f"{_headline(main)} | {', '.join(map(link, current))} | {', '.join(map(link, superseded)) or '-'} |")
     return "\n".join(lines) + "\n"
 
 

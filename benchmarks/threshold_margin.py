@@ -8,7 +8,7 @@ A frame's verdict is `score > image threshold` (`edgekd run` with --min-area 0),
 stored scores gives exactly what `edgekd run` would print with that threshold.
 
     python benchmarks/threshold_margin.py --runs runs/real/rd_lite0_grid2 [--swap-halves]
-Writes benchmarks/results/threshold_margin.{json,md}; with --swap-halves (calibrate on the second half of the normal
+Writes benchmarks/results/calibration-margin/threshold_margin.{json,md}; with --swap-halves (calibrate on the second half of the normal
 test images, the line video from the first: a check of the margin on images it was not chosen on)
 threshold_margin_swapped.{json,md}.
 """
@@ -30,6 +30,7 @@ from edgekd.calibration import ThresholdRule
 from edgekd.machine import machine_info
 from edgekd.stream.cli_run import run_stream
 from edgekd.stream.request import RunRequest
+from studies import folder_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_targets import line_setup  # noqa: E402
@@ -64,7 +65,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, required=True, help="Folder of <category>/model.ckpt")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "real")
     parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("calibration margin"))
     parser.add_argument("--swap-halves", action="store_true", help="Calibrate on the second half of the normal test "
                         "images and make the line video from the first.")
     args = parser.parse_args()

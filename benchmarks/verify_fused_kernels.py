@@ -7,7 +7,7 @@ For every case (each combine and score mode, blur on/off, mask on/off, odd and L
 features) and every trial: fresh random features, outputs poisoned (NaN / 255) before the run, then the
 kernels' anomaly map and score against edgekd/scoring.py evaluated in float64 on the same (FP16-rounded) values.
 Relative error = max |kernel - reference| / max |reference|; any NaN fails; mask pixels must agree except
-within 1e-5 of the threshold. Writes benchmarks/results/fused_kernels_<backend>.{json,md}; exit 1 on a failure.
+within 1e-5 of the threshold. Writes benchmarks/results/fused-op/fused_kernels_<backend>.{json,md}; exit 1 on a failure.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import torch
 from edgekd.atomic import write_bytes_atomic
 from edgekd.fused.spec import FusedOpSpec
 from edgekd.machine import machine_info
+from studies import folder_of
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = folder_of("fused op")  # this study's folder (benchmarks/studies.py)
 LITE0_256 = [(24, 64, 64), (40, 32, 32), (112, 16, 16)]
 TOLERANCE = 2e-5  # relative, both input precisions: FP16 features are read exactly and accumulated in FP32
 

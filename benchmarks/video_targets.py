@@ -6,7 +6,7 @@ with the frame list: good frames flagged and defect frames found, per category.
 Targets (trust issue): at most 1% of good frames flagged and at least 95% of defect frames flagged, on the
 categories whose image AUROC is >= 0.98 (from the accuracy benchmark's JSON).
 
-    python benchmarks/video_targets.py --runs runs/real/real_textures_rd_lite0 --accuracy benchmarks/results/archive/real_textures_rd_lite0.json
+    python benchmarks/video_targets.py --runs runs/real/real_textures_rd_lite0 --accuracy benchmarks/results/real-texture-accuracy/archive/real_textures_rd_lite0.json
 
 --artifact int8-ort exports each checkpoint as `edgekd export --precision int8 --int8-for onnxruntime` does (the
 artifact `make demo` deploys; --int8-stems as there) and calibrates and runs that instead of the checkpoint.
@@ -31,6 +31,7 @@ from edgekd.export.quantize import STEM_MODES
 from edgekd.machine import machine_info
 from edgekd.stream.cli_run import run_stream
 from edgekd.stream.request import RunRequest
+from studies import folder_of
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"false_alarm_rate": 0.01, "recall": 0.95, "image_auroc_in_scope": 0.98}
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--accuracy", type=Path, required=True, help="real_texture_accuracy.py JSON of those runs")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "real")
     parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("verdicts on video"))
     parser.add_argument("--name", default="video_targets_rd_lite0")
     parser.add_argument("--artifact", choices=("checkpoint", "int8-ort"), default="checkpoint",
                         help="Calibrate and run the checkpoint (torch) or its onnxruntime INT8 export.")

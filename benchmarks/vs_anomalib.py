@@ -14,7 +14,7 @@ C A B ...: no model always runs after the same other one), medians and per-round
     python benchmarks/vs_anomalib.py --stfpm runs/x/stfpm/model.ckpt --rd runs/x/rd/model.ckpt \
         --anomalib /tmp/anomalib-peer/export/stfpm/weights/onnx/model.onnx --data data/real --category cork
 
-Writes benchmarks/vs_anomalib.md and benchmarks/results/vs_anomalib.{json,txt}.
+Writes benchmarks/vs_anomalib.md and benchmarks/results/beside-anomalib-speed/vs_anomalib.{json,txt}.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from edgekd.data.layouts import load_dataset
 from edgekd.data.video import write_line_video
 from edgekd.export.exporter import export_checkpoint
 from edgekd.machine import environment_info
+from studies import folder_of
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO.parent / "shared" / "peers" / "anomalib" / "speed_bench.py"
@@ -171,7 +172,7 @@ def report(payload: dict) -> str:
              f"{harness['settings'].get('order', 'fixed')}: each round starts one model later), 2 intra-op threads; "
              "ratios are medians of the "
              "per-round ratios to anomalib STFPM FP32 (its own `to_onnx`, Lite0 teacher) at the same batch. Raw: "
-             "`benchmarks/results/vs_anomalib.{json,txt}`. Only ratios count: these VMs vary 2-3x between sessions.",
+             "`benchmarks/results/beside-anomalib-speed/vs_anomalib.{json,txt}`. Only ratios count: these VMs vary 2-3x between sessions.",
              "", "## Model only", "",
              "| model | img/s b1 | x anomalib b1 | img/s b8 | x anomalib b8 | after the features (b1 / b8) | target |",
              "|---|---|---|---|---|---|---|"]
@@ -243,7 +244,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="An empty folder for the exports and the video "
                         "(default: a new temporary folder). Never reused: exports left from another checkpoint or an "
                         "earlier edgekd once went into the figures unnoticed.")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=folder_of("beside anomalib (speed)"))
     parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "vs_anomalib.md")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--images-per-turn", type=int, default=32)

@@ -33,7 +33,8 @@ def robust_spread(values: np.ndarray, relative_floor: float = 1e-3) -> float:
 # outlying). Frames above the thresholds the core sets are outliers: the thresholds would call them defects, so they
 # are listed for review. Frames between the fence and the thresholds stay below them, and are not listed.
 # FENCE 4: normal frames of 100-frame clips reached 1.8-3.2 spreads on the real-texture categories measured, while
-# defects at 4-6 spreads left in a clip cost line defects (benchmarks/results/calibration_poisoning*.md).
+# defects at 4-6 spreads left in a clip cost line defects
+# (benchmarks/results/calibration-poisoning/calibration_poisoning*.md).
 OUTLIER_FENCE = 4.0
 MAX_OUTLIER_SHARE = 0.05  # beyond this share of outlying frames the clip is refused (unless the operator accepts)
 
@@ -88,7 +89,7 @@ class ThresholdRule:
     mean and standard deviation of 16 images do not; the threshold is never below the largest normal value seen."""
     quantile: float = 0.99
     # Training's held-out images and `edgekd calibrate`'s camera frames alike. Margin 2 looked as safe on the 9
-    # real-texture video tests it was chosen on (benchmarks/results/archive/threshold_margin.md), but with the halves of the
+    # real-texture video tests it was chosen on (benchmarks/results/calibration-margin/archive/threshold_margin.md), but with the halves of the
     # normal images swapped it flagged 2 of 180 pastel_paper frames and 1 gravel frame (threshold_margin_swapped.md),
     # over the 1% target; 3 flagged none on either split.
     margin: float = 3.0

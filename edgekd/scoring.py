@@ -6,7 +6,7 @@ size divided by `map_stride`) -> combine across scales (add, mul, max, weighted)
 grid (sigma given in output pixels; the grid's blur leaves out what the upsample smooths) -> one bilinear upsample
 to the output size -> image score (max or top-k mean) of that map.
 
-How the ONNX body writes the same arithmetic, for onnxruntime's CPU kernels (benchmarks/results/scoring_lowering.md):
+How the ONNX body writes the same arithmetic, for onnxruntime's CPU kernels (benchmarks/results/scoring-lowering/scoring_lowering.md):
 the scales are combined by Add nodes, the final upsample by an integer factor is a 3x3 convolution into the
 factor^2 output phases and DepthToSpace instead of Resize, and, where the features come from float ops with known
 channel counts, each channel sum is a 1x1 convolution with ones, which stays in onnxruntime's blocked layout
@@ -17,7 +17,7 @@ The default grid is half the output size (stride 2): the combination and the blu
 they did at output size (stride 1, the form every artifact written before `map_stride` existed uses). On the
 real-texture benchmark stride 2 keeps every category within 0.2 points of stride 1, and in onnxruntime it runs as
 fast as stride 4 (the finest teacher scale), which loses 0.4 points of image AUROC on fibre_paper
-(benchmarks/results/scoring_grid.md, benchmarks/vs_anomalib.md).
+(benchmarks/results/scoring-grid/scoring_grid.md, benchmarks/vs_anomalib.md).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def grid_sigma(sigma: float, map_stride: int) -> float:
     smooths too (a triangle of half-width map_stride output pixels: variance map_stride^2 / 6), so the grid's blur
     brings only the rest and the output map is as smooth as a blur of `sigma` at output size; 0 when the upsample
     alone smooths that much (no blur). Computed in FP32, operation by operation as the C++ plugin does, so every
-    form derives the same radius. Measured: benchmarks/results/scoring_grid.md."""
+    form derives the same radius. Measured: benchmarks/results/scoring-grid/scoring_grid.md."""
     if sigma <= 0:
         return 0.0
     f32, stride = np.float32, np.float32(map_stride)

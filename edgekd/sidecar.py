@@ -133,7 +133,8 @@ class Sidecar:
         try:
             spec = InputSpec(**values["input"])
         except TypeError:
-            raise EdgekdError(f"sidecar {where} has an 'input' that is not the graph's input description: {fix}") from None
+            raise EdgekdError(f"sidecar {where} has an 'input' that is not the graph's input description: "
+                              f"{fix}") from None
         if values.get("layout") == "split" and not values.get("graphs"):
             raise EdgekdError(f"sidecar {where} describes a split export without its 'graphs': {fix}")
         return cls(**{**values, "input": spec, "input_size": tuple(size)}, extra=extra)

@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "edgekd"
 # (importer, imported): orchestration and the layers above call down, never the other way
 FORBIDDEN = [("engine", "export"), ("export", "train"), ("export", "evaluate"), ("dashboard", "stream"),
-             ("runtime", "serve"), ("sinks", "stream"), ("sinks", "dashboard"), ("runtime", "stream"),
+             ("runtime", "serve"), ("sinks", "stream"), ("sinks", "dashboard"), ("runtime", "stream"), ("stream", "dashboard"),
              ("export", "pipeline"), ("engine", "pipeline")]
 
 

@@ -20,7 +20,7 @@ RD4AD = {"teacher": "wide_resnet50_2", "input_size": 256, "model_options.width":
          "train.epochs": 200, "train.batch_size": 16, "train.optimizer": "adam", "train.lr": 0.005,
          "train.betas": [0.5, 0.999], "train.augment": "none"}
 PAPER_VALUES = {
-    "rd": {**RD4AD, "model_options.memory_size": 0},
+    "rd": {**RD4AD, "model_options.memory_size": 0, "model_options.bottleneck": "rd4ad"},
     "afkd": {**RD4AD, "model_options.fusion_weights": "pixel"},
     "logicrd": {**RD4AD, "model_options.global_context": "attention", "model_options.global_weight": 1.0},
     "mthf": {"model_options.groups": ["resnet34", "resnet50", "vgg16"], "model_options.stages": [1, 3, 5],
@@ -88,7 +88,7 @@ def test_training_a_paper_config_without_its_weights_names_the_file(name, wanted
 
 
 # The families' own defaults that carry a paper's method (configs/<family>_lite0.yaml and a bare --set model=X get
-# them): changing one changes the method, so it must fail here and be argued in benchmarks/results/paper_fidelity.md.
+# them): changing one changes the method, so it must fail here and be argued in benchmarks/results/paper-fidelity/paper_fidelity.md.
 PAPER_CRITICAL_DEFAULTS = {"logicrd": {"global_context": "attention"}, "afkd": {"fusion_weights": "pixel"},
                            "memkd": {"adaptive_residual": True}, "vitkd": {"layers": (3, 6, 9, 11)}}
 
@@ -144,3 +144,21 @@ def test_mthf_groups_are_clipped_apart(lite0_teacher):
     for group in groups:
         torch.nn.utils.clip_grad_norm_(group, 1.0)
     assert all(torch.equal(a, p.grad) for a, p in zip(small, groups[1]))  # untouched by group 0's norm
+
+
+def test_rd4ad_bottleneck_is_the_papers_to_the_parameter():
+    """RD4AD's BN_layer, counted from its code (conv1-conv3 with batch norm on layers 1 and 2, layer 3 as it is, then
+    three of torchvision's Bottleneck(planes=512, base_width=128): 1x1 to 1024, 3x3, 1x1 to 2048, a strided 1x1
+    shortcut in the first), has as many parameters as edgekd's `bottleneck: rd4ad`."""
+    from edgekd.models.rd import OneClassBottleneck, PaperBottleneck
+    channels, width, embed = [256, 512, 1024], 1024, 2048  # wide_resnet50_2 after layers 1-3; configs/papers/rd.yaml
+    conv = lambda i, o, k: i * o * k * k + 2 * o  # no bias, then batch norm's weight and bias
+    block = lambda i, shortcut: conv(i, 1024, 1) + conv(1024, 1024, 3) + conv(1024, 2048, 1) + \
+        (conv(i, 2048, 1) if shortcut else 0)
+    rd4ad = conv(256, 512, 3) + conv(512, 1024, 3) + conv(512, 1024, 3) + block(3 * 1024, True) + 2 * block(2048, False)
+    count = lambda module: sum(p.numel() for p in module.parameters())
+    ours = PaperBottleneck(channels, width, embed)
+    assert count(ours) == rd4ad
+    assert count(OneClassBottleneck(channels, width, embed)) > 2.5 * count(ours)  # the departure it replaces here
+    feats = [torch.randn(1, c, 64 // s, 64 // s) for c, s in zip(channels, (1, 2, 4))]
+    assert ours(feats).shape == (1, embed, 8, 8)  # stride 32 at a 256 input: layer 3 (stride 16) halved once

@@ -203,7 +203,7 @@ def test_models_learn_on_an_assembly_with_logical_anomalies(family, trained, tra
     runtime = TorchRuntime.from_checkpoint(result.checkpoint)
     row = evaluate(runtime, tray_root, "tray", tmp_path, "tray").row
     # afkd's per-pixel fusion weights start slower: 0.75 on the tray after these 6 epochs, 0.84 after 12
-    # (benchmarks/results/paper_fidelity_figures.md)
+    # (benchmarks/results/paper-fidelity/paper_fidelity_figures.md)
     assert row["image_auroc"] > (0.7 if family == "afkd" else 0.75) and row["pixel_auroc"] > 0.8, row
     fitted = runtime.payload["training"].get("normal_fit", {})
     if family == "afkd":

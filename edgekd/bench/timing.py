@@ -6,7 +6,7 @@
 - Every turn starts with one untimed call. onnxruntime's idle intra-op threads keep spinning for a while after a run
   (its default, which edgekd's runtime keeps) and take the cores from whatever runs next; the untimed call absorbs
   that. Without it, two exports timed in alternating turns came out 1.32x / 1.46x; with it, 1.06x / 1.15x, where a
-  copy of the first graph, the control, ran 0.99x / 1.02x (benchmarks/results/speed_tried.md, item 6).
+  copy of the first graph, the control, ran 0.99x / 1.02x (benchmarks/results/beside-anomalib-speed/speed_tried.md, item 6).
 - Spinning stays on: turning it off also removed the bias, but every operator then waits for its threads to wake,
   which makes graphs of many small operators (the scoring) look dearer than they are in use: the STFPM FP32
   scoring's share of its graph came out 11.3% / 10.4% (batch 1 / 8) with spinning off and 9.8% / 9.2% with it on,

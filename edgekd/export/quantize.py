@@ -34,7 +34,7 @@ STEM_MODES = ("auto", "int8", "float")
 def stem_nodes(graph: onnx.GraphProto) -> list[str]:
     """The first segment of each feature extractor (stem to the stride-4 tap): teacher and, where the student is a
     backbone copy (STFPM), the student's. It is a third of the MACs. In INT8 on the real-texture benchmark it costs
-    at most a few tenths of a point (benchmarks/results/int8_stems.md); on the synthetic tile it once cost 15.6
+    at most a few tenths of a point (benchmarks/results/int8-stems/int8_stems.md); on the synthetic tile it once cost 15.6
     points of AUPRO, so the exporter keeps it in float wherever the gate says so."""
     return [n.name for n in graph.node if "/segments.0/" in n.name]
 
@@ -44,7 +44,7 @@ def memory_product_nodes(graph: onnx.GraphProto) -> list[str]:
     stayed float. In INT8 onnxruntime runs it as one integer MatMul with float output (_unquantize_outputs; the
     distances around it stay float): the whole RD graph 1.23x at batch 1 and 1.37x at batch 8, 1.32x and 1.57x
     with _product_with_bias, no metric on the 9 real-texture categories more than 0.22 points from the float product
-    (benchmarks/results/int8_forms.md). Only
+    (benchmarks/results/int8-forms/int8_forms.md). Only
     for the onnxruntime target: the TensorRT form is not measured (that needs a GPU), so it keeps the product
     float."""
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.name.startswith("/patch_memory/")]

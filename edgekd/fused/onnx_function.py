@@ -149,7 +149,7 @@ def feature_channels(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> tup
     fused node comes from a float op (not DequantizeLinear) and has a known channel count, the same across nodes.
     onnxruntime then runs the products and the 1x1 convolutions in its blocked layout with no reorder of the
     products; after DequantizeLinear the features are plain NCHW and ReduceSum is faster (measured in
-    benchmarks/results/scoring_lowering.md)."""
+    benchmarks/results/scoring-lowering/scoring_lowering.md)."""
     producers = _producers(model)
     inferred = onnx.shape_inference.infer_shapes(model).graph
     shapes = {v.name: v.type.tensor_type.shape for v in list(inferred.value_info) + list(inferred.input)}

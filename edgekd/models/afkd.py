@@ -18,7 +18,7 @@ module follows it:
   - "none": plain sum, for the ablation.
 - `loss_weights: uncertainty` keeps this module's revision-1 reading as an option: one learned scalar per scale
   on the distillation loss and the map (exp(-s) * loss + s, uncertainty weighting; needs scoring.combine:
-  weighted). Measured (benchmarks/results/paper_fidelity.md, Lite0, 128 px, mean image AUROC): per-pixel fusion
+  weighted). Measured (benchmarks/results/paper-fidelity/paper_fidelity.md, Lite0, 128 px, mean image AUROC): per-pixel fusion
   weights 94.4 on the synthetic sets (the tray 83.7) and 92.9 on four real textures; per-level 88.0 (tray 64.7) and
   92.0; per-pixel with uncertainty loss weights 92.3 (tray 78.8) and 93.4; revision 1 (concatenating fusion,
   uncertainty weights) 91.1 (tray 74.8) and 91.0. Per-pixel fusion weights are the default; the uncertainty weights

@@ -29,7 +29,7 @@ How it joins the image score (never the map: masks and pixel figures are the fea
   held-out normal images), and the image score is the larger of the two: a colour defect far out of its normal range
   counts even where the features barely move (a PCB stain that darkens and tints the board: 77 -> 98).
 
-Measured on the real-texture benchmark: benchmarks/results/real_textures_tried.md, items 13-16.
+Measured on the real-texture benchmark: benchmarks/results/real-texture-accuracy/real_textures_tried.md, items 13-16.
 """
 
 from __future__ import annotations

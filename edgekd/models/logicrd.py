@@ -23,12 +23,12 @@ abstract is available; the parts it names, as built here:
   images (Ledoit-Wolf shrinkage), z-scored with the map's score on held-out normal images and added to it
   (edgekd/models/dual_branch.py). The abstract says the distance "directly measures feature deviations" without
   naming the features: `global_features: teacher` (default) pools the teacher's three scales, `gse` the three GSE
-  levels. Measured (benchmarks/results/paper_fidelity.md, Lite0, 128 px): on the tray's logical anomalies GSE
+  levels. Measured (benchmarks/results/paper-fidelity/paper_fidelity.md, Lite0, 128 px): on the tray's logical anomalies GSE
   features 98.4 image AUROC against 96.8 (the board is 100 with both); on four real textures 93.5 against 94.4 mean.
   The default stays the teacher's: the GSE gain rests on one assembly and the real textures lose by it.
   Position-aware attention against the pooled context (revision 1): tray 97.8 against 97.9 image AUROC, real textures
   94.4 against 94.1 mean: equal within what one seed tells apart, at 0.87x the pooled form's FP32 throughput (82 and
-  94 images/s, onnxruntime, 256 px, batch 8; benchmarks/results/paper_fidelity_speed.md). Attention is the default
+  94 images/s, onnxruntime, 256 px, batch 8; benchmarks/results/paper-fidelity/paper_fidelity_speed.md). Attention is the default
   because it is the reading that can carry what the abstract names; the assemblies here are too easy to show it.
 """
 

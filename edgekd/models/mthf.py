@@ -24,7 +24,7 @@ fusion module after its distillation layers. Built as the paper describes, excep
 - Image score: the paper "uses the total loss as the anomaly score" (section 2.2): `image_score: loss` scores an
   image by the sum over groups of its eq. 8 loss (the default of configs/papers/mthf.yaml); `image_score: map`
   (the default here, revision 1's undocumented choice) takes the fused map's maximum. Measured
-  (benchmarks/results/paper_fidelity.md, Lite0/1/2 groups, 128 px): the map's maximum scored the tray 96.1 (logical
+  (benchmarks/results/paper-fidelity/paper_fidelity.md, Lite0/1/2 groups, 128 px): the map's maximum scored the tray 96.1 (logical
   94.3), cork 98.1 and the PCB 94.8; the total loss 90.8 (logical 86.2), 97.8 and 74.7 (a whole-image loss is
   dominated by the normal area, so a small defect barely moves it). The paper's setup keeps its loss score; the
   default is the map's maximum.

@@ -103,7 +103,7 @@ def branch_scales(distill_maxima: torch.Tensor, memory_maxima: torch.Tensor, bal
 
     "spread": the standard deviation of the maxima, so each branch brings the same normal noise into the sum and
     the steadier one counts more, per category and without labelled defects (on the PCB the distillation map is
-    noisy and the memory steady: image AUROC 94.2 -> 96.8; benchmarks/results/real_textures_tried.md).
+    noisy and the memory steady: image AUROC 94.2 -> 96.8; benchmarks/results/real-texture-accuracy/real_textures_tried.md).
     "maximum": their mean, the earlier rule (it needs memory_weight 2 to do as well on natural textures)."""
     maxima = torch.stack([distill_maxima, memory_maxima])
     means = maxima.mean(1)

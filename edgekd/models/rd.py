@@ -38,6 +38,48 @@ class OneClassBottleneck(nn.Module):
         return self.embed(self.fuse(feats))
 
 
+class ResNetBottleneckBlock(nn.Module):
+    """ResNet's bottleneck block (1x1 down to `inner`, 3x3 at `stride`, 1x1 up to `out_ch`, plus a shortcut), as
+    RD4AD's one-class embedding stacks them."""
+
+    def __init__(self, in_ch: int, inner: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn_relu(in_ch, inner, 1, kernel=1), conv_bn_relu(inner, inner, stride),
+                                  nn.Conv2d(inner, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch))
+        self.shortcut = nn.Identity() if in_ch == out_ch and stride == 1 else \
+            nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.shortcut(x) + self.body(x))
+
+
+class PaperBottleneck(nn.Module):
+    """RD4AD's OCBE as its code builds it (`bottleneck: rd4ad`): layer 1 brought down twice (3x3 at stride 2, to
+    width/2 then width channels), layer 2 once (to width), layer 3 as it is; concatenated and squeezed by `blocks`
+    ResNet bottleneck blocks (the first at stride 2) to `embed` channels, each `inner` channels wide in the middle
+    (wide_resnet50_2's: embed/2). edgekd's own bottleneck (OneClassBottleneck) convolves layer 3 too and embeds with
+    one 3x3 conv and one plain residual block: 158M parameters at the paper's widths, against RD4AD's 59M."""
+
+    def __init__(self, channels: list[int], width: int, embed: int, blocks: int = 3, inner: int | None = None):
+        super().__init__()
+        c1, c2, c3 = channels
+        inner = inner or embed // 2
+        self.align1 = nn.Sequential(conv_bn_relu(c1, width // 2, 2), conv_bn_relu(width // 2, width, 2))
+        self.align2 = conv_bn_relu(c2, width, 2)
+        self.embed = nn.Sequential(ResNetBottleneckBlock(2 * width + c3, inner, embed, stride=2),
+                                   *(ResNetBottleneckBlock(embed, inner, embed) for _ in range(blocks - 1)))
+
+    def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.align1(feats[0]), self.align2(feats[1]), feats[2]], dim=1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.embed(self.fuse(feats))
+
+
+BOTTLENECKS = {"edgekd": OneClassBottleneck, "rd4ad": PaperBottleneck}
+
+
 class DecoderStage(nn.Module):
     """x2 up, refine, and a linear projection to the teacher's channels (teacher features are signed)."""
 
@@ -85,9 +127,12 @@ class ReverseDistillation(AnomalyModel):
     def __init__(self, teacher, input_size, scoring, width: int = 96, embed: int = 192,
                  decoder_widths: tuple[int, int, int] = (32, 64, 128), memory_size: int = 0,
                  memory_weight: float = 1.0, memory_balance: str = "spread", colour_weight: float = 0.0,
-                 colour_image_weight: float = 0.0, colour_gate: float = 0.0, **options):
+                 colour_image_weight: float = 0.0, colour_gate: float = 0.0, bottleneck: str = "edgekd",
+                 **options):
         super().__init__(teacher, input_size, scoring, **options)
-        self.bottleneck = OneClassBottleneck(teacher.channels, width, embed)
+        if bottleneck not in BOTTLENECKS:
+            raise EdgekdError(f"model_options.bottleneck must be one of {', '.join(BOTTLENECKS)}, not {bottleneck!r}")
+        self.bottleneck = BOTTLENECKS[bottleneck](teacher.channels, width, embed)
         self.decoder = StudentDecoder(teacher.channels, embed, list(decoder_widths))
         self.patch_memory = PatchMemory(teacher.channels, int(memory_size)) if memory_size else None
         self.memory_weight = _non_negative("memory_weight", float(memory_weight))

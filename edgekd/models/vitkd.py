@@ -22,7 +22,7 @@ frozen. Built as the paper describes (its equations 1-10):
   definition every model's map uses (the paper scores images only).
 Training as in the paper on MVTec: SGD, lr 0.2 with warm-up, batch 4, plus gradient-norm clipping at 1.0 (ours):
 with the paper's distances, as with revision 1's squared terms, SGD at lr 0.2 diverged without it in the first epoch
-on all 7 data sets tried here (benchmarks/results/paper_fidelity.md). Those runs had a random ViT-Ti teacher (no ViT
+on all 7 data sets tried here (benchmarks/results/paper-fidelity/paper_fidelity.md). Those runs had a random ViT-Ti teacher (no ViT
 weights install offline), where the paper's distances also scored worse than revision 1's squares (mean image
 AUROC near chance against 66-76): what the paper's form does with ImageNet ViT-B features could not be measured.
 The unscaled Gram term dominates the loss (thousands): at lr 0.2 the clipped steps made it grow (6.2k -> 22.6k over

@@ -1,11 +1,14 @@
 """The outputs of `edgekd run`, in one table: a new output is one Sink class plus one row here. Each row names the
-`edgekd run` option (a RunRequest field) that asks for it, the check of its place made before the model loads, and
-how it is built once the source is open. The dashboard (`--serve`) is a sink too (edgekd/dashboard/board.py); it is
-bound before the model loads and attached to the runner, so `edgekd run` wires it itself."""
+`edgekd run` option (a RunRequest field) that asks for it, what is done before the model loads (its place checked,
+a port bound: `prepare`, given the whole request, returns what `build` gets) and how it is built once the source is
+open and the thresholds are known. A sink that lives above this package (the dashboard, which draws with Result and
+annotate from here) is named by "module:function", imported when asked for, as artifact kinds name their runtimes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,39 +23,64 @@ class SinkContext:
     """What a sink may need from the run it joins."""
     fps: float  # the source's frame rate (a video sink writes at it)
     stop: Callable[[str], None]  # ask the run to stop, with the reason
+    thresholds: Any = None  # the run's Thresholds (edgekd/calibration.py)
+    colour_range: tuple[float, float] = (0.0, 1.0)  # the heatmap's scale, so every picture matches the video
+    stats: Callable[[], dict | None] = lambda: None  # the run's counters now
+    names: dict = field(default_factory=dict)  # model, source, backend: what to call them
+    log: Callable[[str], None] = lambda text: None
+
+
+Ref = Callable | str  # a callable, or "module:function" for a sink above this package
 
 
 @dataclass(frozen=True)
 class SinkKind:
     option: str  # the RunRequest field (and `edgekd run --option`) that asks for this sink
-    check: Callable[[Any], None]  # its place or its needs, checked before the model loads
-    build: Callable[[Any, SinkContext], Sink]
+    prepare: Ref  # (request) -> what build gets; before the model loads: checks its place, binds its port
+    build: Ref  # (prepared, SinkContext) -> Sink
+
+
+def _call(ref: Ref, *args):
+    if isinstance(ref, str):
+        module, _, function = ref.partition(":")
+        ref = getattr(importlib.import_module(module), function)
+    return ref(*args)
 
 
 SINKS: tuple[SinkKind, ...] = (
-    SinkKind("jsonl", lambda path: check_output_file(path, "--jsonl"), lambda path, _: JsonlSink(Path(path))),
-    SinkKind("save_masks", lambda path: check_output_folder(path, "--save-masks"), lambda path, _: MaskSink(Path(path))),
-    SinkKind("save_video", lambda path: check_output_file(path, "--save-video", VIDEO_OUT_SUFFIXES),
+    SinkKind("jsonl", lambda r: check_output_file(r.jsonl, "--jsonl"), lambda path, _: JsonlSink(Path(path))),
+    SinkKind("save_masks", lambda r: check_output_folder(r.save_masks, "--save-masks"),
+             lambda path, _: MaskSink(Path(path))),
+    SinkKind("save_video", lambda r: check_output_file(r.save_video, "--save-video", VIDEO_OUT_SUFFIXES),
              lambda path, run: VideoSink(Path(path), run.fps)),
-    SinkKind("show", lambda _: WindowSink.check_display(), lambda _, run: WindowSink(lambda: run.stop("window closed"))),
+    SinkKind("show", lambda r: WindowSink.check_display(),
+             lambda _, run: WindowSink(lambda: run.stop("window closed"))),
+    SinkKind("serve", "edgekd.dashboard.sink:prepare", "edgekd.dashboard.sink:build"),
 )
 
 
-def requested(request) -> list[tuple[SinkKind, Any]]:
-    return [(kind, getattr(request, kind.option)) for kind in SINKS if getattr(request, kind.option)]
+def requested(request) -> list[SinkKind]:
+    return [kind for kind in SINKS if getattr(request, kind.option) not in (None, False, "")]
 
 
-def check_sink_places(request) -> None:
-    for kind, value in requested(request):
-        kind.check(value)
+def prepare_sinks(request, cleanup: ExitStack) -> list[tuple[SinkKind, Any]]:
+    """Each requested sink's preparation, before the model loads; what holds a resource (a bound port) is closed by
+    `cleanup` when the run ends or fails."""
+    prepared = []
+    for kind in requested(request):
+        value = _call(kind.prepare, request)
+        if hasattr(value, "close"):
+            cleanup.callback(value.close)
+        prepared.append((kind, value))
+    return prepared
 
 
-def build_sinks(request, context: SinkContext) -> list[Sink]:
-    """Every sink the request asks for; if one cannot be built, the ones already built are closed."""
+def build_sinks(prepared: list[tuple[SinkKind, Any]], context: SinkContext) -> list[Sink]:
+    """Every prepared sink, built; if one cannot be, the ones already built are closed."""
     sinks: list[Sink] = []
     try:
-        for kind, value in requested(request):
-            sinks.append(kind.build(value, context))
+        for kind, value in prepared:
+            sinks.append(_call(kind.build, value, context))
     except BaseException:
         for sink in sinks:
             sink.close()
@@ -61,4 +89,4 @@ def build_sinks(request, context: SinkContext) -> list[Sink]:
 
 
 __all__ = ["SINKS", "Region", "Result", "Sink", "SinkContext", "SinkKind", "annotate", "build_sinks",
-           "check_sink_places", "VIDEO_OUT_SUFFIXES", "JsonlSink", "MaskSink", "VideoSink", "WindowSink"]
+           "prepare_sinks", "VIDEO_OUT_SUFFIXES", "JsonlSink", "MaskSink", "VideoSink", "WindowSink"]

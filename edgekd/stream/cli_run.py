@@ -14,9 +14,10 @@ from edgekd.calibration import Thresholds
 from edgekd.stream.detect import parse_hysteresis
 from edgekd.stream.request import RunRequest
 from edgekd.stream.runner import RunOptions, Runner
-from edgekd.sinks import SinkContext, build_sinks, check_sink_places
+from edgekd.sinks import SinkContext, build_sinks, prepare_sinks
 from edgekd.stream.sources import CaptureSettings, open_source
 from edgekd.stream.truth import FrameVerdicts, check_truth_matches, compare, describe, read_truth
+from edgekd.viz import colour_range
 
 
 def _log(text: str) -> None:
@@ -38,15 +39,13 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
     # Every output place is checked before the model loads (a bad path fails now, not at the first frame).
     if request.loop and request.truth is not None:
         raise EdgekdError("--truth counts the frames of one pass of its video; --loop plays it again and again: use one")
-    check_sink_places(request)
     truth_frames = read_truth(request.truth) if request.truth else None
     on_off = parse_hysteresis(request.hysteresis)
     settings = CaptureSettings(request.width, request.height, request.fps)
     with ExitStack() as cleanup:
-        # The dashboard binds now: a taken port fails before the model loads.
-        dashboard = open_dashboard(request.serve, request.token, request.token_file) if request.serve is not None else None
-        if dashboard is not None:
-            cleanup.callback(dashboard.close)
+        # Output places checked and the dashboard's port bound now: a bad path or a taken port fails before the
+        # model loads.
+        prepared = prepare_sinks(request, cleanup)
         if request.server is not None:
             if request.backend:
                 raise EdgekdError("--backend chooses a local runtime; with --server the server's runtime does the "
@@ -73,9 +72,13 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
             if warning:
                 _log(warning)
         runner_ref: list[Runner] = []
+        context = SinkContext(stream.fps or settings.fps or 25.0, lambda reason: runner_ref[0].stop(reason), thresholds,
+                              colour_range(runtime.info.score_stats, thresholds.pixel),
+                              lambda: runner_ref[0].stats.snapshot() if runner_ref else None,
+                              {"model": str(request.model), "source": stream.description, "backend": runtime.backend},
+                              _log)
         try:
-            sinks = build_sinks(request, SinkContext(stream.fps or settings.fps or 25.0,
-                                                     lambda reason: runner_ref[0].stop(reason)))
+            sinks = build_sinks(prepared, context)
         except BaseException:
             stream.close()
             runtime.close()
@@ -83,17 +86,9 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
         verdicts = FrameVerdicts() if truth_frames is not None else None
         if verdicts:
             sinks.append(verdicts)
-        if dashboard is not None:
-            sinks.append(dashboard.board)
         options = RunOptions(thresholds, request.min_area, on_off, request.batch, request.max_frames, request.stats_every, request.reconnect_timeout)
         runner = Runner(stream, runtime, sinks, options, log=_log)
         runner_ref.append(runner)
-        if dashboard is not None:
-            dashboard.board.attach(thresholds, (runner.vmin, runner.vmax), lambda: runner.stats.snapshot(),
-                                   {"model": str(request.model), "source": stream.description, "backend": runtime.backend})
-            dashboard.start()
-            guarded = " (open it once as /?token=YOUR_TOKEN; scripts send 'Authorization: Bearer YOUR_TOKEN')"
-            _log(f"info: dashboard at {dashboard.url}" + (guarded if dashboard.gate.token else ""))
 
         def on_signal(number, _frame):
             if runner.stopping:  # a second Ctrl-C: stop waiting for in-flight frames
@@ -136,18 +131,3 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
                                 "those frames only", 128 + int(signal.Signals[summary["stopped_by"]]))
         return summary
 
-
-def open_dashboard(serve: str, token: str | None, token_file: Path | None):
-    """The dashboard of --serve, bound and ready to start; every problem with the address or token is raised here
-    (an exposed address without a token by the Dashboard's own gate)."""
-    from edgekd.dashboard.access import parse_serve_address, read_token
-    from edgekd.dashboard.board import LiveBoard
-    from edgekd.dashboard.server import Dashboard
-    address = parse_serve_address(serve)
-    token = read_token(token, token_file)
-    board = LiveBoard()
-    try:
-        return Dashboard(address, token, board)
-    except BaseException:
-        board.close()
-        raise

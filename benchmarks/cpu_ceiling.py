@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
+from edgekd.bench.timing import timed_turn
 from edgekd.machine import machine_info
 from studies import folder_of
 
@@ -60,15 +60,8 @@ def gemm_peak(integer: bool, size: int = 2048, repeats: int = 10) -> float:
     session = _gemm_session(integer, size)
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (size, size)).astype(np.uint8) if integer else rng.random((size, size), np.float32)
-    session.run(None, {"X": x})
-    best = min(_timed(lambda: session.run(None, {"X": x})) for _ in range(repeats))
+    best = min(timed_turn(lambda: session.run(None, {"X": x}), calls=repeats))  # the best call: the ceiling
     return 2 * size ** 3 / best
-
-
-def _timed(call) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
 
 
 def conv_operations(model) -> tuple[float, float]:

@@ -17,12 +17,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from edgekd.atomic import write_bytes_atomic
+from edgekd.bench.timing import timed_turn
 from edgekd.fused.cuda_kernels import LaunchPlan
 from edgekd.fused.onnx_function import op_model
 from edgekd.fused.spec import FusedOpSpec
@@ -42,14 +42,10 @@ def features(batch: int, dtype: torch.dtype, device: str = "cpu") -> list[torch.
 
 
 def median_seconds(run, repeats: int, warmup: int = 2) -> float:
+    """The median of one timed turn (edgekd/bench/timing.py), after `warmup` calls (CUDA kernels load lazily)."""
     for _ in range(warmup):
         run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(timed_turn(run, calls=repeats))
 
 
 def row(name: str, seconds: float, moved: int, **extra) -> dict:

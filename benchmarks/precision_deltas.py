@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekd.data.synth import parse_categories
 from edgekd.atomic import write_bytes_atomic
+from edgekd.bench.timing import timed_turn
 from edgekd.artifacts import read_sidecar
 from edgekd.errors import EdgekdError
 from edgekd.export.exporter import export_checkpoint
@@ -33,11 +34,9 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 def latency_ms(artifact: Path, size: tuple[int, int], batch: int = 8, repeats: int = 5) -> float:
     images = np.random.default_rng(0).integers(0, 255, (batch, *size, 3), dtype=np.uint8)
     with open_runtime(artifact, device="cpu") as runtime:
-        runtime.infer(images, batch)  # warm-up
-        started = time.perf_counter()
-        for _ in range(repeats):
-            runtime.infer(images, batch)
-    return 1000 * (time.perf_counter() - started) / (repeats * batch)
+        runtime.infer(images, batch)  # warm-up: the first call sizes onnxruntime's buffers
+        seconds = timed_turn(lambda: runtime.infer(images, batch), calls=repeats)
+    return 1000 * float(np.median(seconds)) / batch
 
 
 def main() -> None:

@@ -27,12 +27,12 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
+from edgekd.bench.timing import timed_turn
 from edgekd.machine import machine_info
 from studies import folder_of
 
@@ -103,14 +103,7 @@ def throughput(model, batch: int, repeats: int) -> float:
         path = export_graphs(model, None, Path(folder), "speed", "single")["detector"]
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     frames = np.random.default_rng(0).random((batch, 3, *model.input_size), np.float32)
-    session.run(None, {"images": frames})
-    best = 0.0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(4):
-            session.run(None, {"images": frames})
-        best = max(best, 4 * batch / (time.perf_counter() - started))
-    return best
+    return batch / min(timed_turn(lambda: session.run(None, {"images": frames}), calls=4 * repeats))
 
 
 def write_report(report: dict, out: Path) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from edgekd.atomic import write_bytes_atomic
+from edgekd.bench.timing import rotated, timed_turn
 from edgekd.config import load_config
 from edgekd.data.layouts import load_dataset
 from edgekd.data.images import to_model_input
@@ -152,17 +153,15 @@ def refit_scales(model, config: dict, maxima: tuple[torch.Tensor, torch.Tensor])
 
 
 def throughput(model, images: np.ndarray, rounds: int = 3, batch: int = 8) -> dict:
-    """img/s of each variant that changes the work done, in alternating turns (A B A B ...)."""
+    """img/s of each variant that changes the work done, in rotating turns (edgekd/bench/timing.py)."""
     runtime = TorchRuntime(model, device="cpu")
     timed = {"default": {}} | ({"distill only": {"memory_off": True}} if getattr(model, "patch_memory", None) else {}) \
         | ({"no colour branch": {"colour_off": True}} if getattr(model, "colour", None) is not None else {})
     seconds = {name: [] for name in timed}
-    for _ in range(rounds):
-        for name, setting in timed.items():
-            with branch_setting(model, **setting):
-                started = time.perf_counter()
-                runtime.infer(images, batch)
-                seconds[name].append(time.perf_counter() - started)
+    for round_index in range(rounds):
+        for name in rotated(list(timed), round_index):
+            with branch_setting(model, **timed[name]):
+                seconds[name] += timed_turn(lambda: runtime.infer(images, batch), calls=1)
     return {name: round(len(images) / float(np.median(s)), 1) for name, s in seconds.items()}
 
 

@@ -24,13 +24,13 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
+from edgekd.bench.timing import rotated, timed_turn
 from edgekd.machine import machine_info
 from studies import folder_of
 
@@ -83,12 +83,15 @@ def decoded_frames(video: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def bare_fps(runtime, frames: np.ndarray, batch: int) -> float:
-    """One timed pass of the model alone over pre-decoded frames (after one warm-up batch)."""
-    runtime.run(frames[:batch])
-    started = time.perf_counter()
-    for start in range(0, len(frames), batch):
-        runtime.run(frames[start:start + batch])
-    return len(frames) / (time.perf_counter() - started)
+    """The model alone over pre-decoded frames, as one timed turn (edgekd/bench/timing.py): an untimed pass, then
+    the pass timed as one call."""
+    batches = [frames[start:start + batch] for start in range(0, len(frames), batch)]
+
+    def one_pass() -> None:
+        for chunk in batches:
+            runtime.run(chunk)
+    [seconds] = timed_turn(one_pass, calls=1)
+    return len(frames) / seconds
 
 
 def runner_fps(model: Path, video: Path, device: str, batch: int) -> tuple[float, dict]:
@@ -102,17 +105,20 @@ def runner_fps(model: Path, video: Path, device: str, batch: int) -> tuple[float
 
 
 def measure(model: Path, video: Path, device: str, batch: int, repeats: int) -> tuple[float, float, dict]:
-    """Best of `repeats` for both, taken in turns (bare, runner, bare, ...): a shared or throttled machine
+    """Best of `repeats` for both, taken in rotating turns (edgekd/bench/timing.py): a shared or throttled machine
     then slows both alike instead of skewing their ratio."""
     from edgekd.runtime import open_runtime
     best_bare, best_runner, best_summary = 0.0, 0.0, {}
-    for _ in range(repeats):
-        with open_runtime(model, None, device) as runtime:
-            frames = decoded_frames(video, runtime.input_size)
-            best_bare = max(best_bare, bare_fps(runtime, frames, batch))
-        fps, summary = runner_fps(model, video, device, batch)
-        if fps > best_runner:
-            best_runner, best_summary = fps, summary
+    for round_index in range(repeats):
+        for turn in rotated(["bare", "runner"], round_index):  # each takes each position equally often
+            if turn == "bare":
+                with open_runtime(model, None, device) as runtime:
+                    frames = decoded_frames(video, runtime.input_size)
+                    best_bare = max(best_bare, bare_fps(runtime, frames, batch))
+                continue
+            fps, summary = runner_fps(model, video, device, batch)
+            if fps > best_runner:
+                best_runner, best_summary = fps, summary
     return best_bare, best_runner, best_summary
 
 

@@ -17,6 +17,7 @@ Writes benchmarks/results/serve-throughput/serve_throughput.{json,md}.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import threading
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
+from edgekd.bench.timing import timed_turn
 from edgekd.machine import machine_info
 from studies import folder_of
 
@@ -34,18 +36,11 @@ CLIENTS = (1, 2, 4)
 
 
 def local_turn(runtime, frames: np.ndarray, batch: int, seconds: float) -> dict:
+    """The local runtime for `seconds`, as one timed turn (edgekd/bench/timing.py), batch after batch of frames."""
     tensors = frames.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-    latencies, done, started = [], 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        chunk = tensors[done % len(tensors):done % len(tensors) + batch]
-        if len(chunk) < batch:
-            chunk = tensors[:batch]
-        t = time.perf_counter()
-        runtime.run(chunk)
-        latencies.append(time.perf_counter() - t)
-        done += batch
-    elapsed = time.perf_counter() - started
-    return {"images_per_s": done / elapsed, "latency_ms_p50": 1e3 * float(np.median(latencies)),
+    batches = itertools.cycle([tensors[start:start + batch] for start in range(0, len(tensors) - batch + 1, batch)])
+    latencies = timed_turn(lambda: runtime.run(next(batches)), seconds=seconds)
+    return {"images_per_s": batch * len(latencies) / sum(latencies), "latency_ms_p50": 1e3 * float(np.median(latencies)),
             "latency_ms_p95": 1e3 * float(np.percentile(latencies, 95))}
 
 
@@ -59,18 +54,18 @@ def server_turn(address: str, model: str, frames: np.ndarray, clients: int, seco
                 int(success.get("count", 0)), int(success.get("ns", 0)))
     before = counts()
     latencies: list[list[float]] = [[] for _ in range(clients)]
-    stop = time.perf_counter() + seconds
+
     def camera(i: int) -> None:
+        """One camera's requests for `seconds`, as one timed turn (edgekd/bench/timing.py)."""
         client = grpc.InferenceServerClient(address)
-        k = i
-        while time.perf_counter() < stop:
-            frame = frames[k % len(frames)][None]
-            request = grpc.InferInput("frames", list(frame.shape), "UINT8")
-            request.set_data_from_numpy(frame)
-            t = time.perf_counter()
-            client.infer(model, [request], outputs=[grpc.InferRequestedOutput("score")])
-            latencies[i].append(time.perf_counter() - t)
-            k += clients
+        requests = []
+        for frame in frames[i::clients]:
+            request = grpc.InferInput("frames", [1, *frame.shape], "UINT8")
+            request.set_data_from_numpy(frame[None])
+            requests.append(request)
+        turn = itertools.cycle(requests)
+        outputs = [grpc.InferRequestedOutput("score")]
+        latencies[i] = timed_turn(lambda: client.infer(model, [next(turn)], outputs=outputs), seconds=seconds)
         client.close()
     started = time.perf_counter()
     threads = [threading.Thread(target=camera, args=(i,)) for i in range(clients)]

@@ -98,3 +98,10 @@ def test_every_benchmark_script_is_listed_and_every_result_belongs_to_one_study(
     for study in studies.STUDIES:
         assert f"| {study.name} | {study.question} | {study.script} |" in index, study.name
         assert all(f"]({f})" in index for group in study.paths() for f in group), study.name
+
+
+def test_benchmarks_time_with_the_one_timing_definition():
+    """Every timed call under benchmarks/ goes through edgekd/bench/timing.py (rotating turns, an untimed call first);
+    the one clock read left is serve_throughput's wall time of several cameras at once (a throughput, not a turn)."""
+    reads = {p.name: p.read_text().count("perf_counter") for p in (REPO / "benchmarks").glob("*.py")}
+    assert {name: n for name, n in reads.items() if n} == {"serve_throughput.py": 2}

@@ -25,7 +25,8 @@ import numpy as np
 from edgekd.atomic import write_bytes_atomic
 from edgekd.bench.timing import timed_turn
 from edgekd.machine import machine_info
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 RESULTS = folder_of("CPU ceiling")  # this study's folder (benchmarks/studies.py)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -36,7 +36,8 @@ import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 RESULTS = folder_of("dashboard overhead")  # this study's folder (benchmarks/studies.py)
 CONDITIONS = ("off", "served", "viewer", "chromium")

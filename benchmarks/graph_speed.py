@@ -12,15 +12,18 @@ Writes benchmarks/results/<--name>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
 from edgekd.bench.timing import rotated, session_options, timed_turn
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 RESULTS = folder_of("paper fidelity")  # this study's folder (benchmarks/studies.py)
 

@@ -25,6 +25,7 @@ and "memory int8", the latter that day's form).
 from __future__ import annotations
 
 import argparse
+import sys
 import statistics
 import tempfile
 import time
@@ -41,8 +42,9 @@ from edgekd.data.real_textures import parse_categories
 from edgekd.export.exporter import GATED_METRICS, export_checkpoint
 from edgekd.machine import machine_info
 from edgekd.bench.timing import rotated, session_options, timed_turn
-from results_files import write_results
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script, however it is loaded
+from results_files import write_results  # noqa: E402
+from studies import folder_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # form -> (module, attribute, stand-in) that puts the earlier choice back for one export, or the export's option

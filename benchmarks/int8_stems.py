@@ -12,6 +12,7 @@ check (points lost against the checkpoint's FP32 export on the category's test s
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +22,9 @@ import numpy as np
 from edgekd.data.real_textures import parse_categories
 from edgekd.export.exporter import GATED_METRICS, export_checkpoint
 from edgekd.machine import machine_info
-from results_files import write_results
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script, however it is loaded
+from results_files import write_results  # noqa: E402
+from studies import folder_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

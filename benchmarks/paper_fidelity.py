@@ -17,12 +17,14 @@ Writes benchmarks/results/paper-fidelity/paper_fidelity_figures.md.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import math
 from pathlib import Path
 
 from edgekd.atomic import write_bytes_atomic
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 RESULTS = folder_of("paper fidelity")  # this study's folder (benchmarks/studies.py)
 # What the papers report, on data that cannot be had offline (MVTec AD / LOCO) with weights that cannot either.

@@ -10,6 +10,7 @@ Targets (issue #3): INT8 within 1.0 point and FP16 within 0.1 point on image AUR
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ from edgekd.errors import EdgekdError
 from edgekd.export.exporter import export_checkpoint
 from edgekd.machine import machine_info
 from edgekd.runtime import open_runtime
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"fp16": 0.1, "int8": 1.0}

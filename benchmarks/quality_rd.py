@@ -11,6 +11,7 @@ Targets (issue #2): mean image AUROC >= 0.98, pixel AUROC >= 0.96, AUPRO >= 0.90
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ from edgekd.evaluate import evaluate, markdown_table, mean_row
 from edgekd.runtime.torch_backend import TorchRuntime
 from edgekd.machine import machine_info
 from edgekd.train import train
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 TARGETS = {"image_auroc": 0.98, "pixel_auroc": 0.96, "aupro": 0.90}
 REPO = Path(__file__).resolve().parents[1]

@@ -34,7 +34,8 @@ import numpy as np
 from edgekd.atomic import write_bytes_atomic
 from edgekd.bench.timing import timed_turn
 from edgekd.machine import machine_info
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = folder_of("RD family")  # this study's folder (benchmarks/studies.py)

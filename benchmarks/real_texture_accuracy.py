@@ -13,6 +13,7 @@ the full detector is taken in alternating turns in the same run.
 from __future__ import annotations
 
 import argparse
+import sys
 import contextlib
 import dataclasses
 import json
@@ -36,7 +37,8 @@ from edgekd.models.patch_memory import BALANCES, branch_scales, normal_maxima
 from edgekd.runtime.torch_backend import TorchRuntime
 from edgekd.data.splits import split_normals
 from edgekd.train import normal_views, train
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"image_auroc": 0.95, "pixel_auroc": 0.97, "aupro": 0.92}

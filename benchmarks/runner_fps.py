@@ -32,7 +32,8 @@ import numpy as np
 from edgekd.atomic import write_bytes_atomic
 from edgekd.bench.timing import rotated, timed_turn
 from edgekd.machine import machine_info
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 RESULTS = folder_of("runner FPS")  # this study's folder (benchmarks/studies.py)
 # The INT8 targets apply to the INT8 form made for onnxruntime (--int8-for onnxruntime); the TensorRT form is

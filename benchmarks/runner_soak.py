@@ -24,7 +24,8 @@ import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
 from edgekd.machine import machine_info
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from mjpeg_server import MjpegServer  # noqa: E402  (the tests' live source: an HTTP MJPEG camera)

@@ -40,8 +40,9 @@ from edgekd.fused import onnx_function
 from edgekd import scoring
 from edgekd.machine import environment_info
 from edgekd.bench.timing import rotated, session_options, timed_turn
-from results_files import write_results
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script, however it is loaded
+from results_files import write_results  # noqa: E402
+from studies import folder_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FORMS = ("before", "reducesum", "convolution", "exported")

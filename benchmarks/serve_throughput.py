@@ -17,6 +17,7 @@ Writes benchmarks/results/serve-throughput/serve_throughput.{json,md}.
 from __future__ import annotations
 
 import argparse
+import sys
 import itertools
 import json
 import shutil
@@ -29,7 +30,8 @@ import numpy as np
 from edgekd.atomic import write_bytes_atomic
 from edgekd.bench.timing import timed_turn
 from edgekd.machine import machine_info
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 RESULTS = folder_of("serve throughput")  # this study's folder (benchmarks/studies.py)
 CLIENTS = (1, 2, 4)

@@ -30,7 +30,8 @@ from edgekd.calibration import ThresholdRule
 from edgekd.machine import machine_info
 from edgekd.stream.cli_run import run_stream
 from edgekd.stream.request import RunRequest
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_targets import line_setup  # noqa: E402

@@ -24,7 +24,8 @@ import torch
 from edgekd.atomic import write_bytes_atomic
 from edgekd.fused.spec import FusedOpSpec
 from edgekd.machine import machine_info
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 RESULTS = folder_of("fused op")  # this study's folder (benchmarks/studies.py)
 LITE0_256 = [(24, 64, 64), (40, 32, 32), (112, 16, 16)]

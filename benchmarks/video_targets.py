@@ -16,6 +16,7 @@ artifact `make demo` deploys; --int8-stems as there) and calibrates and runs tha
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import shutil
 import tempfile
@@ -31,7 +32,8 @@ from edgekd.export.quantize import STEM_MODES
 from edgekd.machine import machine_info
 from edgekd.stream.cli_run import run_stream
 from edgekd.stream.request import RunRequest
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"false_alarm_rate": 0.01, "recall": 0.95, "image_auroc_in_scope": 0.98}

@@ -36,7 +36,8 @@ from edgekd.data.layouts import load_dataset
 from edgekd.data.video import write_line_video
 from edgekd.export.exporter import export_checkpoint
 from edgekd.machine import environment_info
-from studies import folder_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # studies.py, however this is loaded
+from studies import folder_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO.parent / "shared" / "peers" / "anomalib" / "speed_bench.py"

@@ -31,6 +31,7 @@ class ArtifactKind:
     triton_platform: str | None  # its platform in a stock Triton repository; None: not served as is
     sidecar_check: str | None  # how check_artifact_pair (edgekd/artifacts.py) matches its sidecar; None: none
     magic: bytes | None = None  # first bytes that say so (engines have none of their own)
+    runs_in_torch: bool = False  # opened by PyTorch in this process (memory is read from torch's allocator)
 
     @property
     def has_sidecar(self) -> bool:
@@ -43,7 +44,7 @@ class ArtifactKind:
 
 CHECKPOINT = ArtifactKind("checkpoint", "torch", (".ckpt", ".pt"), "a PyTorch checkpoint", "edgekd train",
                           "checkpoint", "edgekd.runtime.torch_backend:open_checkpoint", True, None, None,
-                          b"PK\x03\x04")
+                          b"PK\x03\x04", runs_in_torch=True)
 ONNX = ArtifactKind("onnx", "onnxruntime", (".onnx",), "an ONNX graph", "edgekd export model.ckpt", "graph+sidecar",
                     "edgekd.runtime.onnx_backend:open_onnx", True, "onnxruntime", "graph metadata", b"\x08")
 ENGINE = ArtifactKind("engine", "tensorrt", (".engine", ".plan"), "a TensorRT engine", "edgekd build-engine MODEL.onnx",

@@ -181,6 +181,15 @@ def onnx_metadata(path: str | Path, model=None) -> dict[str, str]:
     return {entry.key: entry.value for entry in model.metadata_props}
 
 
+# How each kind's file is matched with its sidecar (the kinds table names the check in sidecar_check).
+PAIR_CHECKS = {
+    # a plan carries no metadata of its own: its bytes are the check
+    "checksum": lambda path, info, metadata: check_engine_matches_sidecar(path, info),
+    "graph metadata": lambda path, info, metadata: check_onnx_matches_sidecar(
+        path, info, onnx_metadata(path) if metadata is None else metadata),
+}
+
+
 def check_artifact_pair(artifact: str | Path, info: Sidecar, metadata: dict[str, str] | None = None,
                         thresholds: bool = True) -> None:
     """What every consumer of an exported artifact checks before trusting its sidecar (the runtimes, `serve`,
@@ -190,9 +199,7 @@ def check_artifact_pair(artifact: str | Path, info: Sidecar, metadata: dict[str,
     from edgekd.calibration import check_thresholds
     path = Path(artifact)
     kind = kind_by_suffix(path) or ONNX
-    if kind.sidecar_check == "checksum":  # a plan carries no metadata of its own: its bytes are the check
-        check_engine_matches_sidecar(path, info)
-    elif kind.sidecar_check == "graph metadata":
-        check_onnx_matches_sidecar(path, info, onnx_metadata(path) if metadata is None else metadata)
+    if kind.sidecar_check is not None:
+        PAIR_CHECKS[kind.sidecar_check](path, info, metadata)
     if thresholds:
         check_thresholds(info.thresholds, str(path))

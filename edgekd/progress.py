@@ -49,7 +49,8 @@ class PlainProgress(EdgekdProgress):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.every = plain_every_s()
-        self.logged: dict = {}
+        self.logged: dict = {}  # task -> when its last line was written
+        self.done: set = set()  # tasks whose final line is written
 
     def add_task(self, description: str, *args, info: str = "", **kwargs):
         self.shown = True  # no live display to start
@@ -71,10 +72,12 @@ class PlainProgress(EdgekdProgress):
     def _maybe_log(self, task_id) -> None:
         task = self._tasks[task_id]
         now = time.monotonic()
-        if task.finished and self.logged.get(task_id) == -1:
+        if task_id in self.done:
             return
         if task.finished or now - self.logged[task_id] >= self.every:
-            self.logged[task_id] = -1 if task.finished else now
+            self.logged[task_id] = now
+            if task.finished:
+                self.done.add(task_id)
             self.console.print(plain_line(task), highlight=False, soft_wrap=True)
 
 

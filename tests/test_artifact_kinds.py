@@ -48,3 +48,10 @@ def test_kinds_are_recognised_by_name_and_by_content(tmp_path):
         kind_of(tmp_path / "model.pb")
     with pytest.raises(EdgekdError, match="unknown backend 'tflite'"):
         kind_of(graph, "tflite")
+
+
+def test_every_kinds_pair_check_exists():
+    from edgekd.artifact_kinds import KINDS
+    from edgekd.artifacts import PAIR_CHECKS
+    assert {kind.sidecar_check for kind in KINDS} - {None} <= set(PAIR_CHECKS)
+    assert [kind.name for kind in KINDS if kind.runs_in_torch] == ["checkpoint"]

@@ -1,6 +1,6 @@
 """edgekd::MultiScaleFeatureDiff: the ONNX function body against the reference scoring module in every mode, the
-CUDA source compiling for the CI architectures, the launch arithmetic, and TensorRT's parser choosing between
-the function body and the plugin."""
+CUDA source compiling for the CI architectures, and the launch arithmetic (TensorRT's side:
+tests/test_fused_op_tensorrt.py)."""
 
 import shutil
 import subprocess
@@ -13,6 +13,7 @@ import torch
 from edgekd.fused.cuda_kernels import LaunchPlan, compile_cubin, kernel_source_path
 from edgekd.fused.onnx_function import fused_nodes, node_spec, op_model, set_threshold
 from edgekd.fused.spec import FusedOpSpec
+from fused_op_helpers import export_op, fed_by, make_features
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -34,22 +35,6 @@ CASES = [
 ]
 
 
-def _export(spec: FusedOpSpec, features: list[torch.Tensor]) -> onnx.ModelProto:
-    return op_model(spec, features)
-
-
-def _features(shapes, dtype, batch=3, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    teacher = [torch.randn(batch, *s, generator=generator).to(dtype) for s in shapes]
-    # students close to the teacher, as trained ones are, plus a few pixels far off
-    student = [(t.float() + 0.3 * torch.randn(t.shape, generator=generator)) for t in teacher]
-    for s in student:
-        h, w = s.shape[-2:]
-        s[:, :, : max(1, h // 3), : max(1, w // 3)] = torch.randn(s[:, :, : max(1, h // 3), : max(1, w // 3)].shape,
-                                                                  generator=generator)
-    return teacher + [s.to(dtype) for s in student]
-
-
 def _run(model: onnx.ModelProto, features: list[torch.Tensor]) -> list[np.ndarray]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
@@ -58,8 +43,8 @@ def _run(model: onnx.ModelProto, features: list[torch.Tensor]) -> list[np.ndarra
 
 @pytest.mark.parametrize("spec,shapes,dtype", CASES)
 def test_function_body_matches_reference(spec, shapes, dtype):
-    features = _features(shapes, dtype)
-    model = _export(spec, features)
+    features = make_features(shapes, dtype)
+    model = export_op(spec, features)
     onnx.checker.check_model(model)
     assert [(n.domain, n.op_type) for n in model.graph.node] == [("edgekd", "MultiScaleFeatureDiff")]
     assert node_spec(fused_nodes(model)[0]) == spec  # the attributes carry the whole meaning
@@ -77,8 +62,8 @@ def test_function_body_matches_reference(spec, shapes, dtype):
 
 def test_function_runs_any_batch_and_feature_size():
     spec = FusedOpSpec((32, 32), threshold=0.5)
-    model = _export(spec, _features([(4, 8, 8)], torch.float32, batch=1))
-    other = _features([(6, 11, 5)], torch.float32, batch=5, seed=3)  # other batch, channels and size than traced
+    model = export_op(spec, make_features([(4, 8, 8)], torch.float32, batch=1))
+    other = make_features([(6, 11, 5)], torch.float32, batch=5, seed=3)  # other batch, channels and size than traced
     got = _run(model, other)
     expected = spec.reference()(*other)
     assert got[0].shape == (5, 1, 32, 32) and np.allclose(got[0], expected[0].numpy(), atol=1e-5)
@@ -86,8 +71,8 @@ def test_function_runs_any_batch_and_feature_size():
 
 def test_threshold_attribute_drives_the_mask():
     spec = FusedOpSpec((32, 32), threshold=0.5)
-    features = _features([(4, 8, 8)], torch.float32)
-    model = _export(spec, features)
+    features = make_features([(4, 8, 8)], torch.float32)
+    model = export_op(spec, features)
     body = model.functions[0]
     assert any(a.ref_attr_name == "threshold" for n in body.node for a in n.attribute)
     amap = _run(model, features)[0]
@@ -168,7 +153,7 @@ def _compare_kernels(got, expected, threshold: float | None):
 def test_cuda_source_matches_reference_in_host_emulation(spec, shapes, dtype, host_kernels):
     """The CUDA kernels and their launch sequence, run on the CPU (engines/kernels/host_emulation.cpp)."""
     from edgekd.fused.host_emulation import emulated_feature_diff
-    features = _features(shapes, dtype)
+    features = make_features(shapes, dtype)
     half = len(features) // 2
     got = emulated_feature_diff(spec, [f.numpy() for f in features[:half]], [f.numpy() for f in features[half:]],
                                 host_kernels)
@@ -191,7 +176,7 @@ def test_host_emulated_topk_with_ties(host_kernels):
 @pytest.mark.parametrize("spec,shapes,dtype", CASES)
 def test_cuda_kernels_match_reference(spec, shapes, dtype):
     from edgekd.fused.torch_cuda import fused_scoring
-    features = [f.cuda() for f in _features(shapes, dtype)]
+    features = [f.cuda() for f in make_features(shapes, dtype)]
     half = len(features) // 2
     got = [g.cpu().numpy() for g in fused_scoring(spec, features[:half], features[half:])]
     _compare_kernels(got, spec.reference()(*[f.cpu() for f in features]), spec.threshold)
@@ -215,161 +200,6 @@ def test_torch_runtime_cuda_graph_replays_match_eager_runs():
     assert set(graphed.graphs.captured) == {(3, 3, 96, 96), (1, 3, 96, 96)} and not graphed.graphs.failed
 
 
-# -- TensorRT: which form the parser imports ---------------------------------------------------------------------
-def _rtx():
-    return pytest.importorskip("tensorrt_rtx")
-
-
-def _parse(trt, model: onnx.ModelProto, override: bool):
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if override:
-        parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
-    ok = parser.parse(model.SerializeToString())
-    return ok, builder, network
-
-
-def test_parser_imports_function_body_without_override_and_engine_builds():
-    trt = _rtx()
-    spec = FusedOpSpec((32, 32), threshold=0.5)
-    shapes = [(4, 8, 8), (6, 4, 4)]
-    model = _export(spec, _features(shapes, torch.float32))
-    ok, builder, network = _parse(trt, model, override=False)
-    assert ok
-    kinds = {network.get_layer(i).type for i in range(network.num_layers)}
-    assert trt.LayerType.PLUGIN_V3 not in kinds and trt.LayerType.REDUCE in kinds  # the body's stock layers
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        dims = list(shapes[i % len(shapes)])
-        profile.set_shape(tensor.name, [1] + dims, [2] + dims, [4] + dims)
-    config.add_optimization_profile(profile)
-    assert builder.build_serialized_network(network, config) is not None
-
-
-@pytest.mark.parametrize("producer", ["Relu", "DequantizeLinear"])
-def test_parser_builds_the_body_in_its_onnxruntime_forms(producer):
-    """The forms the body takes for onnxruntime (1x1 convolutions of ones, Pow, the phase upsample with edge
-    padding and DepthToSpace) are stock layers TensorRT's parser imports and builds."""
-    trt = _rtx()
-    spec = FusedOpSpec((32, 32), threshold=0.5, map_stride=4)
-    shapes = [(4, 8, 8), (6, 4, 4)]
-    features = _features(shapes, torch.float32)
-    model = _fed_by(op_model(spec, features), features, producer, np.array(0, np.int8))
-    ops = {n.op_type for n in model.functions[0].node}
-    assert "DepthToSpace" in ops and ("Pow" in ops) == (producer == "DequantizeLinear")
-    ok, builder, network = _parse(trt, model, override=False)
-    assert ok
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        dims = list(shapes[i % len(shapes)])
-        profile.set_shape(network.get_input(i).name, [1] + dims, [2] + dims, [4] + dims)
-    config.add_optimization_profile(profile)
-    assert builder.build_serialized_network(network, config) is not None
-
-
-def test_parser_hands_the_node_to_a_registered_plugin():
-    """With our creator registered, the parser asks it for the local function's node, with the node's attributes
-    as plugin fields: because the node carries `plugin_namespace`, or (a node without it) because of the parser
-    flag ENABLE_PLUGIN_OVERRIDE; otherwise the function body wins even with the plugin registered. The probe
-    creator declines after recording the fields: TensorRT-RTX 1.7 aborts the process once a Python-defined plugin
-    object is handed back (NVIDIA's own Python plugin sample too), so the full build is left to TensorRT 10/11."""
-    trt = _rtx()
-    from edgekd.fused.trt_plugin import fields_of, plugin_classes, spec_from_fields
-    _, creator_class = plugin_classes(trt)
-    received = []
-
-    class Probe(creator_class):
-        def create_plugin(self, name, fields, phase):
-            received.append(spec_from_fields(fields))
-            return None
-
-    spec = FusedOpSpec((40, 24), combine="weighted", weights=(0.25, 0.75), sigma=1.5, score="topk", topk=9,
-                       threshold=0.3)
-    model = _export(spec, _features([(4, 8, 8), (6, 4, 4)], torch.float32))
-    bare = onnx.ModelProto()
-    bare.CopyFrom(model)
-    node = fused_nodes(bare)[0]
-    kept = [a for a in node.attribute if a.name != "plugin_namespace"]
-    del node.attribute[:]
-    node.attribute.extend(kept)
-    registry = trt.get_plugin_registry()
-    probe = Probe()
-    registry.register_creator(probe, "")
-    try:
-        ok, _, _ = _parse(trt, model, override=False)
-        assert not ok and received == [spec]  # the node's plugin_namespace picks the registered plugin
-        ok, _, _ = _parse(trt, bare, override=False)
-        assert ok and len(received) == 1  # no attribute, no flag: the function body
-        ok, _, _ = _parse(trt, bare, override=True)
-        assert not ok and received == [spec, spec]  # the flag picks the plugin
-    finally:
-        registry.deregister_creator(probe)
-    ok, _, network = _parse(trt, model, override=True)  # nothing registered: the body, whatever asks for a plugin
-    assert ok and network.num_layers > 10
-    keep = []
-    assert spec_from_fields(fields_of(trt, spec, keep)) == spec  # what the plugin serialises into a plan reads back
-
-
-def test_gpu_verification_check_rejects_nan_and_drift():
-    """benchmarks/verify_fused_kernels.py must fail a kernel that leaves a NaN or drifts from the float64 reference."""
-    import importlib.util
-    from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "verify_fused_kernels.py"
-    module_spec = importlib.util.spec_from_file_location("verify_fused_kernels", script)
-    verify = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(verify)
-    spec = FusedOpSpec((24, 20), threshold=0.8)
-    features = verify.random_features([(5, 7, 5), (3, 4, 4)], 2, torch.float32, seed=0)
-    reference = spec.reference()(*features)
-    exact = [r.numpy() for r in reference]
-    assert verify.check(spec, exact, features)["passed"] and (exact[0] > 0.81).any()
-    poisoned = exact[0].copy()
-    poisoned[1, 0, 3, 4] = np.nan
-    assert not verify.check(spec, [poisoned, exact[1], exact[2]], features)["passed"]
-    assert not verify.check(spec, [exact[0] * 1.001, exact[1], exact[2]], features)["passed"]
-    flipped = exact[2].copy()
-    flipped[exact[0] > 0.8 + 0.01] = 0  # pixels clearly above the threshold reported as normal
-    assert not verify.check(spec, [exact[0], exact[1], flipped], features)["passed"]
-
-
-def test_python_plugin_negotiates_types_formats_and_workspace():
-    """The build-time answers of the Python IPluginV3, asked directly with TensorRT's own descriptor objects."""
-    trt = _rtx()
-    from edgekd.fused.trt_plugin import fields_of, plugin_classes, spec_from_fields
-    _, creator_class = plugin_classes(trt)
-    spec = FusedOpSpec((256, 256), threshold=0.6)
-    keep = []
-    plugin = creator_class().create_plugin("p", fields_of(trt, spec, keep), trt.TensorRTPhase.BUILD)
-    assert plugin.spec == spec and plugin.num_outputs == 3
-    assert plugin.get_output_data_types([trt.DataType.HALF] * 6) == [trt.DataType.FLOAT, trt.DataType.FLOAT,
-                                                                     trt.DataType.UINT8]
-
-    def desc(dtype, dims=None):
-        d = trt.DynamicPluginTensorDesc()
-        d.desc.type, d.desc.format = dtype, trt.TensorFormat.LINEAR
-        if dims:
-            d.max = trt.Dims(dims)
-        return d
-
-    shapes = [(8, 24, 64, 64), (8, 40, 32, 32), (8, 112, 16, 16)]
-    half_inputs = [desc(trt.DataType.HALF, s) for s in shapes] * 2
-    outputs = [desc(trt.DataType.FLOAT), desc(trt.DataType.FLOAT), desc(trt.DataType.UINT8)]
-    io = half_inputs + outputs
-    assert all(plugin.supports_format_combination(pos, io, 6) for pos in range(9))
-    mixed = half_inputs[:3] + [desc(trt.DataType.FLOAT, s) for s in shapes] + outputs
-    assert not plugin.supports_format_combination(3, mixed, 6)  # S must match its T
-    assert not plugin.supports_format_combination(8, half_inputs + outputs[:2] + [desc(trt.DataType.FLOAT)], 6)
-    assert not plugin.supports_format_combination(0, [desc(trt.DataType.INT8, shapes[0])] + io[1:], 6)
-    assert plugin.get_workspace_size(half_inputs, outputs) == LaunchPlan(spec, 8, tuple(s[1:] for s in shapes)).workspace_bytes
-    clone = plugin.clone()
-    assert spec_from_fields(clone.get_fields_to_serialize()) == spec
-
-
 @pytest.mark.slow
 def test_torch_runtime_keeps_the_reference_on_cpu(wood_checkpoint):
     from edgekd.runtime.torch_backend import TorchRuntime
@@ -380,45 +210,6 @@ def test_torch_runtime_keeps_the_reference_on_cpu(wood_checkpoint):
     runtime.model.use_fused_kernels = True  # asked for, but CPU tensors still take the reference path
     got = runtime.run(batch)
     assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
-
-
-def test_cpp_plugin_declares_every_attribute_with_the_python_plugins_type():
-    """engines/plugin/ cannot be compiled here (no TensorRT headers): at least its creator's field list must name
-    every attribute of the op with the type the Python plugin uses, so one .onnx means the same to both."""
-    import re
-    from edgekd.fused.trt_plugin import _FIELD_TYPES
-    source = (kernel_source_path().parents[1] / "plugin" / "MultiScaleFeatureDiffPlugin.cu").read_text()
-    declared = dict(re.findall(r'PluginField\("(\w+)", nullptr, PluginFieldType::k(\w+),', source))
-    spec = FusedOpSpec((64, 64), combine="weighted", weights=(1.0, 2.0), threshold=0.5, map_stride=4)
-    assert set(spec.attributes()) == set(_FIELD_TYPES) == set(declared)
-    assert declared == _FIELD_TYPES
-    for name in _FIELD_TYPES:  # read back by the creator and written out when the engine is serialised
-        assert f'name == "{name}"' in source and f'emplace_back("{name}"' in source
-
-
-def _fed_by(model: onnx.ModelProto, features: list[torch.Tensor], producer: str,
-            zero_point: np.ndarray = np.array(128, np.uint8)) -> onnx.ModelProto:
-    """The op model with each feature made by a `producer` node from a new input `<name>_raw` of fixed channels:
-    'Relu' (a float op) or 'DequantizeLinear' (after a QuantizeLinear, as in an INT8 graph: onnxruntime's UINT8
-    form by default, TensorRT's with an INT8 zero point of 0); the body re-attached."""
-    graph = model.graph
-    for value, feature in zip(graph.input, features):
-        name = value.name
-        value.name = f"{name}_raw"
-        channels = value.type.tensor_type.shape.dim[1]
-        channels.ClearField("dim_param")
-        channels.dim_value = int(feature.shape[1])
-        if producer == "Relu":
-            graph.node.insert(0, onnx.helper.make_node("Relu", [value.name], [name]))
-            continue
-        graph.initializer.extend([onnx.numpy_helper.from_array(np.array(0.02, np.float32), f"{name}_scale"),
-                                  onnx.numpy_helper.from_array(zero_point, f"{name}_zero")])
-        graph.node.insert(0, onnx.helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zero"],
-                                                   [name]))
-        graph.node.insert(0, onnx.helper.make_node("QuantizeLinear", [value.name, f"{name}_scale", f"{name}_zero"],
-                                                   [f"{name}_q"]))
-    from edgekd.fused.onnx_function import attach_function
-    return attach_function(model)
 
 
 def _what_features_become(features: list[torch.Tensor], producer: str) -> list[torch.Tensor]:
@@ -440,8 +231,8 @@ def _ones_convolutions(body: onnx.FunctionProto) -> int:
 def test_body_sums_channels_by_convolution_after_float_ops_and_by_reducesum_after_dequantize(producer):
     spec = FusedOpSpec((64, 64), threshold=0.4, map_stride=4)
     shapes = [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
-    features = _features(shapes, torch.float32)
-    model = _fed_by(op_model(spec, features), features, producer)
+    features = make_features(shapes, torch.float32)
+    model = fed_by(op_model(spec, features), features, producer)
     onnx.checker.check_model(model)
     body = model.functions[0]
     ops = [n.op_type for n in body.node]
@@ -462,10 +253,10 @@ def test_body_sums_channels_by_convolution_after_float_ops_and_by_reducesum_afte
 def test_feature_channels_refuses_unknown_or_mismatched_channels():
     from edgekd.fused.onnx_function import feature_channels
     spec = FusedOpSpec((32, 32))
-    features = _features([(4, 8, 8)], torch.float32)
+    features = make_features([(4, 8, 8)], torch.float32)
     model = op_model(spec, features)  # graph inputs: no producer, channels not fixed
     assert feature_channels(model, fused_nodes(model)) is None
-    fixed = _fed_by(op_model(spec, features), features, "Relu")
+    fixed = fed_by(op_model(spec, features), features, "Relu")
     assert feature_channels(fixed, fused_nodes(fixed)) == (4,)
 
 

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
     for _ in range(3):
         runtime.run(frames)
     gpu = None
-    if kind_for_backend(backend).thresholds_in == "checkpoint":  # torch in this process: its allocator knows
+    if kind_for_backend(backend).runs_in_torch:  # its allocator knows the peak
         import torch
         gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     elif gpu_baseline is not None and (used := _gpu_used_mb()) is not None:

@@ -122,8 +122,9 @@ def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str,
                       "colour_image_weight": float(options.get("colour_image_weight", 0.0)),
                       "colour_gate": float(options.get("colour_gate", 0.0))}
     gate = colour_options["colour_gate"]
+    colour_options["colour_form"] = str(options.get("colour_form", "log"))
     model.colour = ColourDeviation(model.input_size, colour_options["colour_weight"],
-                                   colour_options["colour_image_weight"])
+                                   colour_options["colour_image_weight"], colour_options["colour_form"])
     dataset = load_dataset(data, category, seed=settings["seed"])
     fit_idx, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
     fit_images = load_images([dataset.train[i] for i in fit_idx], model.input_size)

@@ -1,6 +1,7 @@
-"""RD's colour branch: blind to global casts and brightness offsets, alert to local colour shifts, fitted per
-position (aligned objects, where brightness counts too), joining the image score (not the map) in torch and in the
-exported graph."""
+"""RD's colour branch: blind to global casts and brightness changes, alert to local colour shifts and stains, fitted
+per position, joining the image score (not the map) in torch and in the exported graph. Two forms: "log" (every new
+fit: a camera's gains cancel, brightness counts everywhere) and "linear" (branches fitted before it, which load and
+score as they did; offsets cancel, brightness counts on fixed layouts only)."""
 
 from pathlib import Path
 
@@ -22,8 +23,8 @@ def _images(n: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("brightness", [False, True])
-def test_global_casts_and_brightness_do_not_count_local_shifts_do(brightness):
-    colour = ColourDeviation((128, 128), 1.0)  # unfitted: centre 0, spread 1
+def test_linear_form_global_casts_and_brightness_do_not_count_local_shifts_do(brightness):
+    colour = ColourDeviation((128, 128), 1.0, form="linear")  # unfitted: centre 0, spread 1
     colour.channels[0, 2] = float(brightness)
     images = 0.5 + 0.03 * torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     base = colour(images)
@@ -37,10 +38,10 @@ def test_global_casts_and_brightness_do_not_count_local_shifts_do(brightness):
     assert change.max() > 0.15 and 2 <= row <= 10 and 2 <= column <= 10  # where the stain is (stride 4 grid)
 
 
-def test_residual_is_the_patch_average_of_each_pixels_chroma_and_brightness():
-    """The branch averages RGB over a patch before taking chroma and brightness (the same values, fewer
+def test_linear_residual_is_the_patch_average_of_each_pixels_chroma_and_brightness():
+    """The linear form averages RGB over a patch before taking chroma and brightness (the same values, fewer
     operations): checked against the definition, per pixel first."""
-    colour = ColourDeviation((128, 128), 1.0)
+    colour = ColourDeviation((128, 128), 1.0, form="linear")
     images = _images(2) * torch.linspace(0.6, 1.0, 128).view(1, 1, 1, -1)
     red, green, blue = images[:, 0], images[:, 1], images[:, 2]
     chroma = torch.stack([(red - green) / np.sqrt(2.0), (red + green - 2.0 * blue) / np.sqrt(6.0),
@@ -50,8 +51,9 @@ def test_residual_is_the_patch_average_of_each_pixels_chroma_and_brightness():
     torch.testing.assert_close(colour.residual(images), expected, rtol=0, atol=1e-6)
 
 
-def test_fitted_per_position_on_an_aligned_object():
-    colour = ColourDeviation((128, 128), 0.5, 1.0)
+@pytest.mark.parametrize("form", ["log", "linear"])
+def test_fitted_per_position_on_an_aligned_object(form):
+    colour = ColourDeviation((128, 128), 0.5, 1.0, form)
 
     class Model:  # what fit_colour needs of a detector: its colour branch and its map without it
         def feature_map(self, batch):
@@ -69,8 +71,9 @@ def test_fitted_per_position_on_an_aligned_object():
     swapped[:, :, 40:80, 8:40] = held_out[:, :, 40:80, 80:112]
     assert float(colour(swapped).amax()) > 10 * float(colour(held_out).amax())
     term = colour.fused_term(colour(swapped), (128, 128))
-    assert term.shape == (8, 1, 128, 128) and torch.allclose(term.amax(), colour(swapped).amax() * 0.5 / colour.scale,
-                                                              rtol=0.05)
+    upsampled = torch.nn.functional.interpolate(colour(swapped) * 0.5 / colour.scale, size=(128, 128), mode="bilinear",
+                                                align_corners=False)
+    assert term.shape == (8, 1, 128, 128) and torch.allclose(term, upsampled, rtol=1e-5, atol=1e-6)
     term = colour.image_term(colour(swapped))
     assert term.shape == (8,) and torch.allclose(term, colour(swapped).flatten(1).amax(1) / colour.image_scale
                                                  + colour.offset)
@@ -175,7 +178,7 @@ def test_gate_keeps_the_branch_only_where_a_camera_leaves_it_steady(surface, kep
     """Random strongly coloured patches: a camera's noise, codec and colour drift are small beside their normal
     spread (shift 0.04 spreads), the branch is kept. The two-coloured aligned object varies little from image to
     image, so the same camera moves its branch by 13 normal spreads: the branch goes out."""
-    colour = ColourDeviation((128, 128), 0.5)
+    colour = ColourDeviation((128, 128), 0.5, form="linear")
     if surface == "patches":
         normal, held_out = _patchy(24, 0, 0.3), _patchy(8, 1, 0.3)
     else:
@@ -183,7 +186,8 @@ def test_gate_keeps_the_branch_only_where_a_camera_leaves_it_steady(surface, kep
     summary = fit_colour(_Detector(colour), lambda: iter([normal]), lambda: iter([held_out]), gate=2.0)
     assert summary["colour_kept"] is kept and colour.is_kept is kept
     assert (summary["colour_camera_shift"] <= 2.0) is kept
-    assert "colour_kept" not in fit_colour(_Detector(ColourDeviation((128, 128), 0.5)), lambda: iter([normal]),
+    unchecked = ColourDeviation((128, 128), 0.5, form="linear")
+    assert "colour_kept" not in fit_colour(_Detector(unchecked), lambda: iter([normal]),
                                            lambda: iter([held_out]))  # no gate: no check
 
 
@@ -259,11 +263,11 @@ def _darkened(images: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("surface,fixed", [("patches", False), ("aligned object", True)])
-def test_brightness_counts_on_a_fixed_layout_only(surface, fixed):
+def test_linear_form_counts_brightness_on_a_fixed_layout_only(surface, fixed):
     """The aligned object's positions differ in normal colour by many spreads: a fixed layout, so a dark speck (no
     chroma change) is found by its brightness. Random patches put any colour anywhere: brightness stays out, and
     the same speck moves the branch no more than chroma noise does."""
-    colour = ColourDeviation((128, 128), 0.5)
+    colour = ColourDeviation((128, 128), 0.5, form="linear")
     if surface == "patches":
         normal, held_out = _patchy(24, 0, 0.3), _patchy(8, 1, 0.3)
     else:
@@ -282,17 +286,17 @@ def test_brightness_counts_on_a_fixed_layout_only(surface, fixed):
 def test_branches_fitted_before_brightness_score_as_they_did():
     """A branch saved with chroma statistics only (2 channels, no `channels`) loads with brightness off and gives
     the map it gave, even on a surface where a new fit would count brightness."""
-    colour = ColourDeviation((128, 128), 0.5)
+    colour = ColourDeviation((128, 128), 0.5, form="linear")
     fit_colour(_Detector(colour), lambda: iter([_images(24)]), lambda: iter([_images(8, 1)]))
     assert colour.counts_brightness  # a new fit of this aligned object counts it
     colour.channels[0, 2] = 0.0
     images = _darkened(_images(4, 2))
     expected = colour(images)
     older = {k: (v[:, :2] if k in ("centre", "spread") else v) for k, v in colour.state_dict().items()
-             if k != "channels"}
+             if k not in ("channels", "form")}  # nor the form: it loads as linear, as it was fitted
     again = ColourDeviation((128, 128), 0.5)
     again.load_state_dict(older)
-    assert not again.counts_brightness
+    assert not again.counts_brightness and again.form_name == "linear"
     torch.testing.assert_close(again(images), expected, rtol=0, atol=0)
 
 
@@ -306,3 +310,69 @@ def test_fit_notes_say_what_counts_and_why():
     assert fit_notes({"colour_brightness": False, "colour_layout": 0.1}) == [
         "colour branch: the positions' normal colours lie 0.1 normal spreads apart, a texture: chroma only count "
         "(fixed above 1)"]
+
+
+# -- the log form (issue 32) -----------------------------------------------------------------------------------------
+def _gravel(split: str, n: int) -> torch.Tensor:
+    """Crops of the real-texture benchmark's gravel (scikit-image's photo: grey, stochastic) at 256 px."""
+    from edgekd.data.real_textures import render_sample
+    images = np.stack([render_sample("gravel", split, i, 0, 256)[0] for i in range(n)])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def test_log_form_cancels_a_cameras_gains_and_finds_local_stains():
+    colour = ColourDeviation((128, 128), 1.0)  # unfitted: centre 0, spread 1; brightness counts
+    assert colour.form_name == "log"
+    images = 0.2 + 0.6 * torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    base = colour(images)
+    cast = images * torch.tensor([1.08, 1.0, 0.9]).view(1, 3, 1, 1) * 0.85  # white balance and exposure together
+    assert torch.allclose(colour(cast), base, rtol=0.03, atol=1e-3)  # exactly but for the log's floor
+    for name, factor in (("darker", torch.full((1, 3, 1, 1), 0.85)), ("tinted", torch.tensor([1.0, 1.1, 0.9]))):
+        stained = images.clone()
+        stained[:, :, 20:44, 20:44] *= factor.view(1, 3, 1, 1)
+        change = colour(stained) - base
+        row, column = divmod(int(change[0, 0].argmax()), change.shape[-1])
+        assert change.max() > 0.1 and 2 <= row <= 10 and 2 <= column <= 10, name
+
+
+def test_log_residual_is_the_log_of_the_patch_average_against_the_frame():
+    from edgekd.models.colour_deviation import LOG_FLOOR
+    colour = ColourDeviation((128, 128), 1.0)
+    images = _images(2) * torch.linspace(0.6, 1.0, 128).view(1, 1, 1, -1)
+    logs = (torch.nn.functional.avg_pool2d(images, colour.kernel, colour.stride) + LOG_FLOOR).log()
+    red, green, blue = logs[:, 0], logs[:, 1], logs[:, 2]
+    opponent = torch.stack([(red - green) / np.sqrt(2.0), (red + green - 2.0 * blue) / np.sqrt(6.0),
+                            (red + green + blue) / np.sqrt(3.0)], 1)
+    torch.testing.assert_close(colour.residual(images), opponent - opponent.mean(dim=(2, 3), keepdim=True),
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("form, kept", [("log", True), ("linear", False)])
+def test_on_a_grey_texture_a_camera_moves_only_the_linear_form(form, kept):
+    """The case of issue 32: on a grey surface a camera's colour drift turns every patch's brightness into chroma in
+    the linear form (so the gate switched the branch off on grass, gravel and brick); in logs the drift is one
+    constant the frame's mean removes, the branch stays on, and a faint stain on that surface is found."""
+    colour = ColourDeviation((256, 256), 0.5, form=form)
+    normal, held_out = _gravel("train", 40), _gravel("test", 16)
+    summary = fit_colour(_Detector(colour), lambda: iter([normal]), lambda: iter([held_out]), gate=2.0)
+    assert summary["colour_kept"] is kept and summary["colour_form"] == form
+    if form == "log":
+        assert summary["colour_brightness"] and abs(summary["colour_camera_shift"]) < 2.0
+        stained = held_out.clone()
+        stained[:, :, 80:144, 80:144] *= torch.tensor([0.88, 0.86, 0.84]).view(1, 3, 1, 1)  # 12-16% darker, faint cast
+        assert bool((colour(stained).flatten(1).amax(1) > colour(held_out).flatten(1).amax(1).max()).all())
+
+
+def test_the_default_config_fits_the_log_form_and_notes_say_so():
+    from edgekd.checkpoint import build_model
+    from edgekd.config import load_config
+    from edgekd.models.colour_deviation import fit_notes
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    model = build_model(load_config(configs / "rd_lite0.yaml", ["input_size=128", "model_options.memory_size=0"]),
+                        pretrained_teacher=False)
+    assert model.colour.form_name == "log"
+    notes = fit_notes({"colour_form": "log", "colour_brightness": True, "colour_layout": 0.1, "colour_kept": True,
+                       "colour_camera_shift": 0.7, "colour_gate": 2.0})
+    assert notes[0].startswith("colour branch: log colours against the frame's own, so a camera's gain and cast "
+                               "cancel") and "(a texture), chroma and brightness count" in notes[0]
+    assert "kept: a camera moves it 0.7" in notes[1]

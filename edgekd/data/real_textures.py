@@ -144,15 +144,16 @@ class Surface:
 
 @dataclass(frozen=True)
 class Board:
-    """The same circuit board every time, as parts pass a fixed camera: a few pixels of shift, a degree of turn."""
+    """The same object every time, as parts pass a fixed camera: a few pixels of shift, a degree of turn."""
     source: Source
     kind: str = "object"
+    fill: float = 0.9  # the crop's side as a fraction of the photo's shorter side
 
     def render(self, rng: np.random.Generator, split: str, size: int) -> Image:
         src = load_source(self.source)
         h, w = src.shape[:2]
         y, x = h / 2 + rng.uniform(-4, 4), w / 2 + rng.uniform(-4, 4)
-        side = 0.9 * min(h, w) * rng.uniform(0.985, 1.015)
+        side = self.fill * min(h, w) * rng.uniform(0.985, 1.015)
         return _camera(_crop_resize(src, y, x, side, rng.uniform(-1.0, 1.0), size, 0), rng)
 
 
@@ -281,6 +282,49 @@ def colour_shift(img: Image, rng) -> tuple[Image, np.ndarray]:
     return img * (1 - alpha) + shifted * alpha, mask
 
 
+def _soft(mask: np.ndarray, rng, lo: float = 2.0, hi: float = 5.0) -> np.ndarray:
+    """A weight with a wide soft edge: stains and fading have no border, they fade out over a few pixels."""
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), rng.uniform(lo, hi))
+
+
+def faint_stain(img: Image, rng) -> tuple[Image, np.ndarray]:
+    """A low-contrast stain: the surface 5-20% darker over a region, with at most a faint cast, soft edges."""
+    size = img.shape[0]
+    mask = _blob(rng, size, _area(rng, size))
+    tint = np.array(rng.uniform(0.85, 1.15, 3), np.float32)
+    factor = 1.0 - rng.uniform(0.05, 0.20) * tint / tint.mean()
+    alpha = _soft(mask, rng)[..., None]
+    return img * (1 - alpha) + img * factor * alpha, mask
+
+
+def hue_shift(img: Image, rng) -> tuple[Image, np.ndarray]:
+    """A region's hue turned by 30-90 degrees in Lab with a small cast of 5-12 (a grey surface gets the cast only),
+    its lightness and texture kept."""
+    size = img.shape[0]
+    mask = _blob(rng, size, _area(rng, size))
+    lab = cv2.cvtColor(np.clip(img, 0, 1), cv2.COLOR_RGB2LAB)
+    turn = rng.uniform(math.pi / 6, math.pi / 2) * rng.choice([-1.0, 1.0])
+    a, b = lab[..., 1].copy(), lab[..., 2].copy()
+    angle, cast = rng.uniform(0, 2 * math.pi), rng.uniform(5, 12)
+    lab[..., 1] = a * math.cos(turn) - b * math.sin(turn) + cast * math.cos(angle)
+    lab[..., 2] = a * math.sin(turn) + b * math.cos(turn) + cast * math.sin(angle)
+    alpha = _soft(mask, rng, 1.5, 3.0)[..., None]
+    return img * (1 - alpha) + cv2.cvtColor(lab, cv2.COLOR_LAB2RGB) * alpha, mask
+
+
+def faded(img: Image, rng) -> tuple[Image, np.ndarray]:
+    """A bleached patch: its local contrast and saturation reduced, a little lighter, soft edges."""
+    size = img.shape[0]
+    mask = _blob(rng, size, _area(rng, size))
+    local = cv2.GaussianBlur(img, (0, 0), 6.0)
+    washed = local + (img - local) * rng.uniform(0.45, 0.75)
+    grey = _luminance(washed)[..., None]
+    washed = grey + (washed - grey) * rng.uniform(0.3, 0.7)
+    washed = washed + rng.uniform(0.03, 0.08) * (1 - washed)
+    alpha = _soft(mask, rng)[..., None]
+    return img * (1 - alpha) + washed * alpha, mask
+
+
 def foreign(img: Image, rng) -> tuple[Image, np.ndarray]:
     size = img.shape[0]
     mask = _blob(rng, size, _area(rng, size))
@@ -305,7 +349,8 @@ def contamination(img: Image, rng) -> tuple[Image, np.ndarray]:
 
 
 DEFECTS: dict[str, Callable] = {"hole": hole, "crack": crack, "scratch": scratch, "stain": stain,
-                                "colour_shift": colour_shift, "foreign": foreign, "contamination": contamination}
+                                "colour_shift": colour_shift, "foreign": foreign, "contamination": contamination,
+                                "faint_stain": faint_stain, "hue_shift": hue_shift, "faded": faded}
 
 CATEGORIES: dict[str, Surface | Board] = {
     "grass": Surface(Source("grass"), "natural"),
@@ -317,6 +362,8 @@ CATEGORIES: dict[str, Surface | Board] = {
     "pastel_paper": Surface(Source(f"{_BACKGROUNDS}/ramon/HR_PastelPaper 02.png", MYPAINT), "fine"),
     "felt": Surface(Source(f"{_BACKGROUNDS}/mrmamurk/mamurk_b_1.png", MYPAINT), "fine", side=(0.22, 0.3)),
     "pcb": Board(Source("usr/share/doc/opencv-doc/examples/data/board.jpg", "opencv-doc")),
+    # A printed carton (a biscuit box's front, photographed): packaging inspection, another aligned object.
+    "package": Board(Source("usr/share/doc/opencv-doc/examples/data/box.png", "opencv-doc"), fill=0.95),
 }
 
 

@@ -29,7 +29,16 @@ How it joins the image score (never the map: masks and pixel figures are the fea
   held-out normal images), and the image score is the larger of the two: a colour defect far out of its normal range
   counts even where the features barely move (a PCB stain that darkens and tints the board: 77 -> 98).
 
-Measured on the real-texture benchmark: benchmarks/results/real-texture-accuracy/real_textures_tried.md, items 13-16.
+The form of the measure (`form`): "log" (every branch fitted since issue 32) takes the patch's R, G and B averages
+in the log domain before the opponent colours and subtracts the frame's own mean. A camera's gain and colour cast
+multiply the three channels, so in logs they add a constant to every patch, which the frame's mean removes exactly;
+the linear form ("linear", checkpoints fitted before) removed an offset but not a gain: on a grey texture a cast
+turns each patch's brightness into chroma (grey stays grey only if all channels scale alike), which is why a camera
+moved it 4-12 spreads there and the gate switched it off on grass, gravel and brick. In the log form the camera
+moves it 0-1.5 spreads on all ten surfaces, brightness counts everywhere (a 5-20% darkening is a log shift the frame
+does not share), and the branch stays on: a stain or a cast on a grey surface is its clearest case.
+
+Measured on the real-texture benchmark: benchmarks/results/real-texture-accuracy/real_textures_tried.md, items 13-17.
 """
 
 from __future__ import annotations
@@ -49,10 +58,12 @@ PATCHES_ACROSS = 16  # the patch is 1/16 of the input's shorter side: 16 px at 2
 CAMERA_VIEWS = 3  # camera-augmented copies of each held-out image for the gate
 FIXED_LAYOUT = 1.0  # positions' normal centres this many normal spreads apart: a fixed layout, brightness counts
 CHROMA_ONLY = (1.0, 1.0, 0.0)  # weights of (red-green, yellow-blue, brightness): what counts on a texture
+FORMS = ("linear", "log")  # the measure's form: linear RGB (fitted before issue 32) or frame-relative logs
+LOG_FLOOR = 0.02  # added before the log: a black patch's noise must not become a large log difference
 
 
 class ColourDeviation(nn.Module):
-    def __init__(self, input_size: tuple[int, int], weight: float, image_weight: float = 0.0):
+    def __init__(self, input_size: tuple[int, int], weight: float, image_weight: float = 0.0, form: str = "log"):
         super().__init__()
         self.kernel = max(2, round(min(input_size) / PATCHES_ACROSS))
         self.stride = max(1, self.kernel // 2)
@@ -61,17 +72,24 @@ class ColourDeviation(nn.Module):
         self.image_weight = float(image_weight)
         self.register_buffer("centre", torch.zeros(1, 3, *grid))
         self.register_buffer("spread", torch.ones(1, 3, *grid))
-        self.register_buffer("channels", torch.tensor(CHROMA_ONLY).view(1, 3, 1, 1))  # fit_colour may add brightness
+        # Which of (red-green, yellow-blue, brightness) count: all three in logs; the linear form's fit decides.
+        counted = (1.0, 1.0, 1.0) if form == "log" else CHROMA_ONLY
+        self.register_buffer("channels", torch.tensor(counted).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.ones(1))  # its normal maxima's spread against the feature map's
         # Its image maxima's spread against the map's score's (with the pixel term), and the offset that puts their
         # normal means together: what image_term needs.
         self.register_buffer("image_scale", torch.ones(1))
         self.register_buffer("offset", torch.zeros(1))
         self.register_buffer("kept", torch.ones(1))  # 0 when the gate found the branch unsteady under a camera
+        self.register_buffer("form", torch.full((1,), float(FORMS.index(form))))  # an index into FORMS
 
     @property
     def is_kept(self) -> bool:
         return bool(self.kept.item() > 0)
+
+    @property
+    def form_name(self) -> str:
+        return FORMS[int(self.form.item())]
 
     @property
     def counts_brightness(self) -> bool:
@@ -79,6 +97,7 @@ class ColourDeviation(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "kept", torch.ones(1))  # fitted before the gate existed: always kept
+        state_dict.setdefault(prefix + "form", torch.zeros(1))  # fitted before the log form: linear, as calibrated
         for name, value in (("image_scale", 1.0), ("offset", 0.0)):  # before image_term: built with image_weight 0
             state_dict.setdefault(prefix + name, torch.full((1,), value))
         # Fitted before brightness: chroma statistics only, and they score on as they were calibrated.
@@ -92,9 +111,11 @@ class ColourDeviation(nn.Module):
     def residual(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) RGB in [0, 1] -> (B,3,h,w): each patch's chroma (2 opponent colours) and brightness minus
         the image's mean."""
-        # Both are linear in RGB, so the patch average comes first: the same values, with the per-pixel arithmetic
-        # on the patch grid instead of on every input pixel.
+        # Both forms start from the patch average: the opponent colours are linear in RGB, and the log form takes the
+        # logs of the averages (a patch's colour, not its texture's).
         patches = F.avg_pool2d(images.float(), self.kernel, self.stride)
+        if self.form_name == "log":
+            patches = (patches.clamp(min=0.0) + LOG_FLOOR).log()
         red, green, blue = patches[:, 0:1], patches[:, 1:2], patches[:, 2:3]
         channels = torch.cat([(red - green) * (1.0 / math.sqrt(2.0)),
                               (red + green - 2.0 * blue) * (1.0 / math.sqrt(6.0)),
@@ -161,7 +182,8 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
     colour.centre.copy_(centre.to(colour.centre.device))
     colour.spread.copy_(spread.to(colour.spread.device))
     layout = layout_contrast(centre, spread)
-    colour.channels[0, 2] = 1.0 if layout > FIXED_LAYOUT else 0.0
+    # In logs a camera's gain is one constant for the whole frame: brightness counts on textures too.
+    colour.channels[0, 2] = 1.0 if layout > FIXED_LAYOUT or colour.form_name == "log" else 0.0
     held_out = [(colour(batch), model.feature_map(batch).float()) for batch in held_out_batches()]
     colour_maxima = torch.cat([colour_map.flatten(1).amax(1).cpu() for colour_map, _ in held_out])
     feature_maxima = torch.cat([amap.flatten(1).amax(1).cpu() for _, amap in held_out])
@@ -173,7 +195,7 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
     summary = {"colour_weight": colour.weight, "colour_image_weight": colour.image_weight,
                "colour_scale": float(colour.scale), "colour_image_scale": float(colour.image_scale),
                "colour_offset": float(colour.offset), "colour_grid": list(centre.shape[-2:]),
-               "colour_layout": layout, "colour_brightness": colour.counts_brightness}
+               "colour_layout": layout, "colour_brightness": colour.counts_brightness, "colour_form": colour.form_name}
     if gate is None:
         return summary
     rng = np.random.default_rng([0, 2**30])  # the same camera views on every run
@@ -186,9 +208,15 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
 
 def fit_notes(summary: dict) -> list[str]:
     """What fit_colour decided, in words for the person training."""
-    layout = "a fixed layout: chroma and brightness" if summary["colour_brightness"] else "a texture: chroma only"
-    notes = [f"colour branch: the positions' normal colours lie {summary['colour_layout']:.1f} normal spreads apart, "
-             f"{layout} count (fixed above {FIXED_LAYOUT:g})"]
+    if summary.get("colour_form", "linear") == "log":
+        kind = "a fixed layout" if summary["colour_layout"] > FIXED_LAYOUT else "a texture"
+        notes = [f"colour branch: log colours against the frame's own, so a camera's gain and cast cancel; the "
+                 f"positions' normal colours lie {summary['colour_layout']:.1f} normal spreads apart ({kind}), chroma "
+                 "and brightness count"]
+    else:
+        layout = "a fixed layout: chroma and brightness" if summary["colour_brightness"] else "a texture: chroma only"
+        notes = [f"colour branch: the positions' normal colours lie {summary['colour_layout']:.1f} normal spreads "
+                 f"apart, {layout} count (fixed above {FIXED_LAYOUT:g})"]
     if "colour_kept" in summary:
         verdict = "kept" if summary["colour_kept"] else "left out"
         notes.append(f"colour branch {verdict}: a camera moves it {summary['colour_camera_shift']:.1f} normal spreads "

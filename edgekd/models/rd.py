@@ -14,7 +14,7 @@ from torch import nn
 from edgekd.errors import EdgekdError
 from edgekd.models.base import AnomalyModel
 from edgekd.models.blocks import ResidualBlock, conv_bn_relu, up_conv_bn_relu
-from edgekd.models.colour_deviation import ColourDeviation, fit_colour, fit_notes
+from edgekd.models.colour_deviation import FORMS, ColourDeviation, fit_colour, fit_notes
 from edgekd.models.patch_memory import BALANCES, PatchMemory, fit_patch_memory
 from edgekd.models.registry import register
 from edgekd.scoring import image_score
@@ -127,8 +127,8 @@ class ReverseDistillation(AnomalyModel):
     def __init__(self, teacher, input_size, scoring, width: int = 96, embed: int = 192,
                  decoder_widths: tuple[int, int, int] = (32, 64, 128), memory_size: int = 0,
                  memory_weight: float = 1.0, memory_balance: str = "spread", colour_weight: float = 0.0,
-                 colour_image_weight: float = 0.0, colour_gate: float = 0.0, bottleneck: str = "edgekd",
-                 **options):
+                 colour_image_weight: float = 0.0, colour_gate: float = 0.0, colour_form: str = "log",
+                 bottleneck: str = "edgekd", **options):
         super().__init__(teacher, input_size, scoring, **options)
         if bottleneck not in BOTTLENECKS:
             raise EdgekdError(f"model_options.bottleneck must be one of {', '.join(BOTTLENECKS)}, not {bottleneck!r}")
@@ -142,7 +142,9 @@ class ReverseDistillation(AnomalyModel):
         self.memory_balance = memory_balance
         colour_weight = _non_negative("colour_weight", colour_weight)
         colour_image_weight = _non_negative("colour_image_weight", colour_image_weight)
-        self.colour = ColourDeviation(self.input_size, colour_weight, colour_image_weight) \
+        if colour_form not in FORMS:
+            raise EdgekdError(f"model_options.colour_form must be one of {', '.join(FORMS)}, not {colour_form!r}")
+        self.colour = ColourDeviation(self.input_size, colour_weight, colour_image_weight, colour_form) \
             if colour_weight or colour_image_weight else None
         self.colour_gate = _non_negative("colour_gate", colour_gate, " (0: no camera check)")
 

@@ -48,8 +48,9 @@ class Study:
 
 STUDIES = (
     Study("real-texture accuracy", "How accurate is the default detector on real surfaces, beside anomalib?",
-          "real_texture_accuracy.py",
-          ("real_textures_layout.md", "real_textures_layout.json", "real_textures_tried.md"),
+          "real_texture_accuracy.py, colour_forms.py",
+          ("real_textures_layout.md", "real_textures_layout.json", "real_textures_tried.md", "colour_forms.md",
+           "colour_forms.json"),
           ("real_textures_rd_lite0.md", "real_textures_rd_lite0.json", "real_textures_rd_lite0_memory.md",
            "real_textures_rd_lite0_memory.json", "real_textures_colour.md", "real_textures_colour.json",
            "real_textures_colour_both.md", "real_textures_colour_both.json", "real_textures_colour_gate.md",

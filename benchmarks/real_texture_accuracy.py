@@ -135,8 +135,10 @@ def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str,
                       "colour_gate": float(options.get("colour_gate", 0.0))}
     gate = colour_options["colour_gate"]
     colour_options["colour_form"] = str(options.get("colour_form", "log"))
+    colour_options["colour_margin"] = float(options.get("colour_margin", 0.0))
     model.colour = ColourDeviation(model.input_size, colour_options["colour_weight"],
-                                   colour_options["colour_image_weight"], colour_options["colour_form"])
+                                   colour_options["colour_image_weight"], colour_options["colour_form"],
+                                   colour_options["colour_margin"])
     dataset = load_dataset(data, category, seed=settings["seed"])
     fit_idx, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
     fit_images = load_images([dataset.train[i] for i in fit_idx], model.input_size)

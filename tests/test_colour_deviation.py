@@ -376,3 +376,18 @@ def test_the_default_config_fits_the_log_form_and_notes_say_so():
     assert notes[0].startswith("colour branch: log colours against the frame's own, so a camera's gain and cast "
                                "cancel") and "(a texture), chroma and brightness count" in notes[0]
     assert "kept: a camera moves it 0.7" in notes[1]
+
+
+def test_margin_puts_a_normal_images_colour_term_below_the_scores_mean():
+    """colour_margin: the image term of a held-out image of average colour sits `margin` score spreads below the
+    score's normal mean, so colour wins the maximum only where it is out of its normal range."""
+    terms = {}
+    for margin in (0.0, 2.0):
+        torch.manual_seed(0)
+        colour = ColourDeviation((128, 128), 0.0, 0.5, margin=margin)
+        fit_colour(_Detector(colour), lambda: iter([_images(24)]), lambda: iter([_images(8, 1)]))
+        terms[margin] = float(colour.offset)
+    torch.manual_seed(0)
+    detector = _Detector(ColourDeviation((128, 128), 0.0, 0.5))
+    spread = float(torch.cat([detector.feature_map(_images(8, 1)).flatten(1).amax(1)]).std())
+    assert terms[0.0] - terms[2.0] == pytest.approx(2.0 * 0.5 * spread, rel=1e-2)  # float32 offsets

@@ -63,8 +63,10 @@ LOG_FLOOR = 0.02  # added before the log: a black patch's noise must not become 
 
 
 class ColourDeviation(nn.Module):
-    def __init__(self, input_size: tuple[int, int], weight: float, image_weight: float = 0.0, form: str = "log"):
+    def __init__(self, input_size: tuple[int, int], weight: float, image_weight: float = 0.0, form: str = "log",
+                 margin: float = 0.0):
         super().__init__()
+        self.margin = float(margin)  # used when fitting: see fit_colour
         self.kernel = max(2, round(min(input_size) / PATCHES_ACROSS))
         self.stride = max(1, self.kernel // 2)
         grid = tuple((n - self.kernel) // self.stride + 1 for n in input_size)
@@ -191,10 +193,15 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
     scored_maxima = torch.cat([(amap + colour.fused_term(colour_map, amap.shape[-2:])).flatten(1).amax(1).cpu()
                                for colour_map, amap in held_out])
     colour.image_scale.fill_(float(_spread_ratio(colour_maxima, scored_maxima)))
-    colour.offset.fill_(float(scored_maxima.mean() - colour_maxima.mean() * colour.image_weight / colour.image_scale))
+    # The image term of a held-out image of average colour sits `margin` of the score's spreads below the score's
+    # mean: colour then wins the maximum where it is out of its normal range, not by the luck of normal images.
+    spread = float(scored_maxima.std()) if len(scored_maxima) > 1 else 0.0
+    colour.offset.fill_(float(scored_maxima.mean() - colour_maxima.mean() * colour.image_weight / colour.image_scale)
+                        - colour.margin * colour.image_weight * spread)
     summary = {"colour_weight": colour.weight, "colour_image_weight": colour.image_weight,
                "colour_scale": float(colour.scale), "colour_image_scale": float(colour.image_scale),
-               "colour_offset": float(colour.offset), "colour_grid": list(centre.shape[-2:]),
+               "colour_offset": float(colour.offset), "colour_margin": colour.margin,
+               "colour_grid": list(centre.shape[-2:]),
                "colour_layout": layout, "colour_brightness": colour.counts_brightness, "colour_form": colour.form_name}
     if gate is None:
         return summary

@@ -128,7 +128,7 @@ class ReverseDistillation(AnomalyModel):
                  decoder_widths: tuple[int, int, int] = (32, 64, 128), memory_size: int = 0,
                  memory_weight: float = 1.0, memory_balance: str = "spread", colour_weight: float = 0.0,
                  colour_image_weight: float = 0.0, colour_gate: float = 0.0, colour_form: str = "log",
-                 bottleneck: str = "edgekd", **options):
+                 colour_margin: float = 0.0, bottleneck: str = "edgekd", **options):
         super().__init__(teacher, input_size, scoring, **options)
         if bottleneck not in BOTTLENECKS:
             raise EdgekdError(f"model_options.bottleneck must be one of {', '.join(BOTTLENECKS)}, not {bottleneck!r}")
@@ -144,7 +144,8 @@ class ReverseDistillation(AnomalyModel):
         colour_image_weight = _non_negative("colour_image_weight", colour_image_weight)
         if colour_form not in FORMS:
             raise EdgekdError(f"model_options.colour_form must be one of {', '.join(FORMS)}, not {colour_form!r}")
-        self.colour = ColourDeviation(self.input_size, colour_weight, colour_image_weight, colour_form) \
+        colour_margin = _non_negative("colour_margin", colour_margin)
+        self.colour = ColourDeviation(self.input_size, colour_weight, colour_image_weight, colour_form, colour_margin) \
             if colour_weight or colour_image_weight else None
         self.colour_gate = _non_negative("colour_gate", colour_gate, " (0: no camera check)")
 

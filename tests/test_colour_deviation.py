@@ -120,7 +120,8 @@ def test_trained_branch_joins_the_score_in_torch_and_onnx(synth_root, tmp_path):
     from edgekd.train import train
     configs = Path(__file__).resolve().parents[1] / "configs"
     config = load_config(configs / "rd_lite0.yaml", ["input_size=128", "train.batch_size=8", "train.epochs=1",
-                                                     "model_options.colour_gate=0"])  # kept whatever the camera does
+                                                     "model_options.colour_gate=0",  # kept whatever the camera does
+                                                     "model_options.colour_weight=0.25"])  # both ways of joining
     checkpoint = train(config, synth_root, "wood", tmp_path / "run").checkpoint
     onnx_model = export_checkpoint(checkpoint, "fp32", out_dir=tmp_path / "export").artifact
     torch_runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
@@ -209,7 +210,7 @@ def test_a_gated_off_branch_leaves_the_score_to_the_features():
     configs = Path(__file__).resolve().parents[1] / "configs"
     config = load_config(configs / "rd_lite0.yaml", ["input_size=128", "model_options.memory_size=0"])
     model = build_model(config, pretrained_teacher=False).eval()
-    assert model.colour is not None and model.colour_gate == 2.0  # the default config has both
+    assert model.colour is not None and model.colour_gate == 3.0  # the default config has both
     images = _images(2)
     with torch.no_grad():
         features_only = model.feature_map(images)
@@ -224,7 +225,8 @@ def test_branches_fitted_before_the_image_term_score_as_they_did():
     from edgekd.checkpoint import build_model
     from edgekd.config import load_config
     configs = Path(__file__).resolve().parents[1] / "configs"
-    config = load_config(configs / "rd_lite0.yaml", ["input_size=128", "model_options.memory_size=0"])
+    config = load_config(configs / "rd_lite0.yaml", ["input_size=128", "model_options.memory_size=0",
+                                                      "model_options.colour_weight=0.25"])  # that time's default
     del config["model_options"]["colour_image_weight"]
     model = build_model(config, pretrained_teacher=False).eval()
     assert model.colour.weight == 0.25 and model.colour.image_weight == 0.0

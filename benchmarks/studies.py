@@ -50,7 +50,9 @@ STUDIES = (
     Study("real-texture accuracy", "How accurate is the default detector on real surfaces, beside anomalib?",
           "real_texture_accuracy.py, colour_forms.py",
           ("real_textures_layout.md", "real_textures_layout.json", "real_textures_tried.md", "colour_forms.md",
-           "colour_forms.json"),
+           "colour_forms.json", *(f"real32_{run}.{ext}" for run in ("final_a", "final_b", "linear_a", "linear_b",
+                                                                    "plain", "default", "others")
+                                  for ext in ("md", "json"))),
           ("real_textures_rd_lite0.md", "real_textures_rd_lite0.json", "real_textures_rd_lite0_memory.md",
            "real_textures_rd_lite0_memory.json", "real_textures_colour.md", "real_textures_colour.json",
            "real_textures_colour_both.md", "real_textures_colour_both.json", "real_textures_colour_gate.md",

@@ -91,6 +91,12 @@ class Sidecar:
         return (self.source_checkpoint or {}).get("sha256")
 
     @property
+    def max_batch(self) -> int | None:
+        """An engine's largest batch (its optimisation profile); None for a graph with a dynamic batch."""
+        batch = (self.profile or {}).get("batch", {})
+        return int(batch["max"]) if "max" in batch else None
+
+    @property
     def is_single_graph(self) -> bool:
         return self.layout == "single" and self.role == "detector"
 

@@ -77,3 +77,8 @@ def test_no_module_reads_a_sidecars_raw_keys():
                  if path.name not in ("sidecar.py", "machine.py")
                  for n, line in enumerate(path.read_text().splitlines(), 1) if RAW_READ.search(line)]
     assert offenders == []
+
+
+def test_an_engines_largest_batch_comes_from_its_profile():
+    assert Sidecar(model="rd", input_size=(8, 8), profile={"batch": {"min": 1, "opt": 4, "max": 8}}).max_batch == 8
+    assert Sidecar(model="rd", input_size=(8, 8)).max_batch is None  # a graph: the batch is dynamic

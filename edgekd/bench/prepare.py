@@ -77,8 +77,7 @@ def _engine_row(model: Model, precision: str, max_batch, cache, data, category, 
     engine = folder / f"{source.stem}.engine"
     if engine.is_file():
         info = read_sidecar(engine)
-        if (info.onnx or {}).get("sha256") == sha256_of(source) and \
-                int((info.profile or {}).get("batch", {}).get("max", 0)) >= max_batch:
+        if (info.onnx or {}).get("sha256") == sha256_of(source) and (info.max_batch or 0) >= max_batch:
             return engine
     try:
         return build_engine(source, folder, f"1,{max_batch},{max_batch}").engine
@@ -92,9 +91,8 @@ PRODUCERS = {"checkpoint": _checkpoint_row, "onnx": _onnx_row, "engine": _engine
 
 def check_engine_batches(engine: Path, batches: list[int]) -> None:
     """An engine given as it is runs only the batch sizes of its optimisation profile."""
-    profile = (read_sidecar(engine).profile or {}).get("batch", {})
-    largest = profile.get("max")
-    too_big = [b for b in batches if largest is not None and b > int(largest)]
+    largest = read_sidecar(engine).max_batch
+    too_big = [b for b in batches if largest is not None and b > largest]
     if too_big:
         raise EdgekdError(f"--batch {max(too_big)} is above the largest batch of {engine}'s profile ({largest}): "
                           f"rebuild it with 'edgekd build-engine ... --batch 1,{max(too_big)},{max(too_big)}' or "

@@ -56,8 +56,7 @@ def _engine_io(path: Path, info: Sidecar) -> tuple[tuple[TensorSpec, ...], tuple
                           "'edgekd build-engine MODEL.onnx'")
     def spec(entry):
         return TensorSpec(entry["name"], entry["dtype"], tuple(int(d) for d in entry["shape"][1:]))
-    return (tuple(spec(e) for e in network["inputs"]), tuple(spec(e) for e in network["outputs"]),
-            int(profile["batch"]["max"]))
+    return (tuple(spec(e) for e in network["inputs"]), tuple(spec(e) for e in network["outputs"]), info.max_batch)
 
 
 def _onnx_io(path: Path, info: Sidecar) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

@@ -34,9 +34,10 @@ in the log domain before the opponent colours and subtracts the frame's own mean
 multiply the three channels, so in logs they add a constant to every patch, which the frame's mean removes exactly;
 the linear form ("linear", checkpoints fitted before) removed an offset but not a gain: on a grey texture a cast
 turns each patch's brightness into chroma (grey stays grey only if all channels scale alike), which is why a camera
-moved it 4-12 spreads there and the gate switched it off on grass, gravel and brick. In the log form the camera
-moves it 0-1.5 spreads on all ten surfaces, brightness counts everywhere (a 5-20% darkening is a log shift the frame
-does not share), and the branch stays on: a stain or a cast on a grey surface is its clearest case.
+moved it 4-18 spreads there and the gate switched it off on grass, gravel and brick. In the log form the camera
+moves it 0.1-1.4 spreads on the seven surfaces measured (benchmarks/colour_forms.py), brightness counts
+everywhere (a 5-20% darkening is a log shift the frame does not share), and the branch stays on: a stain or a cast on
+a grey surface is its clearest case.
 
 Measured on the real-texture benchmark: benchmarks/results/real-texture-accuracy/real_textures_tried.md, items 13-17.
 """

@@ -220,7 +220,7 @@ class TensorRTRuntime(Runtime):
         self.cuda = _cuda(prefer_graphs=cuda_graph)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.max_batch = int(info.profile["batch"]["max"])
+        self.max_batch = info.max_batch
         graphs = info.graphs
         engine = lambda p: _Engine(trt, self.runtime, self.cuda, p, self.max_batch, cuda_graph)
         self.teacher = engine(path.parent / graphs["teacher"]) if graphs else None

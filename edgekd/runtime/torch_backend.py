@@ -34,7 +34,6 @@ class TorchRuntime(Runtime):
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and os.environ.get("EDGEKD_CUDA_GRAPHS", "1") != "0"
         self.graphs = CudaGraphs(self.model) if cuda_graphs else None
-        self.cuda_graphs = bool(cuda_graphs)
         super().__init__(info or Sidecar(model=None, input_size=tuple(model.input_size), kind="checkpoint"))
 
     @classmethod

@@ -2,8 +2,8 @@
 it, where its thresholds live, what reading it without loading needs, and what serving and Triton need to know.
 A new backend is one runtime module plus one row here; nothing else asks "which kind is this?" with its own rule.
 
-The table is the bottom layer: it imports nothing of edgekd's but errors, and opens a runtime by the module name in
-its row, so the runtimes (above it) register themselves by name only.
+The table is the bottom layer: it imports nothing of edgekd's but errors and named.resolve, and opens a runtime by
+the module name in its row, so the runtimes (above it) register themselves by name only.
 
 The split export (a teacher and a student graph) is an ONNX or engine whose sidecar has `layout: split`; the
 runtimes that can run it say so, the others refuse it with `check_single_graph`. A Triton URL (grpc://, http://) is
@@ -11,11 +11,11 @@ the server's model, opened by `edgekd run --server` (edgekd/runtime/triton_clien
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.errors import EdgekdError
+from edgekd.named import resolve
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,7 @@ class ArtifactKind:
         return self.thresholds_in != "checkpoint"
 
     def open(self, path: Path, device: str = "auto", cuda_graph: bool = False):
-        module, _, function = self.opener.partition(":")
-        return getattr(importlib.import_module(module), function)(path, device, cuda_graph)
+        return resolve(self.opener)(path, device, cuda_graph)
 
 
 CHECKPOINT = ArtifactKind("checkpoint", "torch", (".ckpt", ".pt"), "a PyTorch checkpoint", "edgekd train",

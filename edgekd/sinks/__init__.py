@@ -6,12 +6,12 @@ annotate from here) is named by "module:function", imported when asked for, as a
 
 from __future__ import annotations
 
-import importlib
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edgekd.named import resolve
 from edgekd.outputs import check_output_file, check_output_folder
 from edgekd.sinks.base import Region, Result, Sink, annotate
 from edgekd.sinks.files import VIDEO_OUT_SUFFIXES, JsonlSink, MaskSink, VideoSink
@@ -41,10 +41,7 @@ class SinkKind:
 
 
 def _call(ref: Ref, *args):
-    if isinstance(ref, str):
-        module, _, function = ref.partition(":")
-        ref = getattr(importlib.import_module(module), function)
-    return ref(*args)
+    return (resolve(ref) if isinstance(ref, str) else ref)(*args)
 
 
 SINKS: tuple[SinkKind, ...] = (

@@ -125,20 +125,14 @@ def add_colour_branch(checkpoint: Path, config: dict, data: Path, category: str,
     thresholds re-calibrated on the held-out images; written to `out`."""
     from edgekd.calibration import ThresholdRule, score_statistics, thresholds_from_normal
     from edgekd.checkpoint import read_checkpoint, save_checkpoint
-    from edgekd.models.colour_deviation import ColourDeviation, fit_colour
+    from edgekd.models.colour_deviation import fit_colour
+    from edgekd.models.rd import colour_branch
     payload = read_checkpoint(checkpoint)
     runtime = TorchRuntime.from_checkpoint(checkpoint, device="cpu")
     model, settings = runtime.model, config["train"]
-    options = config["model_options"]
-    colour_options = {"colour_weight": float(options.get("colour_weight", 0.0)),
-                      "colour_image_weight": float(options.get("colour_image_weight", 0.0)),
-                      "colour_gate": float(options.get("colour_gate", 0.0))}
-    gate = colour_options["colour_gate"]
-    colour_options["colour_form"] = str(options.get("colour_form", "log"))
-    colour_options["colour_margin"] = float(options.get("colour_margin", 0.0))
-    model.colour = ColourDeviation(model.input_size, colour_options["colour_weight"],
-                                   colour_options["colour_image_weight"], colour_options["colour_form"],
-                                   colour_options["colour_margin"])
+    colour_options = {key: value for key, value in config["model_options"].items() if key.startswith("colour_")}
+    model.colour = colour_branch(model.input_size, **colour_options)
+    gate = float(colour_options.get("colour_gate", 0.0))
     dataset = load_dataset(data, category, seed=settings["seed"])
     fit_idx, val_idx = split_normals(len(dataset.train), settings["val_fraction"], settings["seed"])
     fit_images = load_images([dataset.train[i] for i in fit_idx], model.input_size)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.models.colour_deviation import ColourDeviation, camera_shift, fit_colour
+from edgekd.models.colour_deviation import ColourDeviation, camera_shift, fit_colour, fit_notes
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -121,6 +121,7 @@ def test_trained_branch_joins_the_score_in_torch_and_onnx(synth_root, tmp_path):
     configs = Path(__file__).resolve().parents[1] / "configs"
     config = load_config(configs / "rd_lite0.yaml", ["input_size=128", "train.batch_size=8", "train.epochs=1",
                                                      "model_options.colour_gate=0",  # kept whatever the camera does
+                                                     "model_options.colour_form=log",
                                                      "model_options.colour_weight=0.25"])  # both ways of joining
     checkpoint = train(config, synth_root, "wood", tmp_path / "run").checkpoint
     onnx_model = export_checkpoint(checkpoint, "fp32", out_dir=tmp_path / "export").artifact
@@ -230,7 +231,7 @@ def test_branches_fitted_before_the_image_term_score_as_they_did():
     del config["model_options"]["colour_image_weight"]
     model = build_model(config, pretrained_teacher=False).eval()
     assert model.colour.weight == 0.25 and model.colour.image_weight == 0.0
-    state = {k: v for k, v in model.colour.state_dict().items() if k not in ("image_scale", "offset")}
+    state = {k: v for k, v in model.colour.state_dict().items() if k not in ("image_scale", "offset", "pixel_weight")}
     model.colour.load_state_dict(state)
     model.colour.offset.fill_(1e6)  # would win every maximum if the image term were used
     images = _images(2)
@@ -303,7 +304,6 @@ def test_branches_fitted_before_brightness_score_as_they_did():
 
 
 def test_fit_notes_say_what_counts_and_why():
-    from edgekd.models.colour_deviation import fit_notes
     notes = fit_notes({"colour_brightness": True, "colour_layout": 6.04, "colour_kept": False,
                        "colour_camera_shift": 2.5, "colour_gate": 2.0})
     assert notes[0].startswith("colour branch: the positions' normal colours lie 6.0 normal spreads apart, a fixed "
@@ -365,14 +365,13 @@ def test_on_a_grey_texture_a_camera_moves_only_the_linear_form(form, kept):
         assert bool((colour(stained).flatten(1).amax(1) > colour(held_out).flatten(1).amax(1).max()).all())
 
 
-def test_the_default_config_fits_the_log_form_and_notes_say_so():
+def test_the_default_config_chooses_the_form_and_notes_say_so():
     from edgekd.checkpoint import build_model
     from edgekd.config import load_config
-    from edgekd.models.colour_deviation import fit_notes
     configs = Path(__file__).resolve().parents[1] / "configs"
     model = build_model(load_config(configs / "rd_lite0.yaml", ["input_size=128", "model_options.memory_size=0"]),
                         pretrained_teacher=False)
-    assert model.colour.form_name == "log"
+    assert model.colour.choose_form and model.colour.weight == 0.25
     notes = fit_notes({"colour_form": "log", "colour_brightness": True, "colour_layout": 0.1, "colour_kept": True,
                        "colour_camera_shift": 0.7, "colour_gate": 2.0})
     assert notes[0].startswith("colour branch: log colours against the frame's own, so a camera's gain and cast "
@@ -380,16 +379,56 @@ def test_the_default_config_fits_the_log_form_and_notes_say_so():
     assert "kept: a camera moves it 0.7" in notes[1]
 
 
-def test_margin_puts_a_normal_images_colour_term_below_the_scores_mean():
-    """colour_margin: the image term of a held-out image of average colour sits `margin` score spreads below the
-    score's normal mean, so colour wins the maximum only where it is out of its normal range."""
+@pytest.mark.parametrize("surface", ["texture", "object"])
+def test_margin_puts_a_normal_images_colour_term_below_the_scores_mean_on_a_texture(surface):
+    """colour_margin: on a texture in the log form (brightness counts, and its normal tail is long) the image term of
+    a held-out image of average colour sits `margin` score spreads below the score's normal mean, so colour wins the
+    maximum only where it is out of its normal range; on a fixed layout it is not applied."""
+    images = {"texture": lambda n, seed: _patchy(n, seed, 0.1), "object": _images}[surface]
     terms = {}
     for margin in (0.0, 2.0):
         torch.manual_seed(0)
         colour = ColourDeviation((128, 128), 0.0, 0.5, margin=margin)
-        fit_colour(_Detector(colour), lambda: iter([_images(24)]), lambda: iter([_images(8, 1)]))
+        summary = fit_colour(_Detector(colour), lambda: iter([images(24, 0)]), lambda: iter([images(8, 1)]))
         terms[margin] = float(colour.offset)
+    assert summary["colour_margin"] == (2.0 if surface == "texture" else 0.0)
     torch.manual_seed(0)
     detector = _Detector(ColourDeviation((128, 128), 0.0, 0.5))
-    spread = float(torch.cat([detector.feature_map(_images(8, 1)).flatten(1).amax(1)]).std())
-    assert terms[0.0] - terms[2.0] == pytest.approx(2.0 * 0.5 * spread, rel=1e-2)  # float32 offsets
+    spread = float(torch.cat([detector.feature_map(images(8, 1)).flatten(1).amax(1)]).std())
+    assert terms[0.0] - terms[2.0] == pytest.approx(summary["colour_margin"] * 0.5 * spread, rel=1e-2, abs=1e-5)
+
+
+def _cork(split: str, n: int) -> torch.Tensor:
+    """Crops of the real-texture benchmark's cork (a coloured, fine texture) at 256 px."""
+    from edgekd.data.real_textures import render_sample
+    images = np.stack([render_sample("cork", split, i, 0, 256)[0] for i in range(n)])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+@pytest.mark.parametrize("surface, form, reason", [("gravel", "log", "camera moves linear"),
+                                                   ("cork", "linear", "steady texture"),
+                                                   ("object", "log", "fixed layout")])
+def test_auto_form_is_chosen_per_surface_and_the_notes_say_why(surface, form, reason):
+    """colour_form auto: linear chroma with its pixel term on a texture a camera leaves steady (coloured cork), the log
+    form without a pixel term on a grey texture where a camera moves linear chroma, and on a fixed layout."""
+    colour = ColourDeviation((256, 256) if surface != "object" else (128, 128), 0.25, 1.0, form="auto")
+    normal, held_out = {"gravel": (lambda: _gravel("train", 40), lambda: _gravel("test", 16)),
+                        "cork": (lambda: _cork("train", 40), lambda: _cork("test", 16)),
+                        "object": (lambda: _images(40), lambda: _images(16, 1))}[surface]
+    normal, held_out = normal(), held_out()
+    summary = fit_colour(_Detector(colour), lambda: iter([normal]), lambda: iter([held_out]), gate=3.0)
+    assert (summary["colour_form"], summary["colour_choice"], colour.form_name) == (form, reason, form)
+    assert colour.weight == (0.25 if form == "linear" else 0.0) and summary["colour_weight"] == colour.weight
+    note = fit_notes(summary)[0]
+    assert note.startswith("colour branch form chosen per surface (colour_form auto): ")
+    assert {"camera moves linear": "a camera moves the linear form", "steady texture": "the linear form with its pixel",
+            "fixed layout": "a fixed layout"}[reason] in note
+
+
+def test_a_checkpoint_written_before_the_pixel_weight_buffer_keeps_its_configs_weight():
+    written = ColourDeviation((128, 128), 0.25, 1.0, form="linear")
+    written.pixel_weight.fill_(0.5)  # what no file before the buffer could say: the loader must not invent it
+    state = {k: v for k, v in written.state_dict().items() if k != "pixel_weight"}
+    loaded = ColourDeviation((128, 128), 0.25, 1.0, form="linear")
+    loaded.load_state_dict(state)
+    assert loaded.weight == 0.25

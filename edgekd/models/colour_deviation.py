@@ -39,6 +39,14 @@ moves it 0.1-1.4 spreads on the seven surfaces measured (benchmarks/colour_forms
 everywhere (a 5-20% darkening is a log shift the frame does not share), and the branch stays on: a stain or a cast on
 a grey surface is its clearest case.
 
+Which form (`colour_form: auto`, the default since issue 32's second pass): the surface decides when fitting. On a
+texture that a camera leaves steady in linear colours (coloured cork and fibre_paper: 0.3-1.5 spreads) the linear form
+keeps its pixel term and sees faded and tinted patches that the logs compress; where a camera moves linear chroma (grey
+grass, gravel, brick) and on a fixed layout the log form is used, joining the image score only. `margin` keeps the
+image term of a normal-looking image 2 score spreads below the score's mean, so colour decides an image only when it
+is further out than normal images go (without it the branch's normal tail cost gravel's cracks and scratches 1.6
+points of image AUROC).
+
 Measured on the real-texture benchmark: benchmarks/results/real-texture-accuracy/real_textures_tried.md, items 13-17.
 """
 
@@ -60,6 +68,7 @@ CAMERA_VIEWS = 3  # camera-augmented copies of each held-out image for the gate
 FIXED_LAYOUT = 1.0  # positions' normal centres this many normal spreads apart: a fixed layout, brightness counts
 CHROMA_ONLY = (1.0, 1.0, 0.0)  # weights of (red-green, yellow-blue, brightness): what counts on a texture
 FORMS = ("linear", "log")  # the measure's form: linear RGB (fitted before issue 32) or frame-relative logs
+CHOICES = (*FORMS, "auto")  # what a config may ask for: "auto" lets fitting choose per surface (fit_colour)
 LOG_FLOOR = 0.02  # added before the log: a black patch's noise must not become a large log difference
 
 
@@ -68,10 +77,11 @@ class ColourDeviation(nn.Module):
                  margin: float = 0.0):
         super().__init__()
         self.margin = float(margin)  # used when fitting: see fit_colour
+        self.choose_form = form == "auto"  # fitting tries the linear form first (fit_colour)
+        form = "linear" if self.choose_form else form
         self.kernel = max(2, round(min(input_size) / PATCHES_ACROSS))
         self.stride = max(1, self.kernel // 2)
         grid = tuple((n - self.kernel) // self.stride + 1 for n in input_size)
-        self.weight = float(weight)
         self.image_weight = float(image_weight)
         self.register_buffer("centre", torch.zeros(1, 3, *grid))
         self.register_buffer("spread", torch.ones(1, 3, *grid))
@@ -85,6 +95,13 @@ class ColourDeviation(nn.Module):
         self.register_buffer("offset", torch.zeros(1))
         self.register_buffer("kept", torch.ones(1))  # 0 when the gate found the branch unsteady under a camera
         self.register_buffer("form", torch.full((1,), float(FORMS.index(form))))  # an index into FORMS
+        # The pixel term's weight (fused_term): the config's, unless fitting chose the log form (it never adds to the
+        # map there: on a texture its brightness lit normal pixels beside gravel's cracks, item 17).
+        self.register_buffer("pixel_weight", torch.full((1,), float(weight)))
+
+    @property
+    def weight(self) -> float:
+        return float(self.pixel_weight.item())
 
     @property
     def is_kept(self) -> bool:
@@ -98,7 +115,12 @@ class ColourDeviation(nn.Module):
     def counts_brightness(self) -> bool:
         return bool(self.channels[0, 2].item() > 0)
 
+    def set_form(self, form: str) -> None:
+        self.form.fill_(float(FORMS.index(form)))
+        self.channels.copy_(torch.tensor((1.0, 1.0, 1.0) if form == "log" else CHROMA_ONLY).view(1, 3, 1, 1))
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "pixel_weight", self.pixel_weight.clone())  # before issue 32: the config's
         state_dict.setdefault(prefix + "kept", torch.ones(1))  # fitted before the gate existed: always kept
         state_dict.setdefault(prefix + "form", torch.zeros(1))  # fitted before the log form: linear, as calibrated
         for name, value in (("image_scale", 1.0), ("offset", 0.0)):  # before image_term: built with image_weight 0
@@ -172,6 +194,30 @@ def _camera_views(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
 
 @torch.no_grad()
 def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) -> dict:
+    """Fit the branch (_fit_form). With form "auto" the surface chooses: the linear form where the images are a
+    texture and a camera leaves the linear form steady (`gate`), else the log form without the pixel term.
+
+    Why not one form everywhere (real_textures_tried.md, item 17): on a grey texture a camera moves the linear form
+    4-18 spreads and only the log form can stay on (gravel 88 -> 91-93, grass 81 -> 88); on a coloured texture that a
+    camera leaves steady, the linear form with its pixel term sees faded and tinted patches the logs compress (cork
+    94.4 against 92.2, fibre_paper 97.7 against 97.0); on a fixed layout the log form's brightness against the frame
+    held better (package 95.7 against 94.7, PCB 96.5 against 96.7)."""
+    colour = model.colour
+    if not colour.choose_form:
+        return _fit_form(model, fit_batches, held_out_batches, gate)
+    colour.set_form("linear")
+    linear = _fit_form(model, fit_batches, held_out_batches, gate)
+    if linear["colour_layout"] <= FIXED_LAYOUT and linear.get("colour_kept", False):
+        return {**linear, "colour_choice": "steady texture"}
+    colour.set_form("log")
+    colour.pixel_weight.zero_()
+    summary = _fit_form(model, fit_batches, held_out_batches, gate)
+    reason = "fixed layout" if linear["colour_layout"] > FIXED_LAYOUT else \
+        "camera moves linear" if "colour_kept" in linear else "no camera check"
+    return {**summary, "colour_choice": reason, "colour_linear_camera_shift": linear.get("colour_camera_shift")}
+
+
+def _fit_form(model, fit_batches, held_out_batches, gate: float | None) -> dict:
     """Centre and spread per position from the training images (median and 1.4826 MAD), and from them whether the
     layout is fixed (then brightness counts, FIXED_LAYOUT). On the held-out images:
     the scale that puts the branch's map beside `model.feature_map(images)` (the detector's map without colour) the
@@ -195,13 +241,17 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
                                for colour_map, amap in held_out])
     colour.image_scale.fill_(float(_spread_ratio(colour_maxima, scored_maxima)))
     # The image term of a held-out image of average colour sits `margin` of the score's spreads below the score's
-    # mean: colour then wins the maximum where it is out of its normal range, not by the luck of normal images.
+    # mean: colour then wins the maximum where it is out of its normal range, not by the luck of normal images. Only
+    # where brightness counts on a texture (the log form): its patch-to-patch brightness is random there and gives the
+    # branch a long normal tail; chroma on a texture and every channel on a fixed layout are tight (the margin cost
+    # the PCB 3.0 points and cork 0.7, and gained gravel 2.7 and brick 1.4: real_textures_tried.md, item 18).
+    margin = colour.margin if colour.form_name == "log" and layout <= FIXED_LAYOUT else 0.0
     spread = float(scored_maxima.std()) if len(scored_maxima) > 1 else 0.0
     colour.offset.fill_(float(scored_maxima.mean() - colour_maxima.mean() * colour.image_weight / colour.image_scale)
-                        - colour.margin * colour.image_weight * spread)
+                        - margin * colour.image_weight * spread)
     summary = {"colour_weight": colour.weight, "colour_image_weight": colour.image_weight,
                "colour_scale": float(colour.scale), "colour_image_scale": float(colour.image_scale),
-               "colour_offset": float(colour.offset), "colour_margin": colour.margin,
+               "colour_offset": float(colour.offset), "colour_margin": margin,
                "colour_grid": list(centre.shape[-2:]),
                "colour_layout": layout, "colour_brightness": colour.counts_brightness, "colour_form": colour.form_name}
     if gate is None:
@@ -214,8 +264,29 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
     return {**summary, "colour_camera_shift": shift, "colour_gate": gate, "colour_kept": colour.is_kept}
 
 
+def _choice_note(summary: dict) -> list[str]:
+    """Why colour_form "auto" chose the form it did."""
+    reason = summary.get("colour_choice")
+    if reason is None:
+        return []
+    why = {"steady texture": f"a texture that a camera moves only {summary.get('colour_camera_shift', 0.0):.1f} normal "
+                             "spreads in linear colours: the linear form with its pixel term (it sees faded and tinted "
+                             "patches on coloured surfaces that logs compress)",
+           "fixed layout": f"a fixed layout (positions {summary['colour_layout']:.1f} normal spreads apart): the log "
+                           "form, brightness against the frame's own",
+           "camera moves linear": f"a camera moves the linear form {summary.get('colour_linear_camera_shift') or 0.0:.1f}"
+                                  f" normal spreads here (gate {summary.get('colour_gate', 0.0):g}): the log form, "
+                                  "which a camera's gain and cast do not move",
+           "no camera check": "no camera check (colour_gate 0): the log form, which a camera's gain and cast do not move"}
+    return [f"colour branch form chosen per surface (colour_form auto): {why[reason]}"]
+
+
 def fit_notes(summary: dict) -> list[str]:
     """What fit_colour decided, in words for the person training."""
+    return _choice_note(summary) + _form_notes(summary)
+
+
+def _form_notes(summary: dict) -> list[str]:
     if summary.get("colour_form", "linear") == "log":
         kind = "a fixed layout" if summary["colour_layout"] > FIXED_LAYOUT else "a texture"
         notes = [f"colour branch: log colours against the frame's own, so a camera's gain and cast cancel; the "

@@ -14,7 +14,7 @@ from torch import nn
 from edgekd.errors import EdgekdError
 from edgekd.models.base import AnomalyModel
 from edgekd.models.blocks import ResidualBlock, conv_bn_relu, up_conv_bn_relu
-from edgekd.models.colour_deviation import FORMS, ColourDeviation, fit_colour, fit_notes
+from edgekd.models.colour_deviation import CHOICES, ColourDeviation, fit_colour, fit_notes
 from edgekd.models.patch_memory import BALANCES, PatchMemory, fit_patch_memory
 from edgekd.models.registry import register
 from edgekd.scoring import image_score
@@ -115,6 +115,20 @@ def _non_negative(name: str, value, hint: str = "") -> float:
     return float(value)
 
 
+def colour_branch(input_size, colour_weight: float = 0.0, colour_image_weight: float = 0.0, colour_form: str = "auto",
+                  colour_margin: float = 0.0, **_) -> ColourDeviation | None:
+    """The colour branch the model options ask for (None when neither weight is set), its options checked; takes
+    the whole model_options mapping too: `colour_branch(size, **options)`."""
+    colour_weight = _non_negative("colour_weight", colour_weight)
+    colour_image_weight = _non_negative("colour_image_weight", colour_image_weight)
+    if colour_form not in CHOICES:
+        raise EdgekdError(f"model_options.colour_form must be one of {', '.join(CHOICES)}, not {colour_form!r}")
+    colour_margin = _non_negative("colour_margin", colour_margin)
+    if not (colour_weight or colour_image_weight):
+        return None
+    return ColourDeviation(input_size, colour_weight, colour_image_weight, colour_form, colour_margin)
+
+
 @register("rd")
 class ReverseDistillation(AnomalyModel):
     """memory_size > 0 adds a patch memory (edgekd/models/patch_memory.py) whose nearest-neighbour map is fused
@@ -127,7 +141,7 @@ class ReverseDistillation(AnomalyModel):
     def __init__(self, teacher, input_size, scoring, width: int = 96, embed: int = 192,
                  decoder_widths: tuple[int, int, int] = (32, 64, 128), memory_size: int = 0,
                  memory_weight: float = 1.0, memory_balance: str = "spread", colour_weight: float = 0.0,
-                 colour_image_weight: float = 0.0, colour_gate: float = 0.0, colour_form: str = "log",
+                 colour_image_weight: float = 0.0, colour_gate: float = 0.0, colour_form: str = "auto",
                  colour_margin: float = 0.0, bottleneck: str = "edgekd", **options):
         super().__init__(teacher, input_size, scoring, **options)
         if bottleneck not in BOTTLENECKS:
@@ -140,13 +154,7 @@ class ReverseDistillation(AnomalyModel):
             raise EdgekdError(f"model_options.memory_balance must be one of {', '.join(BALANCES)}, "
                               f"not {memory_balance!r}")
         self.memory_balance = memory_balance
-        colour_weight = _non_negative("colour_weight", colour_weight)
-        colour_image_weight = _non_negative("colour_image_weight", colour_image_weight)
-        if colour_form not in FORMS:
-            raise EdgekdError(f"model_options.colour_form must be one of {', '.join(FORMS)}, not {colour_form!r}")
-        colour_margin = _non_negative("colour_margin", colour_margin)
-        self.colour = ColourDeviation(self.input_size, colour_weight, colour_image_weight, colour_form, colour_margin) \
-            if colour_weight or colour_image_weight else None
+        self.colour = colour_branch(self.input_size, colour_weight, colour_image_weight, colour_form, colour_margin)
         self.colour_gate = _non_negative("colour_gate", colour_gate, " (0: no camera check)")
 
     def student_features(self, images, teacher_feats):

@@ -42,6 +42,7 @@ class _NormalScores(Sink):
     def __init__(self):
         self.scores: list[float] = []
         self.peaks: list[float] = []
+        self.levels: list[float] = []  # each frame's median map value: the map's normal level (masks are cut to it)
         self.indices: list[int] = []
         self.sizes: dict[tuple[int, int], int] = {}  # (width, height) -> first frame index of that size
         self._top: dict[str, list[tuple[float, int]]] = {"score": [], "peak": []}
@@ -51,6 +52,7 @@ class _NormalScores(Sink):
         score, peak = float(result.score), float(np.max(result.amap))
         self.scores.append(score)
         self.peaks.append(peak)
+        self.levels.append(float(np.median(result.amap)))
         self.indices.append(result.index)
         h, w = result.image.shape[:2]
         self.sizes.setdefault((w, h), result.index)
@@ -233,7 +235,7 @@ def calibrate(artifact: Path, source, frames: int, backend: str | None = None, d
                           f"frames (advised {ADVISED_NORMAL}+); record a longer clip or raise --frames")
     check_clip(sink, scores, peaks, source)
     rule = rule or ThresholdRule()
-    screen = screen_clip(scores, peaks, rule)
+    screen = screen_clip(scores, peaks, rule, levels=np.array(sink.levels))
     outliers = [{"frame": sink.indices[i], "score": float(scores[i]), "peak": float(peaks[i]),
                  "spreads_above_median": round(float(screen.excess[i]), 1)} for i in screen.outliers]
     review = save_outlier_pictures(sink, outliers, plot.with_name(f"{plot.stem}.outliers"))

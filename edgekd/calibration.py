@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from edgekd.errors import EdgekdError
@@ -52,7 +53,8 @@ class ClipScreen:
         return len(self.outliers) / max(1, len(self.core))
 
 
-def screen_clip(scores: np.ndarray, peaks: np.ndarray, rule: "ThresholdRule", fence: float | None = None) -> ClipScreen:
+def screen_clip(scores: np.ndarray, peaks: np.ndarray, rule: "ThresholdRule", fence: float | None = None,
+                levels: np.ndarray | None = None) -> ClipScreen:
     fence = OUTLIER_FENCE if fence is None else fence
     scores, peaks = np.asarray(scores, np.float64), np.asarray(peaks, np.float64)
     excess = np.zeros(len(scores))
@@ -61,7 +63,10 @@ def screen_clip(scores: np.ndarray, peaks: np.ndarray, rule: "ThresholdRule", fe
     core = excess <= fence
     if core.sum() < MIN_NORMAL:  # too few frames inside: no core to speak of, the rule takes them all
         core = np.ones(len(scores), bool)
-    thresholds = thresholds_from_normal(scores[core], peaks[core, None], rule)
+    thresholds = thresholds_from_normal(scores[core], peaks[core, None], rule,
+                                        levels[core] if levels is not None else None)
+    if levels is None:  # without the frames' levels there is no normal level to cut masks to
+        thresholds.pop("background")
     decide = Thresholds(thresholds["image"], thresholds["pixel"])
     outlying = decide.defective(scores) | decide.defect_pixels(peaks)
     order = np.argsort(-excess)
@@ -119,19 +124,44 @@ class ThresholdRule:
         return float(max(np.quantile(values, self.quantile) + self.margin * s, values.max() + s))
 
 
-def thresholds_from_normal(normal_scores: np.ndarray, normal_maps: np.ndarray, rule: ThresholdRule) -> dict:
+def thresholds_from_normal(normal_scores: np.ndarray, normal_maps: np.ndarray, rule: ThresholdRule,
+                           levels: np.ndarray | None = None) -> dict:
     """Image threshold from normal image scores; pixel threshold from each normal image's hottest pixel, so a
-    normal image gives an empty mask."""
+    normal image gives an empty mask; the map's normal level (`background`, what masks are cut against: region_cores)
+    is the median pixel of the normal maps, or of `levels` (each frame's median, where the maps are not kept)."""
     peak = np.asarray(normal_maps).reshape(len(normal_maps), -1).max(axis=1)
+    background = float(np.median(levels if levels is not None else normal_maps))
     return {**rule.as_config(), "n": int(len(normal_scores)), "image": rule.threshold(normal_scores),
-            "pixel": rule.threshold(peak)}
+            "pixel": rule.threshold(peak), "background": background}
+
+
+# A defect lights the map well beyond its edge: the patch memory's distances are of 3x3 neighbourhoods of stride-8
+# patches, then upsampled, so a 3-pixel scratch became a region 10-20 times its area (cork). Each region of the map
+# above the pixel threshold is cut to its core: the pixels above PEAK_FRACTION of the way from the map's normal level
+# to the region's own peak (a half-maximum width, as a blurred spot's size is measured). Weak regions, whose peak is
+# near the threshold, keep their pixels above the threshold; a region never vanishes (its peak stays).
+# 0.6 on the real-texture benchmark: benchmarks/results/mask-fidelity/.
+PEAK_FRACTION = 0.6
+
+
+def region_cores(amap: np.ndarray, mask: np.ndarray, background: float) -> np.ndarray:
+    """(H,W) map and its uint8 mask above the pixel threshold -> the mask with each region cut to its core."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    cores = np.zeros_like(mask)
+    for label in range(1, count):
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        box, inside = amap[y:y + h, x:x + w], labels[y:y + h, x:x + w] == label
+        peak = float(box[inside].max())
+        cut = min(background + PEAK_FRACTION * (peak - background), peak)
+        cores[y:y + h, x:x + w][inside & (box >= cut)] = 1
+    return cores
 
 
 def check_thresholds(thresholds: dict | None, artifact: str = "this model") -> dict:
     """Thresholds a verdict may use: each of image/pixel absent or a finite number. A NaN threshold compares False
     with every score, so it would call every defect normal; it is refused, never used."""
     thresholds = dict(thresholds or {})
-    for key in ("image", "pixel"):
+    for key in ("image", "pixel", "background"):
         value = thresholds.get(key)
         if value is None:
             continue
@@ -149,15 +179,34 @@ def above(values, threshold: float):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The pair every verdict uses: the image threshold decides the part, the pixel threshold its mask."""
+    """The pair every verdict uses: the image threshold decides the part, the pixel threshold its mask (cut to each
+    region's core when the map's normal level is known: artifacts calibrated before it was stored keep plain masks)."""
     image: float
     pixel: float
+    background: float | None = None
 
     def defective(self, score):
         return above(score, self.image)
 
     def defect_pixels(self, amap):
         return above(amap, self.pixel)
+
+    def mask(self, amap: np.ndarray) -> np.ndarray:
+        """THE defect mask of one (H,W) map, uint8: what `edgekd run` outlines and measures, `edgekd eval` scores
+        and `predict` writes."""
+        mask = self.defect_pixels(np.asarray(amap)).astype(np.uint8)
+        if self.background is None or not mask.any():
+            return mask
+        return region_cores(np.asarray(amap, np.float32), mask, self.background)
+
+    @classmethod
+    def for_masks(cls, artifact_thresholds: dict | None) -> "Thresholds | None":
+        """What masks need of an artifact's thresholds (its pixel threshold and normal level); None without a pixel
+        threshold."""
+        known = dict(artifact_thresholds or {})
+        if known.get("pixel") is None:
+            return None
+        return cls(float(known.get("image", math.inf)), float(known["pixel"]), _background(known))
 
     @classmethod
     def resolve(cls, artifact_thresholds: dict | None, override: float | None,
@@ -175,7 +224,12 @@ class Thresholds:
         if known.get("image") is None or known.get("pixel") is None:
             raise EdgekdError("this model has no thresholds: pass --threshold, or export it from a checkpoint "
                               "calibrated by 'edgekd train' / 'edgekd eval --save-threshold'")
-        return cls(float(known["image"]), float(known["pixel"]))
+        return cls(float(known["image"]), float(known["pixel"]), _background(artifact_thresholds or {}))
+
+
+def _background(thresholds: dict) -> float | None:
+    value = thresholds.get("background")
+    return float(value) if value is not None else None
 
 
 def check_threshold_override(value: float | None, option: str = "--threshold") -> float | None:

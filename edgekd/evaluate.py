@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.atomic import write_bytes_atomic
+from edgekd.calibration import Thresholds
 from edgekd.data.images import write_image_atomic
 from edgekd.data.layouts import Dataset, load_dataset
 from edgekd.data.loading import load_images_and_masks
+from edgekd.mask_fidelity import mask_fidelity
 from edgekd.runtime.base import Runtime
 from edgekd.metrics import compute_metrics, image_auroc
 from edgekd.viz import montage
@@ -29,6 +31,15 @@ def auroc_by_type(dataset: Dataset, labels: np.ndarray, scores: np.ndarray) -> d
     for kind in types:
         chosen = normal | np.array([s.defect == kind for s in dataset.test])
         result[kind] = image_auroc(labels[chosen], scores[chosen])
+    return result
+
+
+def dice_by_type(dataset: Dataset, per_image: list[dict]) -> dict[str, float]:
+    """Median Dice of each defect type's images: which defects the masks outline well."""
+    result = {}
+    for kind in sorted({s.defect for s in dataset.test if s.label == 1}):
+        values = [r["dice"] for s, r in zip(dataset.test, per_image) if s.defect == kind and "dice" in r]
+        result[kind] = float(np.median(values)) if values else math.nan
     return result
 
 
@@ -75,12 +86,20 @@ def evaluate(runtime: Runtime, data: str | Path, category: str | None, out: Path
            "image_auroc_by_type": auroc_by_type(dataset, labels, scores)}
     if missing := one_class_note(labels, dataset.category):
         row["note"] = missing
+    per_image = None
+    decide = Thresholds.for_masks(thresholds)
+    if decide is not None:  # the masks `edgekd run` draws, with the artifact's own thresholds
+        row["masks"], per_image = mask_fidelity(maps, masks, labels, decide)
+        row["masks"]["dice_median_by_type"] = dice_by_type(dataset, per_image)
+    else:  # no pixel threshold to draw masks with: the montage shows the hottest 1% of pixels
+        decide = Thresholds(math.inf, float(np.percentile(maps, 99)))
 
     picks = _montage_rows(dataset, labels, scores)
-    pixel_threshold = thresholds.get("pixel", float(np.percentile(maps, 99)))
     vmin, vmax = float(np.percentile(maps, 1)), float(maps.max())
-    titles = [f"{dataset.test[i].defect} {scores[i]:.3f}" for i in picks]
-    picture = montage(images[picks], maps[picks], maps[picks] > pixel_threshold, masks[picks], titles, vmin, vmax)
+    titles = [f"{dataset.test[i].defect} {scores[i]:.3f}"
+              + (f" Dice {per_image[i]['dice']:.2f}" if per_image and "dice" in per_image[i] else "") for i in picks]
+    predicted = np.stack([decide.mask(maps[i]) for i in picks]) if picks else maps[:0] > 0
+    picture = montage(images[picks], maps[picks], predicted, masks[picks], titles, vmin, vmax)
     montage_path = out / f"montage_{dataset.category}.png"
     write_image_atomic(montage_path, picture)
     row["montage"] = str(montage_path)
@@ -103,12 +122,32 @@ def markdown_table(rows: list[dict]) -> str:
     if len(rows) > 1:
         lines.append("| **mean** | " + " | ".join(_fmt(v) for v in mean_row(rows).values()) + " |")
     table = header + "\n".join(lines) + "\n"
+    masked = [r for r in rows if r.get("masks")]
+    if masked:
+        table += "\n" + mask_table(masked)
     loco = [r for r in rows if r.get("layout") == "mvtec_loco" and r.get("image_auroc_by_type")]
     if loco:  # MVTec LOCO's split: how the logical and the structural anomalies are found
         table += "\n| category | image AUROC logical | image AUROC structural |\n|---|---|---|\n"
         table += "\n".join(f"| {r['category']} | {_fmt(r['image_auroc_by_type'].get('logical_anomalies'))} | "
                            f"{_fmt(r['image_auroc_by_type'].get('structural_anomalies'))} |" for r in loco) + "\n"
     return table
+
+
+def _plain(value, digits: int = 2) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def mask_table(rows: list[dict]) -> str:
+    """Mask fidelity at each artifact's pixel threshold (edgekd/mask_fidelity.py)."""
+    lines = ["| category | Dice median | Dice mean | IoU median | area ratio median (q25-q75) | region recall | "
+             "region precision | false regions per normal image |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["masks"]
+        lines.append(f"| {r['category']} | {_plain(m['dice_median'])} | {_plain(m['dice_mean'])} | "
+                     f"{_plain(m['iou_median'])} | {_plain(m['area_ratio_median'])} ({_plain(m['area_ratio_q25'])}-"
+                     f"{_plain(m['area_ratio_q75'])}) | {_plain(m['region_recall'])} | {_plain(m['region_precision'])}"
+                     f" | {_plain(m['false_regions_per_normal_image'])} |")
+    return "Masks at each model's own pixel threshold (what `edgekd run` outlines):\n\n" + "\n".join(lines) + "\n"
 
 
 def write_results(rows: list[dict], out: Path, extra: dict | None = None) -> tuple[Path, Path]:

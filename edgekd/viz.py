@@ -52,15 +52,25 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
     return tile
 
 
+def outlined(predicted: np.ndarray, truth: np.ndarray, size: int) -> np.ndarray:
+    """The predicted mask in white at `size` px with the true defect's outline in green over it: how far the mask
+    spills past the defect, or falls short of it, at a glance."""
+    cell = cv2.resize(predicted.astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_NEAREST)
+    cell = np.repeat(cell[..., None], 3, axis=2)
+    edge = cv2.resize(truth.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(edge, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(cell, contours, -1, (0, 200, 0), max(1, size // 128))
+    return cell
+
+
 def montage(images: np.ndarray, maps: np.ndarray, pred_masks: np.ndarray, gt_masks: np.ndarray,
             titles: list[str], vmin: float, vmax: float, tile: int = 192) -> np.ndarray:
-    """Rows of image | heatmap | predicted mask | ground truth, each row titled."""
+    """Rows of image | heatmap | predicted mask with the true outline over it | ground truth, each row titled."""
     rows = []
     for image, amap, pred, gt, title in zip(images, maps, pred_masks, gt_masks, titles):
-        cells = [image, overlay(image, amap, None, vmin, vmax),
-                 np.repeat(pred[..., None].astype(np.uint8) * 255, 3, axis=2),
+        cells = [image, overlay(image, amap, None, vmin, vmax), outlined(pred, gt, tile),
                  np.repeat(gt[..., None].astype(np.uint8) * 255, 3, axis=2)]
         cells = [cv2.resize(c, (tile, tile), interpolation=cv2.INTER_AREA) for c in cells]
-        names = [title, "anomaly map", "predicted mask", "ground truth"]
+        names = [title, "anomaly map", "predicted (true outline green)", "ground truth"]
         rows.append(np.hstack([_label(c, n) for c, n in zip(cells, names)]))
     return np.vstack(rows)

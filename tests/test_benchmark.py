@@ -49,6 +49,7 @@ def test_report_files_rows_and_ratio_columns(two_reports):
     for row in (rd, dskd):
         assert row["status"] == "ok" and row["fps"] > 0 and row["ms_p99"] >= row["ms_p50"] > 0
         assert 0.0 <= row["image_auroc"] <= 1.0 and row["size_mb"] > 0 and row["calls"] >= 2
+        assert 0.0 <= row["dice"] <= 1.0 and row["area_ratio"] >= 0.0  # the masks, at the model's pixel threshold
     assert rd["x_rd"] == 1.0 and dskd["x_dskd"] == 1.0
     assert dskd["x_rd"] == pytest.approx(dskd["fps"] / rd["fps"], rel=1e-2)
     assert rd["x_dskd"] == pytest.approx(rd["fps"] / dskd["fps"], rel=1e-2)
@@ -57,6 +58,7 @@ def test_report_files_rows_and_ratio_columns(two_reports):
         failed = rows[(family, "int8")]
         assert failed["status"] == "failed" and "int8 export refused" in failed["reason"] and "fps" not in failed
     markdown = (folder / "report.md").read_text()
+    assert "| aupro | dice | area_ratio |" in markdown
     assert "## Rows that did not run" in markdown and "| rd | rd | onnxruntime | fp32 | 1 | ok |" in markdown
     with open(folder / "report.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4

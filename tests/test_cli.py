@@ -40,6 +40,9 @@ def test_synth_train_eval_predict_end_to_end(tmp_path, monkeypatch):
     assert "| tile |" in result.stdout
     results = json.loads((run / "eval" / "results.json").read_text())
     assert 0.0 <= results["rows"][0]["image_auroc"] <= 1.0 and (run / "eval" / "montage_tile.png").is_file()
+    masks = results["rows"][0]["masks"]  # at the checkpoint's own pixel threshold, in the table too
+    assert 0.0 <= masks["dice_median"] <= 1.0 and masks["n_defect_images"] > 0 and "crack" in masks["dice_median_by_type"]
+    assert "| Dice median |" in result.stdout
     images = [data / "tile/test/good/000.png", data / "tile/test/crack/000.png"]
     result = edgekd("predict", run / "model.ckpt", *images, "--out", tmp_path / "preds")
     assert result.returncode == 0, result.stderr

@@ -139,7 +139,8 @@ def test_board_keeps_one_picture_per_defect_second_and_a_bounded_history():
         shots = board.defects()
         # the defect's first frame, then one a second while it lasts; the gallery keeps the newest three
         assert [s["frame"] for s in shots] == [128, 120, 90]
-        assert all(s["regions"] == [{"x": 4, "y": 4, "w": 10, "h": 10, "area": 100}] for s in shots)
+        assert all(s["regions"] == [{"x": 4, "y": 4, "w": 10, "h": 10, "area": 100, "length_px": 0.0,
+                                      "width_px": 0.0}] for s in shots)
         thumb, full = board.defect_picture(shots[0]["id"], True), board.defect_picture(shots[0]["id"], False)
         assert thumb[:2] == full[:2] == b"\xff\xd8" and len(thumb) < len(full)
         assert board.defect_picture(10_000, False) is None

@@ -72,10 +72,13 @@ def interleaved_timing(rows: list[Row], runtimes: dict, images: np.ndarray, roun
 
 
 def accuracy(runtime, data: Path, category: str | None, out: Path, name: str, batch: int) -> dict:
-    """Image AUROC, pixel AUROC and AUPRO on the test split, as `edgekd eval` computes them."""
+    """Image AUROC, pixel AUROC, AUPRO and the masks' median Dice and area ratio (at the artifact's pixel threshold)
+    on the test split, as `edgekd eval` computes them."""
     from edgekd.evaluate import evaluate
     row = evaluate(runtime, data, category, out, name, batch_size=batch).row
-    return {k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
+    masks = row.get("masks", {})
+    return {**{k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro")},
+            "dice": masks.get("dice_median"), "area_ratio": masks.get("area_ratio_median")}
 
 
 def add_ratios(rows: list[Row], references: tuple[str, ...]) -> None:

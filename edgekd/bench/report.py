@@ -18,7 +18,7 @@ from edgekd.data.images import write_image_atomic
 from edgekd.errors import EdgekdError
 
 COLUMNS = ("model", "family", "backend", "precision", "batch", "status", "size_mb", "image_auroc", "pixel_auroc",
-           "aupro", "ms_p50", "ms_p99", "fps", "x_rd", "x_dskd", "mem_mb", "e2e_fps", "reason")
+           "aupro", "dice", "area_ratio", "ms_p50", "ms_p99", "fps", "x_rd", "x_dskd", "mem_mb", "e2e_fps", "reason")
 ACCURACY_SLACK = 0.5  # points of image AUROC / AUPRO a later run may lose before it counts as a regression
 MIN_SPEED_SLACK = 0.05  # at least 5%: two runs on one machine rarely agree closer
 
@@ -37,6 +37,8 @@ def _cell(value, column: str) -> str:
         return f"{100 * value:.1f}"
     if column in ("x_rd", "x_dskd"):
         return f"{value:.2f}x"
+    if column in ("dice", "area_ratio"):  # the masks at the pixel threshold: a fraction and a ratio, not %
+        return f"{value:.2f}"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
@@ -69,7 +71,8 @@ def markdown(records: list[dict], environment: dict, outcome_notes: list[str], s
              "x rd / x dskd = this row's FPS over the rd / dskd row with the same backend, precision and batch. "
              "mem_mb: peak resident memory of the row's artifact at its batch size, in a process of its own, above "
              "an interpreter with edgekd imported. "
-             "Accuracy: the test split, as `edgekd eval` measures it.\n", "## Where it ran\n", *where, "",
+             "Accuracy: the test split, as `edgekd eval` measures it; dice and area_ratio: the median over defect images "
+             "of the mask at the artifact's pixel threshold against the true mask (Dice, predicted/true area).\n", "## Where it ran\n", *where, "",
              "## Rows\n", header, "|" + "---|" * (len(COLUMNS) - 1)]
     for record in records:
         lines.append("| " + " | ".join(_cell(record.get(c), c) for c in COLUMNS if c != "reason") + " |")

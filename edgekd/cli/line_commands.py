@@ -35,6 +35,13 @@ def run(ctx: typer.Context,
                                                         "alone (masks, regions)."),
         min_area: int = typer.Option(0, "--min-area", min=0, help="Ignore defect regions smaller than this (frame pixels)."),
         hysteresis: str = typer.Option("1,1", help="ON,OFF: defect frames in a row to raise the verdict, good frames to clear it."),
+        mm_per_px: Optional[str] = typer.Option(None, "--mm-per-px", help="The frame's scale: millimetres per pixel "
+                                                "(0.05) or a known width (40mm=800px). Regions then carry area_mm2, "
+                                                "length_mm and width_mm."),
+        reject_if: Optional[str] = typer.Option(None, "--reject-if", help="After the anomaly decision, reject a part "
+                                                "when one of its regions meets this rule, e.g. 'area_mm2 > 0.5 or "
+                                                "length_mm > 2' (sizes: area_mm2 length_mm width_mm area_px length_px "
+                                                "width_px)."),
         batch: int = typer.Option(8, min=1, help="Largest micro-batch when frames back up."),
         width: Optional[int] = typer.Option(None, help="Capture width (cameras, CSI)."),
         height: Optional[int] = typer.Option(None, help="Capture height (cameras, CSI)."),

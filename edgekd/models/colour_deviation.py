@@ -70,6 +70,10 @@ CHROMA_ONLY = (1.0, 1.0, 0.0)  # weights of (red-green, yellow-blue, brightness)
 FORMS = ("linear", "log")  # the measure's form: linear RGB (fitted before issue 32) or frame-relative logs
 CHOICES = (*FORMS, "auto")  # what a config may ask for: "auto" lets fitting choose per surface (fit_colour)
 LOG_FLOOR = 0.02  # added before the log: a black patch's noise must not become a large log difference
+# The least normal spread of a log-form channel: what a real camera and video codec add to a 16-pixel patch even
+# where the surface does not vary. A grey PNG texture has none (R = G = B), so without a floor a 0.5% tint is many
+# spreads out; OpenCV's MPEG-4 puts patch chroma noise of 0.3-0.6% (99th percentile 0.9%) on grey gravel.
+SPREAD_FLOOR = 0.01
 
 
 class ColourDeviation(nn.Module):
@@ -227,7 +231,8 @@ def _fit_form(model, fit_batches, held_out_batches, gate: float | None) -> dict:
     colour = model.colour
     residuals = torch.cat([colour.residual(batch).cpu() for batch in fit_batches()])
     centre = residuals.median(0, keepdim=True).values
-    spread = (1.4826 * (residuals - centre).abs().median(0, keepdim=True).values).clamp(min=1e-3)
+    floor = SPREAD_FLOOR if colour.form_name == "log" else 1e-3
+    spread = (1.4826 * (residuals - centre).abs().median(0, keepdim=True).values).clamp(min=floor)
     colour.centre.copy_(centre.to(colour.centre.device))
     colour.spread.copy_(spread.to(colour.spread.device))
     layout = layout_contrast(centre, spread)

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgekd.calibration import check_thresholds
 from edgekd.data.images import to_model_input
-from edgekd.scoring import threshold_mask
+from edgekd.calibration import Thresholds
 from edgekd.sidecar import Sidecar
 
 
@@ -63,8 +63,9 @@ class Runtime(ABC):
             if progress:
                 progress.advance(task, len(maps[-1]))
         maps_all = np.concatenate(maps) if maps else np.zeros((0, *self.input_size), np.float32)
-        pixel = self.thresholds.get("pixel")
-        masks = threshold_mask(maps_all, pixel) if pixel is not None else None
+        decide = Thresholds.for_masks(self.thresholds)
+        masks = np.stack([decide.mask(amap) for amap in maps_all]) if decide is not None and len(maps_all) else \
+            (np.zeros(maps_all.shape, np.uint8) if decide is not None else None)
         return Prediction(maps_all, np.concatenate(scores) if scores else np.zeros(0, np.float32), masks)
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python ba
 from torch.utils import dlpack
 
 from edgekd.runtime import open_runtime
-from edgekd.scoring import threshold_mask
+from edgekd.calibration import Thresholds
 
 
 INPUT_SLACK = 1e-3  # rounding of a client's own scaling; anything further out is another convention, refused
@@ -62,7 +62,7 @@ class TritonPythonModel:
         backend = params.get("edgekd_backend") or None
         self.runtime = open_runtime(params["edgekd_artifact"], backend=backend, device=params.get("edgekd_device", "auto"))
         self.size = tuple(self.runtime.input_size)
-        self.pixel_threshold = self.runtime.thresholds.get("pixel")
+        self.mask_thresholds = Thresholds.for_masks(self.runtime.thresholds)
 
     def execute(self, requests):
         responses, batches, good = [None] * len(requests), [], []
@@ -76,8 +76,8 @@ class TritonPythonModel:
             maps, scores = self.runtime.run(np.concatenate(batches))
             maps = np.asarray(maps, dtype=np.float32)
             scores = np.asarray(scores, dtype=np.float32).reshape(-1, 1)
-            masks = (threshold_mask(maps[:, 0], self.pixel_threshold)[:, None] if self.pixel_threshold is not None
-                     else np.zeros(maps.shape, np.uint8))
+            masks = (np.stack([self.mask_thresholds.mask(amap) for amap in maps[:, 0]])[:, None]
+                     if self.mask_thresholds is not None else np.zeros(maps.shape, np.uint8))
             start = 0
             for i, batch in zip(good, batches):
                 end = start + len(batch)

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgekd.region_sizes import region_sizes
 from edgekd.viz import banner, overlay
 
 
@@ -19,9 +20,23 @@ class Region:
     w: int
     h: int
     area: int  # defect pixels, in frame pixels
+    length: float = 0.0  # the longer side of its minimum-area rectangle, frame pixels
+    width: float = 0.0  # the shorter side
+    mm_per_px: float | None = None  # the run's scale (--mm-per-px), when it has one
+    rejects: bool | None = None  # whether the run's --reject-if rule holds for it; None without a rule
+
+    def sizes(self) -> dict[str, float]:
+        return region_sizes(self.area, self.length, self.width, self.mm_per_px)
 
     def to_dict(self) -> dict:
-        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area}
+        record = {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area,
+                  "length_px": round(self.length, 2), "width_px": round(self.width, 2)}
+        if self.mm_per_px:
+            sizes = self.sizes()
+            record.update({key: round(sizes[key], 5) for key in ("area_mm2", "length_mm", "width_mm")})
+        if self.rejects is not None:
+            record["rejects"] = self.rejects
+        return record
 
 
 @dataclass
@@ -40,12 +55,14 @@ class Result:
     latency_ms: float = 0.0
     fps: float = 0.0
     name: str | None = None  # source file, for folder sources
+    rejected: bool | None = None  # this frame's part rejected by --reject-if; None without a rule
 
     def event(self) -> dict:
         return {"frame": self.index, **({"file": self.name} if self.name else {}), "time": round(self.timestamp, 6),
                 **({"position_s": round(self.position, 4)} if self.position is not None else {}),
                 "score": round(float(self.score), 6), "defective": self.defective,
                 "verdict": "defect" if self.verdict else "ok", "regions": [r.to_dict() for r in self.regions],
+                **({"reject": self.rejected} if self.rejected is not None else {}),
                 "latency_ms": round(self.latency_ms, 2)}
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from edgekd.errors import EdgekdError, RunIncomplete
 from edgekd.calibration import Thresholds
+from edgekd.region_sizes import parse_scale
 from edgekd.stream.detect import parse_hysteresis
+from edgekd.stream.reject import RejectRule
 from edgekd.stream.request import RunRequest
 from edgekd.stream.runner import RunOptions, Runner
 from edgekd.sinks import SinkContext, build_sinks, prepare_sinks
@@ -41,6 +43,8 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
         raise EdgekdError("--truth counts the frames of one pass of its video; --loop plays it again and again: use one")
     truth_frames = read_truth(request.truth) if request.truth else None
     on_off = parse_hysteresis(request.hysteresis)
+    mm_per_px = parse_scale(request.mm_per_px)
+    reject_rule = RejectRule.parse(request.reject_if, mm_per_px is not None) if request.reject_if else None
     settings = CaptureSettings(request.width, request.height, request.fps)
     with ExitStack() as cleanup:
         # Output places checked and the dashboard's port bound now: a bad path or a taken port fails before the
@@ -86,7 +90,8 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
         verdicts = FrameVerdicts() if truth_frames is not None else None
         if verdicts:
             sinks.append(verdicts)
-        options = RunOptions(thresholds, request.min_area, on_off, request.batch, request.max_frames, request.stats_every, request.reconnect_timeout)
+        options = RunOptions(thresholds, request.min_area, on_off, request.batch, request.max_frames, request.stats_every,
+                             request.reconnect_timeout, mm_per_px=mm_per_px, reject_rule=reject_rule)
         runner = Runner(stream, runtime, sinks, options, log=_log)
         runner_ref.append(runner)
 

@@ -3,20 +3,32 @@ specks dropped), a per-frame verdict, and a verdict smoothed over frames so it d
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 
 from edgekd.calibration import Thresholds
 from edgekd.sinks.base import Region
 from edgekd.errors import EdgekdError
-from edgekd.scoring import threshold_mask
 
 
-def defect_regions(amap: np.ndarray, pixel_threshold: float, frame_shape: tuple[int, int],
-                   min_area: int) -> tuple[list[Region], np.ndarray]:
-    """Connected regions of the thresholded map (model resolution), as boxes in frame pixels; regions smaller than
-    `min_area` frame pixels are dropped from the list and from the returned mask."""
-    mask = threshold_mask(amap, pixel_threshold)
+def region_extent(inside: np.ndarray, sx: float, sy: float) -> tuple[float, float]:
+    """(length, width) of one region in frame pixels: the sides of the minimum-area rectangle around its pixels
+    (each pixel counted as the square it covers, so a one-pixel speck is one pixel long and wide)."""
+    ys, xs = np.nonzero(inside)
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)]).astype(np.float32)
+    corners *= np.array([sx, sy], np.float32)
+    (_, _), (a, b), _ = cv2.minAreaRect(corners)
+    return float(max(a, b)), float(min(a, b))
+
+
+def defect_regions(amap: np.ndarray, thresholds: Thresholds, frame_shape: tuple[int, int],
+                   min_area: int, mm_per_px: float | None = None) -> tuple[list[Region], np.ndarray]:
+    """Connected regions of the map's defect mask (model resolution, Thresholds.mask), as boxes with sizes in frame
+    pixels (and mm with a scale); regions smaller than `min_area` frame pixels are dropped from the list and from
+    the returned mask."""
+    mask = thresholds.mask(amap)
     if not mask.any():  # most frames on a good line: nothing to label
         return [], mask
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -27,10 +39,20 @@ def defect_regions(amap: np.ndarray, pixel_threshold: float, frame_shape: tuple[
         area = int(round(pixels * sx * sy))
         if area < min_area:
             continue
-        kept[labels == label] = 1
-        regions.append(Region(int(x * sx), int(y * sy), max(1, int(round(w * sx))), max(1, int(round(h * sy))), area))
+        inside = labels[y:y + h, x:x + w] == label  # its bounding box only: a frame has few regions, maps are large
+        kept[y:y + h, x:x + w][inside] = 1
+        length, width = region_extent(inside, sx, sy)
+        regions.append(Region(int(x * sx), int(y * sy), max(1, int(round(w * sx))), max(1, int(round(h * sy))), area,
+                              length, width, mm_per_px))
     regions.sort(key=lambda r: -r.area)
     return regions, kept
+
+
+def apply_reject_rule(regions: list[Region], rule) -> tuple[list[Region], bool]:
+    """Each region marked by the run's RejectRule (edgekd/stream/reject.py), and whether the part is rejected:
+    any region meets the rule."""
+    marked = [dataclasses.replace(region, rejects=rule.rejects(region.sizes())) for region in regions]
+    return marked, any(region.rejects for region in marked)
 
 
 def frame_is_defective(score: float, regions: list[Region], thresholds: Thresholds, min_area: int) -> bool:

@@ -30,6 +30,8 @@ class RunRequest:
     pixel_threshold: float | None = None
     min_area: int = 0
     hysteresis: str = "1,1"
+    mm_per_px: str | None = None  # a number or MMmm=PXpx: edgekd/region_sizes.py parses it
+    reject_if: str | None = None  # a size rule: edgekd/stream/reject.py parses it
     batch: int = 8
     width: int | None = None
     height: int | None = None
@@ -56,8 +58,8 @@ class RunRequest:
                 if name not in RULES:
                     raise EdgekdError(f"line file {line_file}: '{key}' is not an option of 'edgekd run': valid keys "
                                       f"are {', '.join(sorted(RULES))}")
-                # YAML reads `serve: 8080` or `source: 0` as numbers; the option takes the text
-                values[name] = str(value) if RULES[name].kind == "str" and type(value) is int else value
+                # YAML reads `serve: 8080`, `source: 0` or `mm_per_px: 0.05` as numbers; the option takes the text
+                values[name] = str(value) if RULES[name].kind == "str" and type(value) in (int, float) else value
                 where[name] = f"line file {line_file}: {name}="
         for name, value in given.items():
             if name in RULES:
@@ -79,6 +81,7 @@ RULES: dict[str, Rule] = {
     "save_masks": Rule("str", nullable=True), "jsonl": Rule("str", nullable=True),
     "threshold": Rule("float", nullable=True), "pixel_threshold": Rule("float", nullable=True),
     "min_area": Rule("int", 0, 1 << 40), "hysteresis": Rule("str"), "batch": Rule("int", 1, 4096),
+    "mm_per_px": Rule("str", nullable=True), "reject_if": Rule("str", nullable=True),
     # capture settings: run_stream says what a non-positive one means
     "width": Rule("int", nullable=True), "height": Rule("int", nullable=True), "fps": Rule("float", nullable=True), "realtime": Rule("bool"), "loop": Rule("bool"),
     "serve": Rule("str", nullable=True), "token_file": Rule("str", nullable=True), "token": Rule("str", nullable=True),

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,7 +22,7 @@ from edgekd.data.images import resize_rgb, to_model_input
 from edgekd.errors import EdgekdError
 from edgekd.runtime.base import Runtime, RuntimeUnavailable
 from edgekd.calibration import Thresholds
-from edgekd.stream.detect import Hysteresis, defect_regions, frame_is_defective
+from edgekd.stream.detect import Hysteresis, apply_reject_rule, defect_regions, frame_is_defective
 from edgekd.stream.service import ServiceNotifier
 from edgekd.sinks import Result, Sink, annotate
 from edgekd.stream.sources import CORRUPT, END, LOST, OK, Source
@@ -42,6 +43,8 @@ class RunOptions:
     stats_every: float = 5.0  # seconds between stats lines; 0 = none
     reconnect_timeout: float = 0.0  # give up on a lost live source after this long; 0 = never
     live_queue: int = 2  # frames a live source may hold before the oldest is dropped
+    mm_per_px: float | None = None  # the frame's scale: regions carry sizes in mm (edgekd/region_sizes.py)
+    reject_rule: Any = None  # a RejectRule (edgekd/stream/reject.py): which defective parts are rejected
 
 
 @dataclass
@@ -250,16 +253,30 @@ class Runner:
                 raise EdgekdError(f"--min-area {options.min_area} is larger than the whole frame ({w}x{h} = {h * w} "
                                   "pixels): no defect could ever be reported; give the smallest defect area you care "
                                   "about, in frame pixels")
-            regions, mask = defect_regions(frame.amap, options.thresholds.pixel, frame.image.shape[:2], options.min_area)
+            regions, mask = defect_regions(frame.amap, options.thresholds, frame.image.shape[:2], options.min_area,
+                                           options.mm_per_px)
             defective = frame_is_defective(frame.score, regions, options.thresholds, options.min_area)
+            regions, rejected = self._reject(regions if defective else [], defective)
             result = Result(frame.index, frame.timestamp, frame.position, frame.image, frame.amap, mask, frame.score,
-                            defective, self.hysteresis.update(defective), regions if defective else [],
-                            name=frame.name)
+                            defective, self.hysteresis.update(defective), regions, name=frame.name, rejected=rejected)
             result.latency_ms = 1e3 * (time.perf_counter() - frame.captured)
             self.stats.stage("postprocess", time.perf_counter() - started)
             if not self._put(out, (result, frame.captured)):
                 return
         self._put(out, DONE)
+
+    def _reject(self, regions: list, defective: bool) -> tuple[list, bool | None]:
+        """After the anomaly decision, the size rule: a defective part is rejected when one of its regions meets it,
+        and also when it has no region to measure (a score above the threshold with nothing outlined: passing it would
+        call a defect good unseen)."""
+        if self.options.reject_rule is None:
+            return regions, None
+        if not defective:
+            return regions, False
+        regions, rejected = apply_reject_rule(regions, self.options.reject_rule)
+        rejected = rejected or not regions
+        self.stats.count("rejected", int(rejected))
+        return regions, rejected
 
     def _sinks(self) -> None:
         inbox = self.queues[3]

@@ -18,7 +18,8 @@ class RunStats:
         self.lock = threading.Lock()
         self.started = time.perf_counter()
         self.counts = {"captured": 0, "processed": 0, "dropped": 0, "corrupt": 0, "reconnects": 0, "defect_frames": 0,
-                       "batches": 0, "lost": 0}  # lost: frames a remote runtime could not score (server away)
+                       "batches": 0, "lost": 0, "rejected": 0}
+        # lost: frames a remote runtime could not score (server away); rejected: defective frames --reject-if rejects
         self.stage_seconds = {name: deque(maxlen=WINDOW) for name in STAGES}
         self.latency = deque(maxlen=WINDOW)
         self.finished = deque(maxlen=WINDOW)  # completion times, for the current FPS
@@ -71,4 +72,4 @@ class RunStats:
         return (f"{s['fps']:.1f} fps | ms/frame {stages} | batch {s['mean_batch'] or 0:.1f} | latency p50 "
                 f"{s['latency_ms_p50']:.0f} p95 {s['latency_ms_p95']:.0f} ms | frames {s['processed']} defects "
                 f"{s['defect_frames']} dropped {s['dropped']} corrupt {s['corrupt']} reconnects {s['reconnects']}"
-                + (f" lost {s['lost']}" if s["lost"] else ""))
+                + (f" lost {s['lost']}" if s["lost"] else "") + (f" rejected {s['rejected']}" if s["rejected"] else ""))

@@ -93,7 +93,29 @@ def fmt(value, digits: int = 2) -> str:
     return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def report(rows: list[dict], machine: dict, started: str, runs: str) -> str:
+def peer_lines(rows: list[dict], peers: dict[str, list[dict]]) -> list[str]:
+    """anomalib's masks through the same rule (benchmarks/peer_masks.py), beside ours, per category."""
+    if not peers:
+        return []
+    lines = ["", "## Beside anomalib (its maps through edgekd's threshold rule: benchmarks/peer_masks.py)\n",
+             "| category | model | image AUROC | Dice median before -> after | area ratio median before -> after | "
+             "region recall before -> after | false regions / normal image before -> after |",
+             "|---|---|---|---|---|---|---|"]
+    ours = {r["category"]: r for r in rows}
+    for category in ours:
+        for name, model_rows in [("edgekd default", [ours[category]])] + sorted(peers.items()):
+            r = next((m for m in model_rows if m["category"] == category), None)
+            if r is None:
+                continue
+            b, a = r["plain"], r["cores"]
+            lines.append(f"| {category} | {name} | {100 * r['image_auroc']:.1f} | {fmt(b['dice_median'])} -> "
+                         f"{fmt(a['dice_median'])} | {fmt(b['area_ratio_median'])} -> {fmt(a['area_ratio_median'])} | "
+                         f"{fmt(b['region_recall'])} -> {fmt(a['region_recall'])} | "
+                         f"{fmt(b['false_regions_per_normal_image'])} -> {fmt(a['false_regions_per_normal_image'])} |")
+    return lines
+
+
+def report(rows: list[dict], machine: dict, started: str, runs: str, peers: dict | None = None) -> str:
     lines = [f"# Mask fidelity: before and after region cores ({runs})\n",
              f"Measured {started} on {machine.get('cpu')} ({machine.get('cores')} cores). Thresholds from the "
              "held-out normal images as training sets them; masks at that pixel threshold (before) and cut to each "
@@ -124,7 +146,14 @@ def report(rows: list[dict], machine: dict, started: str, runs: str) -> str:
                      for k in kinds]
             lines.append(f"| {r['category']} | " + " | ".join(cells) + " |")
         lines += ["", "Pictures: " + ", ".join(f"`{Path(r['montage']).name}`" for r in rows)]
+    lines += peer_lines(rows, peers or {})
     return "\n".join(lines) + "\n"
+
+
+def load_peers(folder: Path) -> dict[str, list[dict]]:
+    """The peers measured so far: peer_masks_<model>.json in the study's folder."""
+    return {json.loads(path.read_text())["model"]: json.loads(path.read_text())["rows"]
+            for path in sorted(folder.glob("peer_masks_*.json"))}
 
 
 def main() -> None:
@@ -135,7 +164,15 @@ def main() -> None:
     parser.add_argument("--categories", default="all")
     parser.add_argument("--results", type=Path, default=folder_of("mask fidelity"))
     parser.add_argument("--name", default="mask_fidelity")
+    parser.add_argument("--report-only", action="store_true", help="Rewrite the report from its JSON, with the peers "
+                        "measured since (benchmarks/peer_masks.py).")
     args = parser.parse_args()
+    if args.report_only:
+        payload = json.loads((args.results / f"{args.name}.json").read_text())
+        text = report(payload["rows"], payload["machine"], payload["date"], payload["runs"], load_peers(args.results))
+        write_bytes_atomic(args.results / f"{args.name}.md", text.encode())
+        print(text)
+        return
     started = time.strftime("%Y-%m-%d %H:%M")
     rows = []
     for category in parse_categories(args.categories):
@@ -153,7 +190,7 @@ def main() -> None:
     runs = ", ".join(map(str, args.runs))
     payload = {"benchmark": args.name, "date": started, "machine": machine, "runs": runs, "rows": rows}
     write_bytes_atomic(args.results / f"{args.name}.json", json.dumps(payload, indent=2, default=float).encode())
-    text = report(rows, machine, started, runs)
+    text = report(rows, machine, started, runs, load_peers(args.results))
     write_bytes_atomic(args.results / f"{args.name}.md", text.encode())
     print(text)
 

@@ -46,6 +46,9 @@ def test_calibration_on_a_compressed_clip_holds_on_another_clip_and_keeps_histor
     thresholds = read_checkpoint(checkpoint)["thresholds"]
     assert thresholds["image"] == pytest.approx(result.thresholds["image"])
     assert thresholds["image"] > result.scores.max() and thresholds["pixel"] > result.peaks.max()
+    # The map's normal level on this camera, which masks are cut against: the clip's median frame level.
+    assert before["background"] < before["pixel"] and thresholds["background"] < thresholds["pixel"]
+    assert 0 < thresholds["background"] < result.peaks.min() and thresholds["background"] != before["background"]
     history = read_checkpoint(checkpoint)["thresholds_history"]
     assert history[-1]["thresholds"]["image"] == pytest.approx(before["image"])
     assert result.plot.is_file() and cv2.imread(str(result.plot)) is not None

@@ -405,12 +405,12 @@ def _cork(split: str, n: int) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
 
 
-@pytest.mark.parametrize("surface, form, reason", [("gravel", "log", "camera moves linear"),
+@pytest.mark.parametrize("surface, form, reason", [("gravel", "log", "grey surface"),
                                                    ("cork", "linear", "steady texture"),
                                                    ("object", "log", "fixed layout")])
 def test_auto_form_is_chosen_per_surface_and_the_notes_say_why(surface, form, reason):
-    """colour_form auto: linear chroma with its pixel term on a texture a camera leaves steady (coloured cork), the log
-    form without a pixel term on a grey texture where a camera moves linear chroma, and on a fixed layout."""
+    """colour_form auto: linear chroma with its pixel term on a coloured texture a camera leaves steady (cork), the log
+    form without a pixel term on a grey texture (no chroma of its own beyond a codec's noise) and on a fixed layout."""
     colour = ColourDeviation((256, 256) if surface != "object" else (128, 128), 0.25, 1.0, form="auto")
     normal, held_out = {"gravel": (lambda: _gravel("train", 40), lambda: _gravel("test", 16)),
                         "cork": (lambda: _cork("train", 40), lambda: _cork("test", 16)),
@@ -421,7 +421,7 @@ def test_auto_form_is_chosen_per_surface_and_the_notes_say_why(surface, form, re
     assert colour.weight == (0.25 if form == "linear" else 0.0) and summary["colour_weight"] == colour.weight
     note = fit_notes(summary)[0]
     assert note.startswith("colour branch form chosen per surface (colour_form auto): ")
-    assert {"camera moves linear": "a camera moves the linear form", "steady texture": "the linear form with its pixel",
+    assert {"grey surface": "a grey surface", "steady texture": "the linear form with its pixel",
             "fixed layout": "a fixed layout"}[reason] in note
 
 

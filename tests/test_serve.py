@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekd.calibration import Thresholds
+
 from cli_runner import edgekd
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -106,8 +108,9 @@ def test_served_outputs_are_the_local_runtimes(server, artifact):
     maps, scores = local.run(frames.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
     np.testing.assert_allclose(result.as_numpy("score").ravel(), scores, rtol=1e-5)
     np.testing.assert_allclose(result.as_numpy("anomaly_map"), maps, rtol=1e-5, atol=1e-5)
-    pixel = local.thresholds["pixel"]
-    assert np.array_equal(result.as_numpy("mask"), (maps > pixel).astype(np.uint8))
+    decide = Thresholds.for_masks(local.thresholds)  # the served mask is the one `edgekd run` draws: region cores
+    assert decide.background is not None
+    assert np.array_equal(result.as_numpy("mask"), np.stack([decide.mask(amap) for amap in maps[:, 0]])[:, None])
     floats = grpcclient.InferInput("images", [1, 3, h, w], "FP32")  # float tensors are the other way in
     floats.set_data_from_numpy(frames[:1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
     np.testing.assert_allclose(client.infer("wood", [floats]).as_numpy("score").ravel(), scores[:1], rtol=1e-5)

@@ -99,7 +99,7 @@ def test_regions_min_area_and_hysteresis():
     amap = np.zeros((32, 32), np.float32)
     amap[2:4, 2:4] = 1.0  # 4 model pixels -> 64 frame pixels at 4x
     amap[10:20, 10:20] = 1.0  # 100 -> 1600
-    regions, kept = defect_regions(amap, 0.5, (128, 128), min_area=100)
+    regions, kept = defect_regions(amap, Thresholds(0.5, 0.5), (128, 128), min_area=100)
     assert [(r.x, r.y, r.w, r.h, r.area) for r in regions] == [(40, 40, 40, 40, 1600)]
     assert kept.sum() == 100 and kept[2:4, 2:4].sum() == 0
     flicker = Hysteresis(2, 3)

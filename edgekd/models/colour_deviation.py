@@ -40,9 +40,10 @@ everywhere (a 5-20% darkening is a log shift the frame does not share), and the 
 a grey surface is its clearest case.
 
 Which form (`colour_form: auto`, the default since issue 32's second pass): the surface decides when fitting. On a
-texture that a camera leaves steady in linear colours (coloured cork and fibre_paper: 0.3-1.5 spreads) the linear form
-keeps its pixel term and sees faded and tinted patches that the logs compress; where a camera moves linear chroma (grey
-grass, gravel, brick) and on a fixed layout the log form is used, joining the image score only. `margin` keeps the
+coloured texture that a camera leaves steady in linear colours (cork and fibre_paper: 0.3-1.5 spreads) the linear form
+keeps its pixel term and sees faded and tinted patches that the logs compress; on a grey surface (grass, gravel,
+brick: no chroma of its own beyond a codec's noise), where a camera moves linear chroma, and on a fixed layout the log
+form is used, joining the image score only. `margin` keeps the
 image term of a normal-looking image 2 score spreads below the score's mean, so colour decides an image only when it
 is further out than normal images go (without it the branch's normal tail cost gravel's cracks and scratches 1.6
 points of image AUROC).
@@ -70,10 +71,14 @@ CHROMA_ONLY = (1.0, 1.0, 0.0)  # weights of (red-green, yellow-blue, brightness)
 FORMS = ("linear", "log")  # the measure's form: linear RGB (fitted before issue 32) or frame-relative logs
 CHOICES = (*FORMS, "auto")  # what a config may ask for: "auto" lets fitting choose per surface (fit_colour)
 LOG_FLOOR = 0.02  # added before the log: a black patch's noise must not become a large log difference
-# The least normal spread of a log-form channel: what a real camera and video codec add to a 16-pixel patch even
+# The least normal spread of a channel (relative; the linear form's is this times the surface's mean level): what a
+# real camera and video codec add to a 16-pixel patch even
 # where the surface does not vary. A grey PNG texture has none (R = G = B), so without a floor a 0.5% tint is many
-# spreads out; OpenCV's MPEG-4 puts patch chroma noise of 0.3-0.6% (99th percentile 0.9%) on grey gravel.
-SPREAD_FLOOR = 0.01
+# spreads out, and OpenCV's MPEG-4 moved the branch's maxima 16-20 spreads on gravel, grass and the package. The
+# codec's patch chroma noise there has a standard deviation of 0.3-0.6% (99th percentile 0.9%): the floor is that
+# noise's spread, 0.5% (the shift falls to 1.1-1.8 spreads; at 1% to 0.1-0.5, at the cost of more faint stains).
+SPREAD_FLOOR = 0.005
+GREY_SPREADS = 1.5  # a surface whose typical chroma spread is within this many floors of it is grey (fit_colour)
 
 
 class ColourDeviation(nn.Module):
@@ -199,7 +204,8 @@ def _camera_views(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
 @torch.no_grad()
 def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) -> dict:
     """Fit the branch (_fit_form). With form "auto" the surface chooses: the linear form where the images are a
-    texture and a camera leaves the linear form steady (`gate`), else the log form without the pixel term.
+    coloured texture and a camera leaves the linear form steady (`gate`), else (a grey surface, a fixed layout, a
+    camera that moves linear chroma) the log form without the pixel term.
 
     Why not one form everywhere (real_textures_tried.md, item 17): on a grey texture a camera moves the linear form
     4-18 spreads and only the log form can stay on (gravel 88 -> 91-93, grass 81 -> 88); on a coloured texture that a
@@ -211,12 +217,15 @@ def fit_colour(model, fit_batches, held_out_batches, gate: float | None = None) 
         return _fit_form(model, fit_batches, held_out_batches, gate)
     colour.set_form("linear")
     linear = _fit_form(model, fit_batches, held_out_batches, gate)
-    if linear["colour_layout"] <= FIXED_LAYOUT and linear.get("colour_kept", False):
+    # A grey surface has no chroma of its own: its linear chroma spreads sit at the floor, and what a video codec adds
+    # there (brick: 71 spreads through MPEG-4, which the augmentation's JPEG does not show) would decide the score.
+    grey = float(colour.spread[:, :2].median()) <= GREY_SPREADS * linear["colour_floor"]
+    if linear["colour_layout"] <= FIXED_LAYOUT and linear.get("colour_kept", False) and not grey:
         return {**linear, "colour_choice": "steady texture"}
     colour.set_form("log")
     colour.pixel_weight.zero_()
     summary = _fit_form(model, fit_batches, held_out_batches, gate)
-    reason = "fixed layout" if linear["colour_layout"] > FIXED_LAYOUT else \
+    reason = "fixed layout" if linear["colour_layout"] > FIXED_LAYOUT else "grey surface" if grey else \
         "camera moves linear" if "colour_kept" in linear else "no camera check"
     return {**summary, "colour_choice": reason, "colour_linear_camera_shift": linear.get("colour_camera_shift")}
 
@@ -229,9 +238,15 @@ def _fit_form(model, fit_batches, held_out_batches, gate: float | None) -> dict:
     give its image maxima the mean and spread of the map's score with that pixel term. Then, with a `gate`, the
     camera check that may switch the branch off (`kept`)."""
     colour = model.colour
-    residuals = torch.cat([colour.residual(batch).cpu() for batch in fit_batches()])
+    residuals, levels = [], []
+    for batch in fit_batches():
+        residuals.append(colour.residual(batch).cpu())
+        levels.append(batch.float().mean().cpu())
+    residuals = torch.cat(residuals)
     centre = residuals.median(0, keepdim=True).values
-    floor = SPREAD_FLOOR if colour.form_name == "log" else 1e-3
+    # The codec's noise is relative (SPREAD_FLOOR): in linear units it scales with the surface's mean level.
+    floor = SPREAD_FLOOR if colour.form_name == "log" else SPREAD_FLOOR * float(torch.stack(levels).mean())
+    floor = max(floor, 1e-3)
     spread = (1.4826 * (residuals - centre).abs().median(0, keepdim=True).values).clamp(min=floor)
     colour.centre.copy_(centre.to(colour.centre.device))
     colour.spread.copy_(spread.to(colour.spread.device))
@@ -256,7 +271,7 @@ def _fit_form(model, fit_batches, held_out_batches, gate: float | None) -> dict:
                         - margin * colour.image_weight * spread)
     summary = {"colour_weight": colour.weight, "colour_image_weight": colour.image_weight,
                "colour_scale": float(colour.scale), "colour_image_scale": float(colour.image_scale),
-               "colour_offset": float(colour.offset), "colour_margin": margin,
+               "colour_offset": float(colour.offset), "colour_margin": margin, "colour_floor": floor,
                "colour_grid": list(centre.shape[-2:]),
                "colour_layout": layout, "colour_brightness": colour.counts_brightness, "colour_form": colour.form_name}
     if gate is None:
@@ -279,6 +294,8 @@ def _choice_note(summary: dict) -> list[str]:
                              "patches on coloured surfaces that logs compress)",
            "fixed layout": f"a fixed layout (positions {summary['colour_layout']:.1f} normal spreads apart): the log "
                            "form, brightness against the frame's own",
+           "grey surface": "a grey surface (no chroma of its own beyond a codec's noise): the log form, whose "
+                           "brightness and casts against the frame's own a codec does not move",
            "camera moves linear": f"a camera moves the linear form {summary.get('colour_linear_camera_shift') or 0.0:.1f}"
                                   f" normal spreads here (gate {summary.get('colour_gate', 0.0):g}): the log form, "
                                   "which a camera's gain and cast do not move",

@@ -52,7 +52,7 @@ STUDIES = (
           ("real_textures_layout.md", "real_textures_layout.json", "real_textures_tried.md", "colour_forms.md",
            "colour_forms.json", *(f"real32_{run}.{ext}" for run in ("final_a", "final_b", "linear_a", "linear_b",
                                                                     "plain", "default", "others", "auto_a", "auto_b",
-                                                                    "floor_a", "floor_b")
+                                                                    "floor_a", "floor_b", "grey_b")
                                   for ext in ("md", "json"))),
           ("real_textures_rd_lite0.md", "real_textures_rd_lite0.json", "real_textures_rd_lite0_memory.md",
            "real_textures_rd_lite0_memory.json", "real_textures_colour.md", "real_textures_colour.json",
@@ -67,7 +67,8 @@ STUDIES = (
            "video_targets_layout_int8_float.json", "video_targets_layout_int8_float_swapped.md",
            "video_targets_layout_int8_float_swapped.json", "video_targets_real32.md", "video_targets_real32.json",
            "video_targets_real32_linear.md", "video_targets_real32_linear.json", "video_targets_real32_auto_a.md",
-           "video_targets_real32_auto_a.json"),
+           "video_targets_real32_auto_a.json", "video_targets_real32_floor_a.md", "video_targets_real32_floor_a.json",
+           "video_targets_real32_grey_b.md", "video_targets_real32_grey_b.json"),
           ("video_targets_rd_lite0.md", "video_targets_rd_lite0.json", "video_targets_camera_neutral.md",
            "video_targets_camera_neutral.json", "video_targets_colour.md", "video_targets_colour.json",
            "video_targets_colour_both.md", "video_targets_colour_both.json", "video_targets_colour_gate.md",
@@ -86,7 +87,8 @@ STUDIES = (
           "calibration_poisoning.py", ("calibration_poisoning.md", "calibration_poisoning.json"),
           ("calibration_poisoning_cut6.md", "calibration_poisoning_cut6.json")),
     Study("mask fidelity", "Do the masks at the operating point match the defects' outlines and sizes?",
-          "mask_fidelity.py", ("mask_fidelity.md", "mask_fidelity.json",
+          "mask_fidelity.py, peer_masks.py, mask_cost.py",
+          ("mask_fidelity.md", "mask_fidelity.json", "peer_masks_patchcore.json", "mask_cost.md", "mask_cost.json",
                                *(f"masks_{c}.png" for c in ("gravel", "grass", "pcb", "package", "brick", "cork",
                                                             "fibre_paper")))),
     Study("camera shift", "How far do normal scores move between PNG files and the same images as video?",

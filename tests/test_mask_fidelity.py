@@ -84,3 +84,12 @@ def test_regions_are_cut_to_their_core_above_the_normal_level():
     assert cut[49:52, 49:52].all()  # the weak speck: 1 + 0.6 * 0.9 = 1.54 is over its threshold and under its peak
     flat = np.full((8, 8), 3.0, np.float32)
     assert Thresholds(5.0, 1.0, background=9.0).mask(flat).all()  # a level above the peak never empties a region
+
+
+def test_an_unusable_normal_level_is_refused_like_a_threshold():
+    """A NaN level would silently change every mask: it is refused in one line, as a NaN threshold is."""
+    from edgekd.calibration import check_thresholds
+    from edgekd.errors import EdgekdError
+    with pytest.raises(EdgekdError, match="unusable background threshold .nan."):
+        check_thresholds({"image": 1.0, "pixel": 1.0, "background": float("nan")}, "model.ckpt")
+    assert check_thresholds({"image": 1.0, "pixel": 1.0, "background": 0.5})["background"] == 0.5

@@ -199,6 +199,11 @@ class Thresholds:
             return mask
         return region_cores(np.asarray(amap, np.float32), mask, self.background)
 
+    def masks(self, maps: np.ndarray) -> np.ndarray:
+        """(N,H,W) maps -> (N,H,W) uint8 masks, each as `mask` makes it."""
+        maps = np.asarray(maps)
+        return np.stack([self.mask(amap) for amap in maps]) if len(maps) else np.zeros(maps.shape, np.uint8)
+
     @classmethod
     def for_masks(cls, artifact_thresholds: dict | None) -> "Thresholds | None":
         """What masks need of an artifact's thresholds (its pixel threshold and normal level); None without a pixel

@@ -98,8 +98,7 @@ def evaluate(runtime: Runtime, data: str | Path, category: str | None, out: Path
     vmin, vmax = float(np.percentile(maps, 1)), float(maps.max())
     titles = [f"{dataset.test[i].defect} {scores[i]:.3f}"
               + (f" Dice {per_image[i]['dice']:.2f}" if per_image and "dice" in per_image[i] else "") for i in picks]
-    predicted = np.stack([decide.mask(maps[i]) for i in picks]) if picks else maps[:0] > 0
-    picture = montage(images[picks], maps[picks], predicted, masks[picks], titles, vmin, vmax)
+    picture = montage(images[picks], maps[picks], decide.masks(maps[picks]), masks[picks], titles, vmin, vmax)
     montage_path = out / f"montage_{dataset.category}.png"
     write_image_atomic(montage_path, picture)
     row["montage"] = str(montage_path)

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekd.calibration import check_thresholds
+from edgekd.calibration import Thresholds, check_thresholds
 from edgekd.data.images import to_model_input
-from edgekd.calibration import Thresholds
 from edgekd.sidecar import Sidecar
 
 
@@ -64,8 +63,7 @@ class Runtime(ABC):
                 progress.advance(task, len(maps[-1]))
         maps_all = np.concatenate(maps) if maps else np.zeros((0, *self.input_size), np.float32)
         decide = Thresholds.for_masks(self.thresholds)
-        masks = np.stack([decide.mask(amap) for amap in maps_all]) if decide is not None and len(maps_all) else \
-            (np.zeros(maps_all.shape, np.uint8) if decide is not None else None)
+        masks = decide.masks(maps_all) if decide is not None else None
         return Prediction(maps_all, np.concatenate(scores) if scores else np.zeros(0, np.float32), masks)
 
     def close(self) -> None:

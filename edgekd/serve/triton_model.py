@@ -76,8 +76,8 @@ class TritonPythonModel:
             maps, scores = self.runtime.run(np.concatenate(batches))
             maps = np.asarray(maps, dtype=np.float32)
             scores = np.asarray(scores, dtype=np.float32).reshape(-1, 1)
-            masks = (np.stack([self.mask_thresholds.mask(amap) for amap in maps[:, 0]])[:, None]
-                     if self.mask_thresholds is not None else np.zeros(maps.shape, np.uint8))
+            masks = (self.mask_thresholds.masks(maps[:, 0])[:, None] if self.mask_thresholds is not None
+                     else np.zeros(maps.shape, np.uint8))
             start = 0
             for i, batch in zip(good, batches):
                 end = start + len(batch)

@@ -125,3 +125,14 @@ def test_run_reports_sizes_and_rejects_by_the_rule(wood_checkpoint, synth_root, 
     assert result.returncode == 2 and "uses area_mm2, which need a scale" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
+
+
+def test_a_line_file_carries_the_scale_and_the_rule(tmp_path):
+    """YAML reads `mm_per_px: 0.05` as a number; the option takes it as its text, and the command line wins."""
+    from edgekd.stream.request import RunRequest
+    line = tmp_path / "line.yaml"
+    line.write_text("model: m.onnx\nmm_per_px: 0.05\nreject_if: 'area_mm2 > 0.5 or length_mm > 2'\n")
+    request = RunRequest.build(line, {})
+    assert parse_scale(request.mm_per_px) == pytest.approx(0.05)
+    assert RejectRule.parse(request.reject_if, True).rejects({"area_mm2": 0.1, "length_mm": 3.0})
+    assert RunRequest.build(line, {"mm_per_px": "40mm=400px"}).mm_per_px == "40mm=400px"

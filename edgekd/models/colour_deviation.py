@@ -72,11 +72,11 @@ FORMS = ("linear", "log")  # the measure's form: linear RGB (fitted before issue
 CHOICES = (*FORMS, "auto")  # what a config may ask for: "auto" lets fitting choose per surface (fit_colour)
 LOG_FLOOR = 0.02  # added before the log: a black patch's noise must not become a large log difference
 # The least normal spread of a channel (relative; the linear form's is this times the surface's mean level): what a
-# real camera and video codec add to a 16-pixel patch even
-# where the surface does not vary. A grey PNG texture has none (R = G = B), so without a floor a 0.5% tint is many
-# spreads out, and OpenCV's MPEG-4 moved the branch's maxima 16-20 spreads on gravel, grass and the package. The
-# codec's patch chroma noise there has a standard deviation of 0.3-0.6% (99th percentile 0.9%): the floor is that
-# noise's spread, 0.5% (the shift falls to 1.1-1.8 spreads; at 1% to 0.1-0.5, at the cost of more faint stains).
+# real camera and video codec add to a 16-pixel patch even where the surface does not vary. A grey PNG texture has
+# none (R = G = B), so without a floor a 0.5% tint is many spreads out, and OpenCV's MPEG-4 moved the branch's maxima
+# 16-20 spreads on gravel, grass and the package. The codec's patch chroma noise there has a standard deviation of
+# 0.3-0.6% (99th percentile 0.9%): the floor is that noise's spread, 0.5% (the shift falls to 1.1-1.8 spreads; at 1%
+# to 0.1-0.5, at the cost of more faint stains).
 SPREAD_FLOOR = 0.005
 GREY_SPREADS = 1.5  # a surface whose typical chroma spread is within this many floors of it is grey (fit_colour)
 

@@ -1,4 +1,4 @@
-"""Physical sizes of defect regions and the quality engineer's reject rule on them.
+"""The quality engineer's reject rule on the sizes of defect regions (edgekd/region_sizes.py).
 
 A line rejects by size ("scratch longer than 2 mm", "spot larger than 0.5 mm2"), not by anomaly score. With a scale
 (`--mm-per-px 0.05`, or a known width: `--mm-per-px 40mm=800px`) every region carries its area, length and width in
@@ -6,7 +6,7 @@ millimetres; `--reject-if "area_mm2 > 0.5 or length_mm > 2"` then decides, after
 defective parts are rejected: a part is rejected when any of its regions meets the rule.
 
 The rule is parsed here, never evaluated as Python: comparisons of a size with a number, joined by and / or / not and
-parentheses. Length is the longer side of the region's minimum-area rectangle, width the shorter.
+parentheses.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
 _TOKEN = re.compile(r"\s*(?:(?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+)|(?P<op>>=|<=|>|<)|(?P<paren>[()])|"
                     r"(?P<word>[A-Za-z_][A-Za-z0-9_]*))")
+
+
 @dataclass(frozen=True)
 class RejectRule:
     text: str
     test: Callable[[dict], bool]
-    fields: frozenset
 
     @classmethod
     def parse(cls, text: str, has_scale: bool) -> "RejectRule":
@@ -39,7 +40,7 @@ class RejectRule:
         if not has_scale and (needs := sorted(parser.fields & set(MM_FIELDS))):
             raise EdgekdError(f"--reject-if '{text}' uses {', '.join(needs)}, which need a scale: add --mm-per-px "
                               "(e.g. 0.05, or 40mm=800px), or use the pixel sizes " + ", ".join(PIXEL_FIELDS))
-        return cls(text, test, frozenset(parser.fields))
+        return cls(text, test)
 
     def rejects(self, sizes: dict[str, float]) -> bool:
         return bool(self.test(sizes))

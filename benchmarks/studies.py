@@ -48,9 +48,9 @@ class Study:
 
 STUDIES = (
     Study("real-texture accuracy", "How accurate is the default detector on real surfaces, beside anomalib?",
-          "real_texture_accuracy.py, colour_forms.py",
+          "real_texture_accuracy.py, colour_forms.py, stain_detectability.py",
           ("real_textures_layout.md", "real_textures_layout.json", "real_textures_tried.md", "colour_forms.md",
-           "colour_forms.json", *(f"real32_{run}.{ext}" for run in ("final_a", "final_b", "linear_a", "linear_b",
+           "colour_forms.json", "stain_detectability.md", "stain_detectability.json", *(f"real32_{run}.{ext}" for run in ("final_a", "final_b", "linear_a", "linear_b",
                                                                     "plain", "default", "others", "auto_a", "auto_b",
                                                                     "floor_a", "floor_b", "grey_b")
                                   for ext in ("md", "json"))),

@@ -88,7 +88,7 @@ STUDIES = (
           ("calibration_poisoning_cut6.md", "calibration_poisoning_cut6.json")),
     Study("mask fidelity", "Do the masks at the operating point match the defects' outlines and sizes?",
           "mask_fidelity.py, peer_masks.py, mask_cost.py",
-          ("mask_fidelity.md", "mask_fidelity.json", "peer_masks_patchcore.json", "peer_masks_stfpm.json", "mask_cost.md",
+          ("mask_fidelity.md", "mask_fidelity.json", "masks_tried.md", "peer_masks_patchcore.json", "peer_masks_stfpm.json", "mask_cost.md",
            "mask_cost.json",
                                *(f"masks_{c}.png" for c in ("gravel", "grass", "pcb", "package", "brick", "cork",
                                                             "fibre_paper")))),

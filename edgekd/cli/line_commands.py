@@ -62,7 +62,30 @@ def run(ctx: typer.Context,
         reconnect_timeout: float = typer.Option(0.0, "--reconnect-timeout", min=0.0,
                                                 help="Give up on a lost camera/stream after this many seconds (0: never)."),
         truth: Optional[Path] = typer.Option(None, help="Frame list of a test video ('edgekd data video' writes it): "
-                                             "print detected vs true defect frames at the end.")):
+                                             "print detected vs true defect frames at the end."),
+        mqtt: Optional[str] = typer.Option(None, help="Publish verdicts to an MQTT broker: mqtt://HOST:PORT/PREFIX "
+                                           "(mqtts:// for TLS); PREFIX/verdict per frame, PREFIX/status retained."),
+        mqtt_every: str = typer.Option("frame", "--mqtt-every", help="frame, change (of verdict) or defect."),
+        mqtt_qos: int = typer.Option(1, "--mqtt-qos", min=0, max=2, help="MQTT quality of service."),
+        mqtt_ca: Optional[Path] = typer.Option(None, "--mqtt-ca", help="CA certificate (PEM) for mqtts://."),
+        mqtt_cert: Optional[Path] = typer.Option(None, "--mqtt-cert", help="Client certificate (PEM) for mqtts://."),
+        mqtt_key: Optional[Path] = typer.Option(None, "--mqtt-key", help="The client certificate's private key."),
+        mqtt_auth_file: Optional[Path] = typer.Option(None, "--mqtt-auth-file", help="File whose first line is "
+                                                      "USER:PASSWORD for the broker."),
+        webhook: Optional[str] = typer.Option(None, help="POST each defect verdict's JSON to this http(s):// URL."),
+        webhook_every: str = typer.Option("defect", "--webhook-every", help="frame, change (of verdict) or defect."),
+        webhook_token_file: Optional[Path] = typer.Option(None, "--webhook-token-file", help="File whose first line "
+                                                          "is sent as a bearer token with each POST."),
+        spool: Path = typer.Option(Path("edgekd-spool"), "--spool", help="Folder where MQTT and webhook messages "
+                                   "wait while the receiver is away (sent in order when it is back)."),
+        spool_limit: int = typer.Option(100_000, "--spool-limit", min=1, help="Most messages kept per output; "
+                                        "beyond it the oldest are dropped, and counted."),
+        events: Optional[Path] = typer.Option(None, help="Event store (SQLite): every defect frame with its picture "
+                                              "and mask, and per-minute counts; read it with 'edgekd events'."),
+        events_keep_days: Optional[float] = typer.Option(None, "--events-keep-days", help="Delete events older "
+                                                         "than this."),
+        events_max_mb: Optional[float] = typer.Option(None, "--events-max-mb", help="Delete the oldest events while "
+                                                      "the store is larger than this.")):
     from edgekd.stream.cli_run import run_stream
     from edgekd.stream.request import RunRequest
     given = {name: value for name, value in ctx.params.items()
@@ -126,3 +149,35 @@ def calibrate(artifact: Path = typer.Argument(..., help=ARTIFACT_HELP),
     else:
         _echo(f"wrote {', '.join(map(str, result.written))} (previous thresholds kept in thresholds_history); "
               f"histogram {result.plot}")
+
+
+@app.command(help="List, filter and export the defect events an 'edgekd run --events DB' stored.")
+def events(db: Path = typer.Argument(..., help="The event store (edgekd run --events DB)."),
+           since: Optional[str] = typer.Option(None, help="From this time: 2026-12-08T10:30, 2026-12-08, or an age "
+                                               "(15m, 2h, 7d)."),
+           until: Optional[str] = typer.Option(None, help="Before this time (same forms)."),
+           min_score: Optional[float] = typer.Option(None, "--min-score", help="Events scoring at least this."),
+           camera: Optional[str] = typer.Option(None, help="Events of this camera (source) only."),
+           limit: Optional[int] = typer.Option(None, min=1, help="At most this many (the oldest first)."),
+           csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the selected events to this CSV file."),
+           minutes: bool = typer.Option(False, "--minutes", help="List the per-minute counts instead.")):
+    from edgekd.events.query import iso, listing, parse_when, write_csv
+    from edgekd.events.store import EventFilter, EventStore
+    selection = EventFilter(parse_when(since, "--since"), parse_when(until, "--until"), min_score, camera, limit)
+    store = EventStore(db, create=False)
+    try:
+        if minutes:
+            for row in store.minutes(selection.since, camera):
+                _echo(f"{iso(row['minute'] * 60)[:16]}  frames {row['frames']:>6}  defects {row['defects']:>6}  "
+                      f"max {row['max_score']:.4f}  mean {row['mean_score']:.4f}  {row['camera']}")
+            return
+        rows = store.events(selection)
+        if csv_out is not None:
+            write_csv(csv_out, rows, store.files)
+            _echo(f"wrote {len(rows)} events to {csv_out}")
+            return
+        for line in listing(rows):
+            _echo(line)
+        _echo(f"{len(rows)} events; pictures and masks in {store.files}")
+    finally:
+        store.close()

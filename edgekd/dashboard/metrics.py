@@ -55,6 +55,18 @@ class RunCollector:
         if status["last_frame_age_s"] is not None:
             yield GaugeMetricFamily("edgekd_last_frame_age_seconds", "Seconds since the newest frame was scored.",
                                     value=status["last_frame_age_s"])
+        messages = CounterMetricFamily("edgekd_output_messages", "Line output messages (MQTT, webhook) by what "
+                                       "happened to them: queued, sent, spooled (waited for the receiver), dropped "
+                                       "(spool full), retries.", labels=["output", "state"])
+        pending = GaugeMetricFamily("edgekd_output_pending", "Messages waiting in an output's spool.", labels=["output"])
+        for output, counts in (stats.get("outputs") or {}).items():
+            for state in ("queued", "sent", "spooled", "dropped", "retries"):
+                if state in counts:
+                    messages.add_metric([output, state], counts[state])
+            if "pending" in counts:
+                pending.add_metric([output], counts["pending"])
+        yield messages
+        yield pending
         yield GaugeMetricFamily("edgekd_dashboard_viewers", "Open live streams.", value=status["viewers"])
         answered = CounterMetricFamily("edgekd_dashboard_requests", "Dashboard requests, by outcome.", labels=["outcome"])
         for outcome, count in sorted(self.request_counts().items()):

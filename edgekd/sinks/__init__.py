@@ -53,6 +53,10 @@ SINKS: tuple[SinkKind, ...] = (
     SinkKind("show", lambda r: WindowSink.check_display(),
              lambda _, run: WindowSink(lambda: run.stop("window closed"))),
     SinkKind("serve", "edgekd.dashboard.sink:prepare", "edgekd.dashboard.sink:build"),
+    # the line's outputs: imported when asked for (paho-mqtt only then)
+    SinkKind("mqtt", "edgekd.sinks.mqtt:prepare", "edgekd.sinks.mqtt:build"),
+    SinkKind("webhook", "edgekd.sinks.webhook:prepare", "edgekd.sinks.webhook:build"),
+    SinkKind("events", "edgekd.events.sink:prepare", "edgekd.events.sink:build"),
 )
 
 

@@ -76,6 +76,10 @@ class Sink:
     def close(self) -> None:
         pass
 
+    def counters(self) -> dict | None:
+        """What this output has done (messages sent, spooled, dropped, ...), for the summary and /metrics."""
+        return None
+
     def abandon(self) -> Path | None:
         """After a failed write: stop, leave nothing that looks whole but is not; returns what was kept, if any."""
         self.close()

@@ -78,7 +78,8 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
         runner_ref: list[Runner] = []
         context = SinkContext(stream.fps or settings.fps or 25.0, lambda reason: runner_ref[0].stop(reason), thresholds,
                               colour_range(runtime.info.score_stats, thresholds.pixel),
-                              lambda: runner_ref[0].stats.snapshot() if runner_ref else None,
+                              lambda: {**runner_ref[0].stats.snapshot(), "outputs": runner_ref[0].outputs()}
+                              if runner_ref else None,
                               {"model": str(request.model), "source": stream.description, "backend": runtime.backend},
                               _log)
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edgekd.config import Rule, check_value, read_yaml_file
 from edgekd.errors import EdgekdError
+from edgekd.sinks.spooled import EVERY
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,22 @@ class RunRequest:
     stats_every: float = 5.0
     reconnect_timeout: float = 0.0
     truth: Path | None = None
+    # line outputs (edgekd/sinks/mqtt.py, webhook.py) and the event store (edgekd/events/)
+    mqtt: str | None = None
+    mqtt_every: str = "frame"
+    mqtt_qos: int = 1
+    mqtt_ca: Path | None = None
+    mqtt_cert: Path | None = None
+    mqtt_key: Path | None = None
+    mqtt_auth_file: Path | None = None
+    webhook: str | None = None
+    webhook_every: str = "defect"
+    webhook_token_file: Path | None = None
+    spool: Path = Path("edgekd-spool")
+    spool_limit: int = 100_000
+    events: Path | None = None
+    events_keep_days: float | None = None
+    events_max_mb: float | None = None
 
     @classmethod
     def build(cls, line_file: Path | None, given: dict) -> "RunRequest":
@@ -71,7 +88,8 @@ class RunRequest:
         return dataclasses.replace(self, **changes)
 
 
-PATHS = frozenset({"bundle", "server_key_file", "save_video", "save_masks", "jsonl", "token_file", "truth"})
+PATHS = frozenset({"bundle", "server_key_file", "save_video", "save_masks", "jsonl", "token_file", "truth", "mqtt_ca",
+                   "mqtt_cert", "mqtt_key", "mqtt_auth_file", "webhook_token_file", "spool", "events"})
 RULES: dict[str, Rule] = {
     "model": Rule("str", nullable=True), "bundle": Rule("str", nullable=True), "server": Rule("str", nullable=True),
     "server_key_file": Rule("str", nullable=True), "camera": Rule("int", 0, 1 << 16, nullable=True),
@@ -87,6 +105,12 @@ RULES: dict[str, Rule] = {
     "serve": Rule("str", nullable=True), "token_file": Rule("str", nullable=True), "token": Rule("str", nullable=True),
     "max_frames": Rule("int", 1, 1 << 62, nullable=True), "stats_every": Rule("float", 0, 86_400),
     "reconnect_timeout": Rule("float", 0, 1 << 30), "truth": Rule("str", nullable=True),
+    "mqtt": Rule("str", nullable=True), "mqtt_every": Rule("str", choices=EVERY), "mqtt_qos": Rule("int", 0, 2),
+    "mqtt_ca": Rule("str", nullable=True), "mqtt_cert": Rule("str", nullable=True), "mqtt_key": Rule("str", nullable=True),
+    "mqtt_auth_file": Rule("str", nullable=True), "webhook": Rule("str", nullable=True),
+    "webhook_every": Rule("str", choices=EVERY), "webhook_token_file": Rule("str", nullable=True),
+    "spool": Rule("str"), "spool_limit": Rule("int", 1, 1 << 40), "events": Rule("str", nullable=True),
+    "events_keep_days": Rule("float", nullable=True), "events_max_mb": Rule("float", nullable=True),
 }
 assert set(RULES) == {f.name for f in fields(RunRequest)}, "every run option has one rule"
 

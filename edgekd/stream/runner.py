@@ -362,12 +362,18 @@ class Runner:
         unread = self._unread(snapshot)
         # frames of a file or folder never scored: unreadable ones and those past a damaged end
         unscored = unread + (snapshot["corrupt"] if self.source.frame_count else 0)
+        outputs = self.outputs()
         return {**snapshot, "stopped_by": self.stopped_by, "lost_outputs": self.lost_outputs,
+                **({"outputs": outputs} if outputs else {}),
                 **({"server_outages_s": outages} if outages or snapshot["lost"] else {}),
                 **({"unread": unread} if unread else {}),
                 **({"unscored": unscored} if unscored else {}),
                 **({"corrupt_frames": self.corrupt_names} if self.corrupt_names else {}),
                 "complete": self.stopped_by is None and not self.lost_outputs and not snapshot["lost"] and not unscored}
+
+    def outputs(self) -> dict:
+        """Each output's own counters (messages sent, spooled, dropped; events stored), by its name."""
+        return {sink.name: counts for sink in self.sinks if (counts := sink.counters()) is not None}
 
     def _unread(self, snapshot: dict) -> int:
         """Frames a file or folder holds that the run never reached (a damaged end, a decoder that gave up); with the

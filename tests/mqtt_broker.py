@@ -3,6 +3,7 @@ password file, TLS, persistence), started and stopped by the test."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -35,7 +36,8 @@ class Broker:
         self.folder, self.port = Path(folder), port or free_port()
         self.folder.mkdir(parents=True, exist_ok=True)
         lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {'false' if password_file else 'true'}",
-                 "log_dest none"]
+                 "log_dest stderr", "log_type error",
+                 f"user {getpass.getuser()}"]  # started as root it would become 'mosquitto', who cannot read tmp_path
         if password_file:
             lines.append(f"password_file {password_file}")
         if tls:
@@ -74,7 +76,8 @@ class Listener:
     """A subscriber that keeps every message of `topic`, in arrival order. persistent: a fixed session the broker
     keeps across its restarts (with its own persistence), so nothing published while we reconnect is missed."""
 
-    def __init__(self, port: int, topic: str, persistent: bool = False, tls: dict | None = None, name: str = "listener"):
+    def __init__(self, port: int, topic: str, persistent: bool = False, tls: dict | None = None,
+                 name: str = "listener"):
         import paho.mqtt.client as mqtt
         self.messages: list[tuple[str, bytes, bool]] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgekd-test-{name}",

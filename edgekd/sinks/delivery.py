@@ -17,6 +17,7 @@ from edgekd.sinks.spool import Spool
 
 FIRST_PAUSE_S = 0.2
 LONGEST_PAUSE_S = 5.0  # a broker back after an outage is found within this
+CLOSE_DOWN_S = 6.0  # at the end of a run, a receiver away this long (a retry at the longest pause failed) is left
 AGES_KEPT = 2048  # recent verdict ages kept for p50/p99
 
 
@@ -78,12 +79,14 @@ class Delivery:
             pause = FIRST_PAUSE_S
 
     def close(self, wait_s: float) -> int:
-        """Send what is queued for at most `wait_s` seconds (not at all while the receiver is away), then stop;
-        returns how many stay in the spool (sent by the next run with the same spool)."""
+        """Send what is queued for at most `wait_s` seconds (less once the receiver has been away for CLOSE_DOWN_S),
+        then stop; returns how many stay in the spool (sent by the next run with the same spool)."""
         self._closing.set()
         self._wake.set()
         deadline = time.monotonic() + wait_s
-        while self._thread.is_alive() and self.down_since is None and time.monotonic() < deadline:
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if self.down_since is not None and time.monotonic() - self.down_since > CLOSE_DOWN_S:
+                break
             self._thread.join(0.05)
         self._abandon.set()
         self._thread.join(LONGEST_PAUSE_S + 5.0)

@@ -74,7 +74,8 @@ def parse_target(url: str, qos: int = 1, ca: Path | None = None, cert: Path | No
         raise EdgekdError(f"--mqtt {url!r} is not a broker address: give mqtt://HOST:PORT/TOPIC-PREFIX (or mqtts:// "
                           "for TLS), e.g. mqtt://127.0.0.1:1883/line1")
     if parts.username or parts.password:
-        raise EdgekdError("--mqtt: put the user name and password in a file given with --mqtt-auth-file, not in the URL")
+        raise EdgekdError("--mqtt: put the user name and password in a file given with --mqtt-auth-file, not in the "
+                          "URL")
     try:
         port = parts.port or DEFAULT_PORTS[parts.scheme]
     except ValueError:
@@ -127,20 +128,27 @@ class MqttLink:
         self.answered.set()
 
     def start(self) -> None:
-        """Connect; a refusal is an error, silence a warning (the spool keeps messages until the broker answers)."""
+        """Connect: a refusal or an untrusted certificate is an error; silence (nothing listening yet) a warning, and
+        paho keeps trying in the background while the spool keeps the messages."""
+        import ssl
         try:
-            self.client.connect_async(self.target.host, self.target.port, keepalive=30)
+            self.client.connect(self.target.host, self.target.port, keepalive=30)
+        except ssl.SSLCertVerificationError as exc:
+            raise EdgekdError(f"MQTT broker {self.target.url}: its certificate is not trusted ({exc.verify_message}): "
+                              "give the CA that signed it with --mqtt-ca") from None
+        except ssl.SSLError as exc:
+            raise EdgekdError(f"MQTT broker {self.target.url}: the TLS handshake failed ({exc.reason}): check that "
+                              "it speaks TLS on that port, and --mqtt-cert/--mqtt-key") from None
         except (OSError, ValueError) as exc:
-            raise EdgekdError(f"--mqtt {self.target.url}: {exc}") from None
+            self.log(f"warning: MQTT broker {self.target.url} does not answer yet ({exc}): verdicts wait in the spool "
+                     "and are sent in order once it does")
+            self.client.connect_async(self.target.host, self.target.port, keepalive=30)
         self.client.loop_start()
         if self.answered.wait(CONNECT_WAIT_S) and self.refusal is not None:
             refusal = self.refusal
             self.close()
             raise EdgekdError(f"MQTT broker {self.target.url} refused the connection ({refusal}): check the user name "
                               "and password in --mqtt-auth-file, and the broker's access rules")
-        if not self.client.is_connected():
-            self.log(f"warning: MQTT broker {self.target.url} does not answer yet: verdicts wait in the spool and are "
-                     "sent in order once it does")
 
     def send(self, payload: bytes) -> None:
         import paho.mqtt.client as mqtt

@@ -31,7 +31,8 @@ class Spool:
             self._db.execute("CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                              "payload BLOB NOT NULL)")
         except (sqlite3.Error, OSError) as exc:
-            raise EdgekdError(f"spool {self.path} cannot be opened ({exc}): give a writable folder with --spool") from None
+            raise EdgekdError(f"spool {self.path} cannot be opened ({exc}): give a writable folder with --spool") \
+                from None
         self.dropped = 0
 
     def __len__(self) -> int:

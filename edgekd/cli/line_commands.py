@@ -85,7 +85,10 @@ def run(ctx: typer.Context,
         events_keep_days: Optional[float] = typer.Option(None, "--events-keep-days", help="Delete events older "
                                                          "than this."),
         events_max_mb: Optional[float] = typer.Option(None, "--events-max-mb", help="Delete the oldest events while "
-                                                      "the store is larger than this.")):
+                                                      "the store is larger than this."),
+        max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Latency budget from capture "
+                                                       "to verdict: frames that cannot make it are dropped before "
+                                                       "inference (counted as over_budget).")):
     from edgekd.stream.cli_run import run_stream
     from edgekd.stream.request import RunRequest
     given = {name: value for name, value in ctx.params.items()

@@ -36,6 +36,9 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise EdgekdError(f"{option} {value:g} is not a capture setting: give a positive number, or leave it out "
                               "to keep the source's own")
+    if request.max_latency_ms is not None and not request.max_latency_ms > 0:
+        raise EdgekdError(f"--max-latency-ms {request.max_latency_ms:g} must be positive: the most milliseconds from "
+                          "capture to verdict, e.g. 200")
     if request.serve is None and (request.token is not None or request.token_file is not None):
         raise EdgekdError("--token and --token-file guard the dashboard: use them with --serve HOST:PORT")
     # Every output place is checked before the model loads (a bad path fails now, not at the first frame).
@@ -92,7 +95,8 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
         if verdicts:
             sinks.append(verdicts)
         options = RunOptions(thresholds, request.min_area, on_off, request.batch, request.max_frames, request.stats_every,
-                             request.reconnect_timeout, mm_per_px=mm_per_px, reject_rule=reject_rule)
+                             request.reconnect_timeout, mm_per_px=mm_per_px, reject_rule=reject_rule,
+                             max_latency_ms=request.max_latency_ms)
         runner = Runner(stream, runtime, sinks, options, log=_log)
         runner_ref.append(runner)
 

@@ -62,6 +62,7 @@ class RunRequest:
     events: Path | None = None
     events_keep_days: float | None = None
     events_max_mb: float | None = None
+    max_latency_ms: float | None = None
 
     @classmethod
     def build(cls, line_file: Path | None, given: dict) -> "RunRequest":
@@ -112,6 +113,7 @@ RULES: dict[str, Rule] = {
     "webhook_every": Rule("str", choices=EVERY), "webhook_token_file": Rule("str", nullable=True),
     "spool": Rule("str"), "spool_limit": Rule("int", 1, 1 << 40), "events": Rule("str", nullable=True),
     "events_keep_days": Rule("float", nullable=True), "events_max_mb": Rule("float", nullable=True),
+    "max_latency_ms": Rule("float", 0, 3_600_000, nullable=True),
 }
 assert set(RULES) == {f.name for f in fields(RunRequest)}, "every run option has one rule"
 

@@ -9,6 +9,7 @@ deliver every frame. Inference takes whatever frames have queued up, up to --bat
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -45,6 +46,7 @@ class RunOptions:
     live_queue: int = 2  # frames a live source may hold before the oldest is dropped
     mm_per_px: float | None = None  # the frame's scale: regions carry sizes in mm (edgekd/region_sizes.py)
     reject_rule: Any = None  # a RejectRule (edgekd/stream/reject.py): which defective parts are rejected
+    max_latency_ms: float | None = None  # the verdict's budget from capture: older frames are dropped before inference
 
 
 @dataclass
@@ -95,8 +97,8 @@ class Runner:
         self._stopping = threading.Event()  # drain what is queued, then finish
         self._aborted = threading.Event()  # a stage failed: finish now
         self.failure: BaseException | None = None
-        capture_out = _NewestQueue(options.live_queue, lambda: self.stats.count("dropped")) if source.live \
-            else queue.Queue(maxsize=4)
+        capture_out = _NewestQueue(options.live_queue, lambda: self.stats.count("dropped")) \
+            if source.drops_when_busy else queue.Queue(maxsize=4)
         self.queues = [capture_out, queue.Queue(maxsize=2 * options.max_batch), queue.Queue(maxsize=8),
                        queue.Queue(maxsize=8)]
         self.vmin, self.vmax = colour_range(runtime.info.score_stats, options.thresholds.pixel)
@@ -107,6 +109,8 @@ class Runner:
         self.service = ServiceNotifier()  # systemd's watchdog, fed only while frames are processed
         self.lost_outputs: list[dict] = []  # sinks that failed and were stopped, with the reason
         self.corrupt_names: list[str] = []  # the first unreadable frames (file names in a folder), for the summary
+        self._infer_per_frame_s = 0.0  # measured by warm_up and every batch (the latency budget's estimate)
+        self._inbox_done = False  # the inference stage has seen the end of the stream
 
     # -- control ----------------------------------------------------------------------------------------------
     @property
@@ -202,23 +206,48 @@ class Runner:
                 return
         self._put(out, DONE)
 
-    def _infer(self) -> None:
-        inbox, out = self.queues[1], self.queues[2]
-        finished = False
-        while not finished:
+    def _next_batch(self, inbox, waiting: collections.deque) -> tuple[list, bool]:
+        """The next micro-batch (whatever has queued up already, up to max_batch) and whether the stream ended.
+        With a latency budget everything queued is looked at, and the oldest frames whose verdict could not be out
+        within the budget (their age plus the batch's expected inference time) are dropped and counted."""
+        if not waiting:
+            if self._inbox_done:
+                return [], True
             first = self._get(inbox)
             if first is DONE:
+                return [], True
+            waiting.append(first)
+        budget = self.options.max_latency_ms
+        room = (1 << 30) if budget else self.options.max_batch  # without a budget, back-pressure as before
+        while len(waiting) < room and not self._inbox_done:
+            try:
+                item = inbox.get_nowait()
+            except queue.Empty:
                 break
-            frames = [first]
-            while len(frames) < self.options.max_batch:  # micro-batch: whatever has queued up already
-                try:
-                    item = inbox.get_nowait()
-                except queue.Empty:
+            if item is DONE:
+                self._inbox_done = True
+                break
+            waiting.append(item)
+        if budget:
+            now = time.perf_counter()
+            while len(waiting) > 1:  # the newest frame is always scored, even when it cannot make the budget
+                batch = min(len(waiting), self.options.max_batch)
+                if (now - waiting[0].captured + self._infer_per_frame_s * batch) * 1e3 <= budget:
                     break
-                if item is DONE:
-                    finished = True
-                    break
-                frames.append(item)
+                waiting.popleft()
+                self.stats.count("dropped")
+                self.stats.count("over_budget")
+        frames = [waiting.popleft() for _ in range(min(len(waiting), self.options.max_batch))]
+        return frames, self._inbox_done and not waiting
+
+    def _infer(self) -> None:
+        inbox, out = self.queues[1], self.queues[2]
+        waiting: collections.deque = collections.deque()
+        finished = False
+        while not finished:
+            frames, finished = self._next_batch(inbox, waiting)
+            if not frames:
+                continue
             started = time.perf_counter()
             try:
                 maps, scores = self.runtime.run(np.concatenate([f.tensor for f in frames]))
@@ -230,6 +259,8 @@ class Runner:
                          f"{self._outage[1]} frames lost meanwhile")
                 self._outage = None
             self.stats.batch(len(frames), time.perf_counter() - started)
+            # the expected inference time per frame, for the latency budget: a moving average of the recent batches
+            self._infer_per_frame_s += 0.2 * ((time.perf_counter() - started) / len(frames) - self._infer_per_frame_s)
             for frame, amap, score in zip(frames, np.asarray(maps, np.float32), np.asarray(scores, np.float32).reshape(-1)):
                 frame.amap, frame.score, frame.tensor = amap[0], float(score), None
                 if not self._put(out, frame):
@@ -291,7 +322,10 @@ class Runner:
                 except OSError as exc:  # disk full, folder removed, ...: that sink stops, detection goes on
                     self._drop_sink(sink, exc)
             self.stats.stage("sinks", time.perf_counter() - started)
-            self.stats.done(time.perf_counter() - captured, result.verdict)
+            age = time.perf_counter() - captured
+            if self.options.max_latency_ms and age * 1e3 > self.options.max_latency_ms:
+                self.stats.count("late")
+            self.stats.done(age, result.verdict)
 
     def _drop_sink(self, sink: Sink, exc: BaseException) -> None:
         self.active_sinks.remove(sink)
@@ -313,7 +347,13 @@ class Runner:
             return
         h, w = self.runtime.input_size
         for size in (self.options.max_batch, 1):
+            started = time.perf_counter()
             self.runtime.run(np.zeros((size, 3, h, w), np.float32))
+        self._infer_per_frame_s = time.perf_counter() - started  # the single frame's
+        budget = self.options.max_latency_ms
+        if budget and self._infer_per_frame_s * 1e3 > budget:
+            self.log(f"warning: one frame takes {self._infer_per_frame_s * 1e3:.0f} ms to score here, over "
+                     f"--max-latency-ms {budget:g}: only the newest frame is scored each time, and its verdict is late")
 
     def run(self) -> dict:
         """Blocks until the source ends, stop() is called or a stage fails; returns the final stats."""

@@ -73,6 +73,12 @@ class Source:
         return None
 
     @property
+    def drops_when_busy(self) -> bool:
+        """Frames come at the source's own pace whether or not they are taken (a camera, a stream, --realtime): when
+        the runner is busy the oldest waiting frame is dropped, and counted, instead of the run falling behind."""
+        return self.live
+
+    @property
     def frame_count(self) -> int | None:
         """How many frames a file or folder holds, when it says (a run that ends before reading them all did not
         finish); None for live sources."""
@@ -209,6 +215,10 @@ class PacedSource(Source):
     @property
     def fps(self) -> float | None:
         return 1.0 / self.period
+
+    @property
+    def drops_when_busy(self) -> bool:
+        return True  # like the camera it stands in for: a frame not taken in time is gone
 
     @property
     def frame_count(self) -> int | None:

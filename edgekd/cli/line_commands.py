@@ -72,6 +72,10 @@ def run(ctx: typer.Context,
         mqtt_key: Optional[Path] = typer.Option(None, "--mqtt-key", help="The client certificate's private key."),
         mqtt_auth_file: Optional[Path] = typer.Option(None, "--mqtt-auth-file", help="File whose first line is "
                                                       "USER:PASSWORD for the broker."),
+        opcua: Optional[str] = typer.Option(None, help="Serve the verdicts over OPC UA at opc.tcp://HOST:PORT (anonymous "
+                                            "on loopback only; elsewhere --opcua-auth-file)."),
+        opcua_auth_file: Optional[Path] = typer.Option(None, "--opcua-auth-file", help="File whose first line is "
+                                                       "USER:PASSWORD, required of OPC UA clients."),
         webhook: Optional[str] = typer.Option(None, help="POST each defect verdict's JSON to this http(s):// URL."),
         webhook_every: str = typer.Option("defect", "--webhook-every", help="frame, change (of verdict) or defect."),
         webhook_token_file: Optional[Path] = typer.Option(None, "--webhook-token-file", help="File whose first line "

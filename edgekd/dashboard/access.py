@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from edgekd.addresses import LOOPBACK_NAMES, resolves_to_loopback
 from edgekd.errors import EdgekdError
 
 COOKIE = "edgekd_token"
 MIN_TOKEN_LENGTH = 16
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]+")  # safe in a cookie and a header as it is
 MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,7 @@ def parse_serve_address(text: str) -> ServeAddress:
     except socket.gaierror:
         raise EdgekdError(f"--serve {text!r}: '{host}' is not an address of this machine: use 127.0.0.1, 0.0.0.0 or "
                           "one of its IP addresses") from None
-    family = infos[0][0]
-    addresses = {info[4][0] for info in infos}
-    loopback = host.lower() in LOOPBACK_NAMES or all(ipaddress.ip_address(a.split("%")[0]).is_loopback
-                                                      for a in addresses)
-    return ServeAddress(host, port, loopback, family)
+    return ServeAddress(host, port, resolves_to_loopback(host, port), infos[0][0])
 
 
 def read_token(token: str | None, token_file: Path | None, what: str = "dashboard token",

@@ -56,6 +56,7 @@ SINKS: tuple[SinkKind, ...] = (
     # the line's outputs: imported when asked for (paho-mqtt only then)
     SinkKind("mqtt", "edgekd.sinks.mqtt:prepare", "edgekd.sinks.mqtt:build"),
     SinkKind("webhook", "edgekd.sinks.webhook:prepare", "edgekd.sinks.webhook:build"),
+    SinkKind("opcua", "edgekd.sinks.opcua:prepare", "edgekd.sinks.opcua:build"),
     SinkKind("events", "edgekd.events.sink:prepare", "edgekd.events.sink:build"),
 )
 

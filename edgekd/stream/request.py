@@ -54,6 +54,8 @@ class RunRequest:
     mqtt_cert: Path | None = None
     mqtt_key: Path | None = None
     mqtt_auth_file: Path | None = None
+    opcua: str | None = None
+    opcua_auth_file: Path | None = None
     webhook: str | None = None
     webhook_every: str = "defect"
     webhook_token_file: Path | None = None
@@ -90,7 +92,8 @@ class RunRequest:
 
 
 PATHS = frozenset({"bundle", "server_key_file", "save_video", "save_masks", "jsonl", "token_file", "truth", "mqtt_ca",
-                   "mqtt_cert", "mqtt_key", "mqtt_auth_file", "webhook_token_file", "spool", "events"})
+                   "mqtt_cert", "mqtt_key", "mqtt_auth_file", "webhook_token_file", "spool", "events",
+                   "opcua_auth_file"})
 RULES: dict[str, Rule] = {
     "model": Rule("str", nullable=True), "bundle": Rule("str", nullable=True), "server": Rule("str", nullable=True),
     "server_key_file": Rule("str", nullable=True), "camera": Rule("int", 0, 1 << 16, nullable=True),
@@ -110,6 +113,7 @@ RULES: dict[str, Rule] = {
     "mqtt_ca": Rule("str", nullable=True), "mqtt_cert": Rule("str", nullable=True),
     "mqtt_key": Rule("str", nullable=True),
     "mqtt_auth_file": Rule("str", nullable=True), "webhook": Rule("str", nullable=True),
+    "opcua": Rule("str", nullable=True), "opcua_auth_file": Rule("str", nullable=True),
     "webhook_every": Rule("str", choices=EVERY), "webhook_token_file": Rule("str", nullable=True),
     "spool": Rule("str"), "spool_limit": Rule("int", 1, 1 << 40), "events": Rule("str", nullable=True),
     "events_keep_days": Rule("float", nullable=True), "events_max_mb": Rule("float", nullable=True),

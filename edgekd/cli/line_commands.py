@@ -92,7 +92,14 @@ def run(ctx: typer.Context,
                                                       "the store is larger than this."),
         max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Latency budget from capture "
                                                        "to verdict: frames that cannot make it are dropped before "
-                                                       "inference (counted as over_budget).")):
+                                                       "inference (counted as over_budget)."),
+        part_frames: Optional[int] = typer.Option(None, "--part-frames", min=1, help="Group every N frames into a "
+                                                  "part with one verdict (see --part-trigger)."),
+        part_defects: int = typer.Option(1, "--part-defects", min=1, help="A part is defective when at least this "
+                                         "many of its frames are."),
+        part_trigger: Optional[str] = typer.Option(None, "--part-trigger", help="The PLC starts each part: mqtt "
+                                                   "(a message on PREFIX/trigger, its text the part id) or opcua "
+                                                   "(a write to the PartTrigger node).")):
     from edgekd.stream.cli_run import run_stream
     from edgekd.stream.request import RunRequest
     given = {name: value for name, value in ctx.params.items()
@@ -167,12 +174,20 @@ def events(db: Path = typer.Argument(..., help="The event store (edgekd run --ev
            camera: Optional[str] = typer.Option(None, help="Events of this camera (source) only."),
            limit: Optional[int] = typer.Option(None, min=1, help="At most this many (the oldest first)."),
            csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the selected events to this CSV file."),
-           minutes: bool = typer.Option(False, "--minutes", help="List the per-minute counts instead.")):
+           minutes: bool = typer.Option(False, "--minutes", help="List the per-minute counts instead."),
+           parts: bool = typer.Option(False, "--parts", help="List the parts' verdicts instead (--part-frames, "
+                                      "--part-trigger).")):
     from edgekd.events.query import iso, listing, parse_when, write_csv
     from edgekd.events.store import EventFilter, EventStore
     selection = EventFilter(parse_when(since, "--since"), parse_when(until, "--until"), min_score, camera, limit)
     store = EventStore(db, create=False)
     try:
+        if parts:
+            for part in store.parts(selection):
+                _echo(f"{iso(part['time'])}  part {part['part']:>8}  frames {part['first_frame']}-{part['last_frame']}"
+                      f"  defect frames {part['defect_frames']:>3}  {part['verdict']:6}  worst frame "
+                      f"{part['worst_frame']} ({part['worst_score']:.4f})  {part['camera']}")
+            return
         if minutes:
             for row in store.minutes(selection.since, camera):
                 _echo(f"{iso(row['minute'] * 60)[:16]}  frames {row['frames']:>6}  defects {row['defects']:>6}  "

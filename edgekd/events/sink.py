@@ -35,6 +35,7 @@ class EventSink(Sink):
         self.camera = str(names.get("source"))
         self.minute: _Minute | None = None
         self.written = 0
+        self.parts = 0
 
     def write(self, result: Result, overlay_bgr: np.ndarray | None) -> None:
         minute = int(result.timestamp // 60)
@@ -70,8 +71,12 @@ class EventSink(Sink):
             self.store.add_minute(m.minute, self.camera, m.frames, m.defects, m.max_score, m.sum_score)
         self.minute = None
 
+    def write_part(self, part, message: dict) -> None:
+        self.store.add_part(message)
+        self.parts += 1
+
     def counters(self) -> dict:
-        return {"events": self.written, "removed_by_retention": self.store.removed}
+        return {"events": self.written, "parts": self.parts, "removed_by_retention": self.store.removed}
 
     def close(self) -> None:
         try:

@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS events (
     picture TEXT, mask TEXT, bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS parts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, part TEXT NOT NULL, time REAL NOT NULL, camera TEXT,
+    first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL, frames INTEGER NOT NULL,
+    defect_frames INTEGER NOT NULL, verdict TEXT NOT NULL, worst_frame INTEGER, worst_score REAL, reject INTEGER,
+    message TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS minutes (
     minute INTEGER NOT NULL, camera TEXT NOT NULL, frames INTEGER NOT NULL, defects INTEGER NOT NULL,
     max_score REAL NOT NULL, sum_score REAL NOT NULL, PRIMARY KEY (minute, camera)
@@ -101,6 +107,24 @@ class EventStore:
              picture.name if picture else None, mask.name if mask else None, size))
         return int(cursor.lastrowid)
 
+    def add_part(self, message: dict) -> None:
+        """One part's verdict (edgekd/stream/parts.py), committed when this returns."""
+        self.db.execute("INSERT INTO parts (part, time, camera, first_frame, last_frame, frames, defect_frames, "
+                        "verdict, worst_frame, worst_score, reject, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (message["part"], message["time"], message.get("camera"), message["first_frame"],
+                         message["last_frame"], message["frames"], message["defect_frames"], message["verdict"],
+                         message["worst_frame"], message["worst_score"],
+                         None if message.get("reject") is None else int(message["reject"]),
+                         json.dumps(message, separators=(",", ":"))))
+
+    def parts(self, selection: "EventFilter" = None) -> list[dict]:
+        selection = selection or EventFilter()
+        where, values = selection.where()
+        limit = f" LIMIT {int(selection.limit)}" if selection.limit else ""
+        rows = self.db.execute(f"SELECT message FROM parts{where.replace('score', 'worst_score')} ORDER BY time, id"
+                               f"{limit}", values)
+        return [json.loads(message) for (message,) in rows]
+
     def add_minute(self, minute: int, camera: str, frames: int, defects: int, max_score: float, sum_score: float):
         """The minute's counts, added to what an earlier write of the same minute (and camera) holds."""
         self.db.execute("INSERT INTO minutes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(minute, camera) DO UPDATE SET "
@@ -116,6 +140,7 @@ class EventStore:
             cutoff = (now or time.time()) - self.keep_days * 86400.0
             removed += self._delete("WHERE time < ?", (cutoff,))
             self.db.execute("DELETE FROM minutes WHERE minute < ?", (int(cutoff // 60),))
+            self.db.execute("DELETE FROM parts WHERE time < ?", (cutoff,))
         if self.max_mb is not None:
             limit = self.max_mb * 1e6
             while self.size_bytes() > limit:

@@ -28,6 +28,7 @@ class SinkContext:
     stats: Callable[[], dict | None] = lambda: None  # the run's counters now
     names: dict = field(default_factory=dict)  # model, source, backend: what to call them
     log: Callable[[str], None] = lambda text: None
+    parts: Any = None  # the run's PartGrouper (edgekd/stream/parts.py): a trigger output tells it a part starts
 
 
 Ref = Callable | str  # a callable, or "module:function" for a sink above this package

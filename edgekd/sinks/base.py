@@ -56,6 +56,7 @@ class Result:
     fps: float = 0.0
     name: str | None = None  # source file, for folder sources
     rejected: bool | None = None  # this frame's part rejected by --reject-if; None without a rule
+    part: str | None = None  # the part it belongs to (--part-frames, --part-trigger); None without parts
 
     def event(self) -> dict:
         return {"frame": self.index, **({"file": self.name} if self.name else {}), "time": round(self.timestamp, 6),
@@ -63,6 +64,7 @@ class Result:
                 "score": round(float(self.score), 6), "defective": self.defective,
                 "verdict": "defect" if self.verdict else "ok", "regions": [r.to_dict() for r in self.regions],
                 **({"reject": self.rejected} if self.rejected is not None else {}),
+                **({"part": self.part} if self.part is not None else {}),
                 "latency_ms": round(self.latency_ms, 2)}
 
 
@@ -75,6 +77,9 @@ class Sink:
 
     def close(self) -> None:
         pass
+
+    def write_part(self, part, message: dict) -> None:
+        """A part ended (edgekd/stream/parts.py): its verdict, as `message` (Part.message). Most outputs ignore it."""
 
     def counters(self) -> dict | None:
         """What this output has done (messages sent, spooled, dropped, ...), for the summary and /metrics."""

@@ -17,6 +17,11 @@ def encode(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
+def is_part(message: dict) -> bool:
+    """A part's verdict (edgekd/stream/parts.py Part.message) rather than a frame's."""
+    return "first_frame" in message
+
+
 def captured_at(payload: bytes) -> float | None:
     """The capture time (Unix seconds) of an encoded message, for the age it reaches its receiver at."""
     try:

@@ -10,6 +10,7 @@ wait in the spool until it answers (a line should keep inspecting while its brok
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgekd.errors import EdgekdError
+from edgekd.sinks.line_message import is_part
 from edgekd.sinks.spool import Spool
 from edgekd.sinks.spooled import EVERY, SpooledSink
 
@@ -42,6 +44,14 @@ class MqttTarget:
     @property
     def verdict_topic(self) -> str:
         return f"{self.prefix}/verdict"
+
+    @property
+    def part_topic(self) -> str:
+        return f"{self.prefix}/part"
+
+    @property
+    def trigger_topic(self) -> str:
+        return f"{self.prefix}/trigger"
 
     @property
     def status_topic(self) -> str:
@@ -117,6 +127,8 @@ class MqttLink:
         self.answered = threading.Event()
         self.refusal: str | None = None
         self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.on_trigger = None  # (part id or None) -> None: the PLC started a part (--part-trigger mqtt)
         self.closed = False
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -125,7 +137,14 @@ class MqttLink:
         else:
             self.refusal = None
             client.publish(self.target.status_topic, "online", qos=1, retain=True)
+            if self.on_trigger is not None:  # again after every reconnect: a clean session forgets it
+                client.subscribe(self.target.trigger_topic, qos=1)
         self.answered.set()
+
+    def _on_message(self, client, userdata, message) -> None:
+        if self.on_trigger is not None and message.topic == self.target.trigger_topic:
+            text = message.payload.decode("utf-8", "replace").strip()
+            self.on_trigger(text or None)
 
     def start(self) -> None:
         """Connect: a refusal or an untrusted certificate is an error; silence (nothing listening yet) a warning, and
@@ -154,7 +173,8 @@ class MqttLink:
         import paho.mqtt.client as mqtt
         if not self.client.is_connected():
             raise ConnectionError(f"not connected to {self.target.host}:{self.target.port}")
-        info = self.client.publish(self.target.verdict_topic, payload, qos=self.target.qos)
+        topic = self.target.part_topic if is_part(json.loads(payload)) else self.target.verdict_topic
+        info = self.client.publish(topic, payload, qos=self.target.qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectionError(mqtt.error_string(info.rc))
         if self.target.qos:
@@ -204,5 +224,10 @@ def _stderr(text: str) -> None:
 
 def build(prepared: PreparedMqtt, context) -> SpooledSink:
     sink = SpooledSink("mqtt", prepared.spool, prepared.every, context.names, context.log, prepared.link.send)
+    sink.sends_parts = True  # on PREFIX/part, beside the frames
     sink.disconnect = prepared.link.close
+    if context.parts is not None and context.parts.rule.trigger == "mqtt":
+        prepared.link.on_trigger = context.parts.trigger
+        prepared.link.client.subscribe(prepared.link.target.trigger_topic, qos=1)
+        context.log(f"info: parts start on each message to {prepared.link.target.trigger_topic} (its text: the part id)")
     return sink

@@ -7,7 +7,11 @@ Under Objects/edgekd (namespace urn:edgekd), updated per frame:
     Health (String: "starting", "running", "stopped")
 and, set once: Model, Camera (String), ImageThreshold, PixelThreshold (Double).
 
-Every node is read-only for clients. Anonymous access is allowed on a loopback address only; anywhere else the
+Parts (--part-frames, --part-trigger): PartId is the part of the last frame; PartCounter, LastPartId,
+LastPartVerdict, LastPartDefect, LastPartReject, LastPartWorstScore and LastPartWorstFrame are set when a part ends.
+With --part-trigger opcua the PLC writes the new part's id to PartTrigger when a part enters the view.
+
+Every node but PartTrigger is read-only for clients. Anonymous access is allowed on a loopback address only; anywhere else the
 server requires a user name and password (--opcua-auth-file, first line USER:PASSWORD) and refuses to start
 without one, as the dashboard does without a token. The server runs asyncua in its own thread and event loop; the
 runner's sink thread only hands it the newest values, so a slow client never holds a frame up."""
@@ -37,7 +41,14 @@ NODES = {"Verdict": ("String", "ok"), "Defect": ("Boolean", False), "Reject": ("
          "DefectFrames": ("UInt64", 0), "PartId": ("String", ""),
          "LastFrameTime": ("DateTime", datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)),
          "Health": ("String", "starting"), "Model": ("String", ""), "Camera": ("String", ""),
-         "ImageThreshold": ("Double", 0.0), "PixelThreshold": ("Double", 0.0)}
+         "ImageThreshold": ("Double", 0.0), "PixelThreshold": ("Double", 0.0),
+         # parts (--part-frames, --part-trigger): the last part's verdict, set when it ends
+         "PartCounter": ("UInt64", 0), "LastPartId": ("String", ""), "LastPartVerdict": ("String", ""),
+         "LastPartDefect": ("Boolean", False), "LastPartReject": ("Boolean", False),
+         "LastPartWorstScore": ("Double", 0.0), "LastPartWorstFrame": ("Int64", -1),
+         # the one node a client may write (--part-trigger opcua): a part starts, the text written is its id
+         "PartTrigger": ("String", "")}
+TRIGGER = "PartTrigger"
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,8 @@ class OpcuaServer:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="edgekd-opcua", daemon=True)
         self.server = None
+        self.on_trigger = None  # (part id or None) -> None: the PLC wrote PartTrigger (--part-trigger opcua)
+        self._trigger_ready = False  # the subscription's first notification is the initial value, not a write
 
     def start(self) -> None:
         logging.getLogger("asyncua").setLevel(logging.ERROR)  # its per-session chatter is not the run's log
@@ -121,6 +134,10 @@ class OpcuaServer:
         folder = await self.server.nodes.objects.add_object(index, "edgekd")
         for name, (kind, value) in NODES.items():
             self.nodes[name] = await folder.add_variable(index, name, value, getattr(ua.VariantType, kind))
+        await self.nodes[TRIGGER].set_writable()
+        handler = _TriggerHandler(self)
+        subscription = await self.server.create_subscription(50, handler)
+        await subscription.subscribe_data_change(self.nodes[TRIGGER])
         self._wake = asyncio.Event()
         self._types = {name: getattr(ua.VariantType, kind) for name, (kind, _) in NODES.items()}
         await self.server.start()
@@ -157,11 +174,27 @@ class OpcuaServer:
             self.loop.close()
 
 
+class _TriggerHandler:
+    """The server's own subscription to PartTrigger: each client write starts a part."""
+
+    def __init__(self, server: "OpcuaServer"):
+        self.server = server
+
+    def datachange_notification(self, node, value, data) -> None:
+        if not self.server._trigger_ready:
+            self.server._trigger_ready = True
+            return
+        if self.server.on_trigger is not None:
+            written = data.monitored_item.Value
+            when = written.SourceTimestamp or written.ServerTimestamp  # when the PLC wrote it, not when we heard
+            self.server.on_trigger(str(value).strip() or None, when.timestamp() if when else None)
+
+
 class OpcuaSink(Sink):
     name = "opcua"
 
     def __init__(self, server: OpcuaServer, names: dict, thresholds):
-        self.server, self.frames, self.defect_frames = server, 0, 0
+        self.server, self.frames, self.defect_frames, self.parts = server, 0, 0, 0
         server.publish({"Model": str(names.get("model") or ""), "Camera": str(names.get("source") or ""),
                         "ImageThreshold": float(thresholds.image), "PixelThreshold": float(thresholds.pixel),
                         "Health": "running"})
@@ -173,11 +206,18 @@ class OpcuaSink(Sink):
             "Verdict": "defect" if result.verdict else "ok", "Defect": bool(result.verdict),
             "Reject": bool(result.rejected if result.rejected is not None else result.verdict),
             "Score": float(result.score), "DefectCount": len(result.regions), "FrameCounter": self.frames,
-            "DefectFrames": self.defect_frames,
+            "DefectFrames": self.defect_frames, **({"PartId": result.part} if result.part is not None else {}),
             "LastFrameTime": datetime.datetime.fromtimestamp(result.timestamp, datetime.timezone.utc)})
 
+    def write_part(self, part, message: dict) -> None:
+        self.parts += 1
+        self.server.publish({"PartCounter": self.parts, "LastPartId": part.id,
+                             "LastPartVerdict": "defect" if part.verdict else "ok", "LastPartDefect": part.verdict,
+                             "LastPartReject": bool(part.rejected if part.rejected is not None else part.verdict),
+                             "LastPartWorstScore": float(part.worst_score), "LastPartWorstFrame": part.worst_frame})
+
     def counters(self) -> dict:
-        return {"frames": self.frames, "defect_frames": self.defect_frames}
+        return {"frames": self.frames, "defect_frames": self.defect_frames, "parts": self.parts}
 
     def close(self) -> None:
         self.server.close()
@@ -194,4 +234,7 @@ def prepare(request) -> OpcuaServer:
 def build(server: OpcuaServer, context) -> OpcuaSink:
     context.log(f"info: OPC UA server at opc.tcp://{server.address.host}:{server.address.port}/edgekd/ "
                 f"({'user name and password' if server.credentials else 'anonymous, loopback only'})")
+    if context.parts is not None and context.parts.rule.trigger == "opcua":
+        server.on_trigger = context.parts.trigger
+        context.log(f"info: parts start on each write to the {TRIGGER} node (the text written: the part id)")
     return OpcuaSink(server, context.names, context.thresholds)

@@ -12,7 +12,8 @@ from edgekd.sinks.line_message import captured_at, encode, line_message
 from edgekd.sinks.spool import Spool
 
 CLOSE_WAIT_S = 10.0  # at the end of a run, how long queued messages may take to go out
-EVERY = ("frame", "change", "defect")  # which frames are sent: each one, each verdict change, each defect verdict
+# which frames are sent: each one, each verdict change, each defect verdict, or none but the parts' verdicts
+EVERY = ("frame", "change", "defect", "part")
 
 
 class SpooledSink(Sink):
@@ -21,8 +22,11 @@ class SpooledSink(Sink):
         self.delivery = Delivery(name, spool, send, log, captured_at)
         self._last_verdict: bool | None = None
         self._final: dict | None = None  # the counters when closed (the spool is gone then)
+        self.sends_parts = every == "part"  # MQTT sends them on their own topic whatever `every` is
 
     def wanted(self, result: Result) -> bool:
+        if self.every == "part":
+            return False
         if self.every == "frame":
             return True
         if self.every == "defect":
@@ -34,6 +38,10 @@ class SpooledSink(Sink):
     def write(self, result: Result, overlay_bgr: np.ndarray | None) -> None:
         if self.wanted(result):
             self.delivery.push(encode(line_message(result, self.names)))
+
+    def write_part(self, part, message: dict) -> None:
+        if self.sends_parts:
+            self.delivery.push(encode(message))
 
     def counters(self) -> dict:
         return self._final if self._final is not None else self.delivery.counters()

@@ -13,6 +13,7 @@ from edgekd.errors import EdgekdError, RunIncomplete
 from edgekd.calibration import Thresholds
 from edgekd.region_sizes import parse_scale
 from edgekd.stream.detect import parse_hysteresis
+from edgekd.stream.parts import PartGrouper, PartRule
 from edgekd.stream.reject import RejectRule
 from edgekd.stream.request import RunRequest
 from edgekd.stream.runner import RunOptions, Runner
@@ -24,6 +25,20 @@ from edgekd.viz import colour_range
 
 def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def _part_grouper(request: RunRequest) -> PartGrouper | None:
+    """Parts by count or by the PLC's trigger (edgekd/stream/parts.py), checked before anything starts."""
+    if request.part_frames is None and request.part_trigger is None:
+        if request.part_defects != 1:
+            raise EdgekdError("--part-defects counts defective frames of a part: give --part-frames N or --part-trigger")
+        return None
+    rule = PartRule(request.part_frames, request.part_defects, request.part_trigger).check()
+    if rule.trigger == "mqtt" and not request.mqtt:
+        raise EdgekdError("--part-trigger mqtt listens on the broker of --mqtt (topic PREFIX/trigger): give --mqtt")
+    if rule.trigger == "opcua" and not request.opcua:
+        raise EdgekdError("--part-trigger opcua listens on the PartTrigger node of --opcua: give --opcua")
+    return PartGrouper(rule)
 
 
 def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -> dict:
@@ -48,6 +63,7 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
     on_off = parse_hysteresis(request.hysteresis)
     mm_per_px = parse_scale(request.mm_per_px)
     reject_rule = RejectRule.parse(request.reject_if, mm_per_px is not None) if request.reject_if else None
+    parts = _part_grouper(request)
     settings = CaptureSettings(request.width, request.height, request.fps)
     with ExitStack() as cleanup:
         # Output places checked and the dashboard's port bound now: a bad path or a taken port fails before the
@@ -84,7 +100,7 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
                               lambda: {**runner_ref[0].stats.snapshot(), "outputs": runner_ref[0].outputs()}
                               if runner_ref else None,
                               {"model": str(request.model), "source": stream.description, "backend": runtime.backend},
-                              _log)
+                              _log, parts)
         try:
             sinks = build_sinks(prepared, context)
         except BaseException:
@@ -96,7 +112,7 @@ def run_stream(request: RunRequest, echo=print, server_key: str | None = None) -
             sinks.append(verdicts)
         options = RunOptions(thresholds, request.min_area, on_off, request.batch, request.max_frames, request.stats_every,
                              request.reconnect_timeout, mm_per_px=mm_per_px, reject_rule=reject_rule,
-                             max_latency_ms=request.max_latency_ms)
+                             max_latency_ms=request.max_latency_ms, parts=parts, names=context.names)
         runner = Runner(stream, runtime, sinks, options, log=_log)
         runner_ref.append(runner)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from edgekd.config import Rule, check_value, read_yaml_file
 from edgekd.errors import EdgekdError
 from edgekd.sinks.spooled import EVERY
+from edgekd.stream.parts import TRIGGERS
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class RunRequest:
     events_keep_days: float | None = None
     events_max_mb: float | None = None
     max_latency_ms: float | None = None
+    part_frames: int | None = None
+    part_defects: int = 1
+    part_trigger: str | None = None
 
     @classmethod
     def build(cls, line_file: Path | None, given: dict) -> "RunRequest":
@@ -118,6 +122,8 @@ RULES: dict[str, Rule] = {
     "spool": Rule("str"), "spool_limit": Rule("int", 1, 1 << 40), "events": Rule("str", nullable=True),
     "events_keep_days": Rule("float", nullable=True), "events_max_mb": Rule("float", nullable=True),
     "max_latency_ms": Rule("float", 0, 3_600_000, nullable=True),
+    "part_frames": Rule("int", 1, 1 << 30, nullable=True), "part_defects": Rule("int", 1, 1 << 30),
+    "part_trigger": Rule("str", choices=TRIGGERS, nullable=True),
 }
 assert set(RULES) == {f.name for f in fields(RunRequest)}, "every run option has one rule"
 

@@ -47,6 +47,8 @@ class RunOptions:
     mm_per_px: float | None = None  # the frame's scale: regions carry sizes in mm (edgekd/region_sizes.py)
     reject_rule: Any = None  # a RejectRule (edgekd/stream/reject.py): which defective parts are rejected
     max_latency_ms: float | None = None  # the verdict's budget from capture: older frames are dropped before inference
+    parts: Any = None  # a PartGrouper (edgekd/stream/parts.py): frames grouped into parts, one verdict each
+    names: dict | None = None  # model, source: what part messages call them
 
 
 @dataclass
@@ -309,11 +311,27 @@ class Runner:
         self.stats.count("rejected", int(rejected))
         return regions, rejected
 
+    def _write_parts(self, parts: list) -> None:
+        for part in parts:
+            self.stats.count("parts")
+            self.stats.count("defective_parts", int(part.verdict))
+            message = part.message(self.options.names or {})
+            for sink in list(self.active_sinks):
+                try:
+                    sink.write_part(part, message)
+                except OSError as exc:
+                    self._drop_sink(sink, exc)
+
     def _sinks(self) -> None:
         inbox = self.queues[3]
+        grouper = self.options.parts
         while (item := self._get(inbox)) is not DONE:
             result, captured = item
             started = time.perf_counter()
+            if grouper is not None:
+                result.part, ended = grouper.add(result.index, result.timestamp, result.score, result.defective,
+                                                 result.rejected)
+                self._write_parts(ended)
             result.fps = self.stats.fps()
             picture = annotate(result, self.vmin, self.vmax) if any(s.wants_overlay for s in self.active_sinks) else None
             for sink in list(self.active_sinks):
@@ -326,6 +344,8 @@ class Runner:
             if self.options.max_latency_ms and age * 1e3 > self.options.max_latency_ms:
                 self.stats.count("late")
             self.stats.done(age, result.verdict)
+        if grouper is not None and not self._aborted.is_set():
+            self._write_parts(grouper.close())
 
     def _drop_sink(self, sink: Sink, exc: BaseException) -> None:
         self.active_sinks.remove(sink)

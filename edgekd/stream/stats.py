@@ -18,7 +18,8 @@ class RunStats:
         self.lock = threading.Lock()
         self.started = time.perf_counter()
         self.counts = {"captured": 0, "processed": 0, "dropped": 0, "corrupt": 0, "reconnects": 0, "defect_frames": 0,
-                       "batches": 0, "lost": 0, "rejected": 0, "over_budget": 0, "late": 0}
+                       "batches": 0, "lost": 0, "rejected": 0, "over_budget": 0, "late": 0, "parts": 0,
+                       "defective_parts": 0}
         # lost: frames a remote runtime could not score (server away); rejected: defective frames --reject-if rejects;
         # over_budget: frames dropped unscored because their verdict could not be out within --max-latency-ms (also
         # counted in dropped); late: verdicts that still left the sinks later than the budget

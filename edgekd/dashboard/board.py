@@ -70,7 +70,9 @@ class LiveBoard(Sink):
         self.pending_shots: deque[tuple[Result, np.ndarray | None]] = deque(maxlen=4)  # newest win when behind
         self.last_shot_at: float | None = None
         self.frame_jpeg: tuple[int, bytes] | None = None  # (frame index, JPEG) of the live picture
+        self.plain_jpeg: tuple[int, bytes] | None = None  # the same frame as the camera gave it (no heatmap)
         self.viewers = 0
+        self.plain_viewers = 0  # of which watch the plain camera picture
         self.started = time.monotonic()
         self.last_frame_at: float | None = None  # monotonic time of the newest result
         self.finished = False
@@ -126,11 +128,15 @@ class LiveBoard(Sink):
                     if self.pending_shots:
                         job = ("shot", *self.pending_shots.popleft())
                         break
-                    wanted = self.viewers > 0 and self.latest is not None and \
-                        (self.frame_jpeg is None or self.frame_jpeg[0] != self.latest.index)
+                    stale = lambda held: held is None or held[0] != self.latest.index  # noqa: E731
+                    overlay = self.viewers > self.plain_viewers and self.latest is not None and stale(self.frame_jpeg)
+                    plain = self.plain_viewers > 0 and self.latest is not None and stale(self.plain_jpeg)
+                    wanted = overlay or plain
                     wait = next_frame_at - time.monotonic()
                     if wanted and wait <= 0:
-                        job = ("frame", self.latest, self.latest_picture)
+                        job = ("frame" if overlay else "plain", self.latest, self.latest_picture)
+                        if overlay and plain:
+                            job = ("both", self.latest, self.latest_picture)
                         next_frame_at = time.monotonic() + self.stream_period  # also after a picture that fails
                         break
                     if self.finished:  # and no defect picture is pending (taken first, above)
@@ -138,6 +144,13 @@ class LiveBoard(Sink):
                     self.changed.wait(timeout=wait if wanted else 0.5)
             kind, result, drawn = job
             try:
+                if kind in ("plain", "both"):
+                    data = encode_jpeg(result.image, MAX_WIDTH)
+                    with self.changed:
+                        self.plain_jpeg = (result.index, data)
+                        self.changed.notify_all()
+                    if kind == "plain":
+                        continue
                 picture = self._picture(result, drawn)
                 if kind == "shot":
                     shot_id += 1
@@ -158,27 +171,31 @@ class LiveBoard(Sink):
 
     # -- the server side (request threads) -------------------------------------------------------------------------
     @contextmanager
-    def watch(self):
-        """For a stream client: while any is open, the live picture is encoded."""
+    def watch(self, plain: bool = False):
+        """For a stream client: while any is open, the live picture (annotated, or the plain camera image) is
+        encoded."""
         with self.changed:
             self.viewers += 1
+            self.plain_viewers += int(plain)
             self.changed.notify_all()
         try:
             yield self
         finally:
             with self.changed:
                 self.viewers -= 1
+                self.plain_viewers -= int(plain)
 
-    def next_frame(self, after: int, timeout: float) -> tuple[int, bytes] | None:
+    def next_frame(self, after: int, timeout: float, plain: bool = False) -> tuple[int, bytes] | None:
         """The next live JPEG newer than frame `after`; None when none came in `timeout` s or the run is over."""
         deadline = time.monotonic() + timeout
+        held = (lambda: self.plain_jpeg) if plain else (lambda: self.frame_jpeg)
         with self.changed:
-            while self.frame_jpeg is None or self.frame_jpeg[0] <= after:
+            while held() is None or held()[0] <= after:
                 left = deadline - time.monotonic()
                 if self.finished or left <= 0:
                     return None
                 self.changed.wait(timeout=left)
-            return self.frame_jpeg
+            return held()
 
     def current_jpeg(self, timeout: float = 5.0) -> bytes | None:
         """The newest frame as a JPEG. Drawn by the encoder thread like the stream's (request threads never call

@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from edgekd.dashboard.access import Gate, ServeAddress
@@ -26,10 +27,15 @@ from edgekd.errors import EdgekdError
 
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
           "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
-          "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
+          "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+          "/history": ("history.html", "text/html; charset=utf-8"),
+          "/history.js": ("history.js", "text/javascript; charset=utf-8")}
 ROUTES = {"/stream.mjpg": "_stream", "/api/status": "_status", "/api/scores": "_scores", "/api/defects": "_defects",
-          "/api/frame.jpg": "_frame", "/metrics": "_metrics", "/healthz": "_healthz"}  # path -> handler method
+          "/api/frame.jpg": "_frame", "/metrics": "_metrics", "/healthz": "_healthz",
+          "/api/history": "_history"}  # path -> handler method
 DEFECT_PICTURE = re.compile(r"/api/defects/(\d+)(\.thumb)?\.jpg")
+HISTORY_FILE = re.compile(r"/api/history/(\d+)\.(jpg|mask\.png)")
+HISTORY_LIMIT = 500  # events one history request returns at most
 BOUNDARY = "edgekd-frame"
 STALL_S = 10.0  # /healthz turns 503 when no frame was scored for this long
 IDLE_TIMEOUT_S = 30.0
@@ -64,8 +70,9 @@ class _Server(ThreadingHTTPServer):
 class Dashboard:
     """Binds at construction (a taken port fails before the model loads); serves from start() until close()."""
 
-    def __init__(self, address: ServeAddress, token: str | None, board: LiveBoard):
+    def __init__(self, address: ServeAddress, token: str | None, board: LiveBoard, events: Path | None = None):
         self.address, self.board, self.gate = address, board, Gate(address, token)
+        self.events = events  # the run's event store (--events), which the history page reads
         self.requests: Counter = Counter()  # outcome -> count, for /metrics
         self._count_lock = threading.Lock()
         self.registry = metrics_registry(board, self.request_counts)
@@ -187,12 +194,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, path: str, query: dict) -> None:
         picture = DEFECT_PICTURE.fullmatch(path)
+        stored = HISTORY_FILE.fullmatch(path)
         if path in self.app.assets:
             answer = lambda: self._send(200, *self.app.assets[path])  # noqa: E731
         elif path in ROUTES:
             answer = lambda: getattr(self, ROUTES[path])(query)  # noqa: E731
         elif picture:
             answer = lambda: self._defect_picture(int(picture.group(1)), bool(picture.group(2)))  # noqa: E731
+        elif stored:
+            answer = lambda: self._history_file(int(stored.group(1)), stored.group(2))  # noqa: E731
         else:
             self._refuse(404, f"no page {path}: see / for the dashboard", "not_found")
             return
@@ -218,6 +228,55 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, picture, "image/jpeg") if picture else self._text(404, "no such defect picture (the gallery "
                                                                            "keeps the newest ones)")
 
+    def _store(self):
+        """The event store, opened read-only for this request; None (answered) when there is none to read."""
+        from edgekd.events.store import EventStore
+        if self.app.events is None:
+            self._text(404, "this run keeps no event store: start it with --events DB to see its history")
+            return None
+        try:
+            return EventStore(self.app.events, create=False, read_only=True)
+        except EdgekdError as exc:
+            self._text(404, str(exc))
+            return None
+
+    def _history(self, query: dict) -> None:
+        from edgekd.events.query import parse_when
+        from edgekd.events.store import EventFilter
+        value = lambda name: (query.get(name) or [None])[0] or None  # noqa: E731
+        try:
+            min_score = float(value("min_score")) if value("min_score") else None
+            limit = min(int(value("limit") or 200), HISTORY_LIMIT)
+            selection = EventFilter(parse_when(value("since"), "since"), parse_when(value("until"), "until"),
+                                    min_score, value("camera"), limit, newest_first=True)
+        except (ValueError, EdgekdError) as exc:
+            self._json({"error": str(exc)}, 400)
+            return
+        store = self._store()
+        if store is None:
+            return
+        try:
+            events = store.events(selection)
+        finally:
+            store.close()
+        self._json({"events": [{**json.loads(e["message"]), "id": e["id"], "picture": f"/api/history/{e['id']}.jpg",
+                                "mask": f"/api/history/{e['id']}.mask.png"} for e in events], "limit": limit})
+
+    def _history_file(self, event_id: int, kind: str) -> None:
+        store = self._store()
+        if store is None:
+            return
+        try:
+            event = store.event(event_id)
+            name = event and (event["picture"] if kind == "jpg" else event["mask"])
+            data = (store.files / name).read_bytes() if name and (store.files / name).is_file() else None
+        finally:
+            store.close()
+        if data is None:
+            self._text(404, "no such event picture (retention may have removed it)")
+        else:
+            self._send(200, data, "image/jpeg" if kind == "jpg" else "image/png")
+
     def _metrics(self, query: dict) -> None:
         self._send(200, render(self.app.registry), "text/plain; version=0.0.4; charset=utf-8")
 
@@ -235,10 +294,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True  # the stream ends the connection (no Content-Length to frame it)
         if self.command == "HEAD":
             return
-        last = -1
-        with self.app.board.watch() as board:
+        last, plain = -1, (query.get("view") or [""])[0] == "plain"
+        with self.app.board.watch(plain) as board:
             while True:
-                frame = board.next_frame(last, timeout=5.0)
+                frame = board.next_frame(last, timeout=5.0, plain=plain)
                 if frame is None:
                     if board.finished:
                         return

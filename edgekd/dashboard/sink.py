@@ -17,7 +17,7 @@ def prepare(request) -> Dashboard:
     token = read_token(request.token, request.token_file)
     board = LiveBoard()
     try:
-        return Dashboard(address, token, board)
+        return Dashboard(address, token, board, request.events)
     except BaseException:
         board.close()
         raise

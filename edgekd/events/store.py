@@ -52,6 +52,7 @@ class EventFilter:
     min_score: float | None = None
     camera: str | None = None
     limit: int | None = None
+    newest_first: bool = False
 
     def where(self) -> tuple[str, list]:
         clauses, values = [], []
@@ -63,10 +64,13 @@ class EventFilter:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", values
 
 
-def _connect(path: Path, create: bool) -> sqlite3.Connection:
+def _connect(path: Path, create: bool, read_only: bool = False) -> sqlite3.Connection:
     if not create and not path.is_file():
         raise EdgekdError(f"event store {path} does not exist: 'edgekd run --events {path}' writes one")
     try:
+        if read_only:  # a reader beside the running writer (the dashboard's history page): WAL lets both go on
+            return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                                   timeout=10.0)
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -78,7 +82,8 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
 
 
 class EventStore:
-    def __init__(self, path: Path, keep_days: float | None = None, max_mb: float | None = None, create: bool = True):
+    def __init__(self, path: Path, keep_days: float | None = None, max_mb: float | None = None, create: bool = True,
+                 read_only: bool = False):
         self.path = Path(path)
         self.files = self.path.with_name(self.path.stem + "-files")  # pictures and masks beside the database
         if create:
@@ -90,7 +95,7 @@ class EventStore:
             if not os.access(self.path.parent, os.W_OK):
                 raise EdgekdError(f"--events {self.path}: the folder {self.path.parent} is not writable: give a "
                                   "writable place")
-        self.db = _connect(self.path, create)
+        self.db = _connect(self.path, create, read_only)
         self.keep_days, self.max_mb = keep_days, max_mb
         self.removed = 0  # events removed by retention
 
@@ -110,7 +115,8 @@ class EventStore:
     def add_part(self, message: dict) -> None:
         """One part's verdict (edgekd/stream/parts.py), committed when this returns."""
         self.db.execute("INSERT INTO parts (part, time, camera, first_frame, last_frame, frames, defect_frames, "
-                        "verdict, worst_frame, worst_score, reject, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "verdict, worst_frame, worst_score, reject, message) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (message["part"], message["time"], message.get("camera"), message["first_frame"],
                          message["last_frame"], message["frames"], message["defect_frames"], message["verdict"],
                          message["worst_frame"], message["worst_score"],
@@ -176,8 +182,13 @@ class EventStore:
     def events(self, selection: EventFilter = EventFilter()) -> list[dict]:
         where, values = selection.where()
         limit = f" LIMIT {int(selection.limit)}" if selection.limit else ""
-        rows = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM events{where} ORDER BY time, id{limit}", values)
+        order = "time DESC, id DESC" if selection.newest_first else "time, id"
+        rows = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM events{where} ORDER BY {order}{limit}", values)
         return [dict(zip(COLUMNS, row)) for row in rows]
+
+    def event(self, event_id: int) -> dict | None:
+        row = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM events WHERE id = ?", (event_id,)).fetchone()
+        return dict(zip(COLUMNS, row)) if row else None
 
     def minutes(self, since: float | None = None, camera: str | None = None) -> list[dict]:
         rows = self.db.execute("SELECT minute, camera, frames, defects, max_score, sum_score FROM minutes "

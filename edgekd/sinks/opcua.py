@@ -11,9 +11,9 @@ Parts (--part-frames, --part-trigger): PartId is the part of the last frame; Par
 LastPartVerdict, LastPartDefect, LastPartReject, LastPartWorstScore and LastPartWorstFrame are set when a part ends.
 With --part-trigger opcua the PLC writes the new part's id to PartTrigger when a part enters the view.
 
-Every node but PartTrigger is read-only for clients. Anonymous access is allowed on a loopback address only; anywhere else the
-server requires a user name and password (--opcua-auth-file, first line USER:PASSWORD) and refuses to start
-without one, as the dashboard does without a token. The server runs asyncua in its own thread and event loop; the
+Every node but PartTrigger is read-only for clients. Anonymous access is allowed on a loopback address only;
+anywhere else the server requires a user name and password (--opcua-auth-file, first line USER:PASSWORD) and
+refuses to start without one, as the dashboard does without a token. The server runs asyncua in its own thread and event loop; the
 runner's sink thread only hands it the newest values, so a slow client never holds a frame up."""
 
 from __future__ import annotations

@@ -202,3 +202,11 @@ document.addEventListener("DOMContentLoaded", () => {
   pollStatus();
   pollGallery();
 });
+
+// The live picture: the annotated heatmap, or the plain camera image
+for (const button of document.querySelectorAll("#view button")) {
+  button.addEventListener("click", () => {
+    for (const other of document.querySelectorAll("#view button")) other.classList.toggle("on", other === button);
+    $("stream").src = button.dataset.view ? `/stream.mjpg?view=${button.dataset.view}` : "/stream.mjpg";
+  });
+}

@@ -86,6 +86,9 @@ STUDIES = (
     Study("calibration poisoning", "With bad parts in the calibration clip, are the line's defects still found?",
           "calibration_poisoning.py", ("calibration_poisoning.md", "calibration_poisoning.json"),
           ("calibration_poisoning_cut6.md", "calibration_poisoning_cut6.json")),
+    Study("line outputs", "What do MQTT, OPC UA, the webhook and the event store cost, how old is a verdict when "
+          "each receiver gets it, and does a broker outage lose any?", "line_outputs.py",
+          ("line_outputs.md", "line_outputs.json")),
     Study("mask fidelity", "Do the masks at the operating point match the defects' outlines and sizes?",
           "mask_fidelity.py, peer_masks.py, mask_cost.py",
           ("mask_fidelity.md", "mask_fidelity.json", "masks_tried.md", "peer_masks_patchcore.json", "peer_masks_stfpm.json", "mask_cost.md",

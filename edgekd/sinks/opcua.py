@@ -35,6 +35,10 @@ from edgekd.sinks.mqtt import read_credentials
 
 NAMESPACE = "urn:edgekd"
 START_WAIT_S = 15.0
+# At most one update of the nodes per this many seconds: every frame of a 25-50 FPS camera, and at higher rates the
+# newest values (the counters stay exact). Writing every frame at 60 FPS cost the run 13% of its frames per second
+# on 2 cores; no PLC cycle or OPC UA subscription reads faster than this.
+WRITE_EVERY_S = 0.02
 # name -> (OPC UA type name, initial value)
 NODES = {"Verdict": ("String", "ok"), "Defect": ("Boolean", False), "Reject": ("Boolean", False),
          "Score": ("Double", 0.0), "DefectCount": ("UInt32", 0), "FrameCounter": ("UInt64", 0),
@@ -152,11 +156,13 @@ class OpcuaServer:
             if values is None:
                 continue
             stop = values.pop("_stop", False)
-            for name, value in values.items():
-                await self.nodes[name].write_value(ua.DataValue(ua.Variant(value, self._types[name])))
+            for name, value in values.items():  # the server's direct write: no session, no access check to pay
+                await self.server.write_attribute_value(self.nodes[name].nodeid,
+                                                        ua.DataValue(ua.Variant(value, self._types[name])))
             if stop:
                 await self.server.stop()
                 return
+            await asyncio.sleep(WRITE_EVERY_S)  # frames faster than this are merged: the newest of each value wins
 
     def publish(self, values: dict) -> None:
         """Hand the server new values (merged with any not yet written: the newest of each wins)."""

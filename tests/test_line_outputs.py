@@ -352,3 +352,25 @@ def test_kill_nine_of_a_publishing_run_keeps_its_spooled_messages(tmp_path):
     kept = [int(p) for _, p in spool.peek(1_000_000)]
     assert kept == list(range(len(kept))) and len(kept) > acknowledged
     spool.close()
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_reported_offline_by_the_brokers_last_will(onnx_exports, line_video, tmp_path):
+    broker = Broker(tmp_path / "broker").start()
+    listener = Listener(broker.port, "line1/status")
+    child = subprocess.Popen([sys.executable, "-m", "edgekd", "run", "--model", str(onnx_exports["fp32"]), "--source",
+                              str(line_video), "--device", "cpu", "--realtime", "--loop", "--mqtt",
+                              f"{broker.url}/line1", "--spool", str(tmp_path / "spool"), "--stats-every", "0"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: listener.payloads("line1/status")[-1:] == [b"online"], 60)
+        assert listener.payloads("line1/status")[-1:] == [b"online"]
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        _wait_for(lambda: listener.payloads("line1/status")[-1:] == [b"offline"], 10)
+        assert listener.payloads("line1/status") == [b"online", b"offline"]  # the will, sent by the broker
+    finally:
+        if child.poll() is None:
+            child.kill()
+        listener.close()
+        broker.stop()

@@ -32,6 +32,7 @@ class Reader:
     def __init__(self, url: str, user: str | None = None, password: str | None = None):
         self.url, self.user, self.password = url, user, password
         self.reads: list[tuple] = []
+        self.notified: list[int] = []  # DefectFrames, as the subscription reports its changes
         self.fixed: dict = {}
         self.error: BaseException | None = None
         self.stop = threading.Event()
@@ -51,10 +52,19 @@ class Reader:
                     index = await client.get_namespace_index("urn:edgekd")
                     folder = await client.nodes.objects.get_child(f"{index}:edgekd")
                     nodes = [await folder.get_child(f"{index}:{name}") for name in READ]
-                    for name in ("Model", "Camera", "ImageThreshold", "PixelThreshold", "Health"):
-                        self.fixed[name] = await (await folder.get_child(f"{index}:{name}")).read_value()
+                    reader = self
+
+                    class Changes:
+                        def datachange_notification(self, node, value, data):
+                            reader.notified.append(value)
+                    subscription = await client.create_subscription(20, Changes())
+                    await subscription.subscribe_data_change(nodes[READ.index("DefectFrames")])
+                    fixed = {name: await folder.get_child(f"{index}:{name}")
+                             for name in ("Model", "Camera", "ImageThreshold", "PixelThreshold", "Health")}
                     while not self.stop.is_set():
                         self.reads.append(tuple(await client.read_values(nodes)))
+                        if self.reads[-1][0] and not self.fixed:  # frames flow: the run has set the fixed nodes
+                            self.fixed = {name: await node.read_value() for name, node in fixed.items()}
                         await asyncio.sleep(0.02)
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 await asyncio.sleep(0.05)  # not up yet, or gone at the end of the run
@@ -86,6 +96,11 @@ def test_an_opcua_client_reads_what_the_jsonl_says_frame_by_frame(onnx_exports, 
         assert defect_frames == sum(e["verdict"] == "defect" for e in events[:counter])
     assert reader.fixed["Model"] == str(onnx_exports["fp32"]) and reader.fixed["Health"] == "running"
     assert reader.fixed["ImageThreshold"] > 0 and summary["outputs"]["opcua"]["frames"] == 48
+    # the subscription saw the latched counter rise through the JSONL's running count of defect verdicts
+    running = {sum(e["verdict"] == "defect" for e in events[:n]) for n in range(49)}
+    assert len(reader.notified) >= 2 and reader.notified == sorted(reader.notified)
+    assert set(reader.notified) <= running and max(reader.notified) > 0
+    assert summary["outputs"]["opcua"]["age_ms_p50"] > 0
 
 
 def test_opcua_off_loopback_needs_credentials_and_refuses_anonymous_clients(tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 from edgekd.atomic import write_bytes_atomic
 from edgekd.errors import EdgekdError
 from edgekd.events.store import EventStore
+from edgekd.sinks.ages import Ages
 from edgekd.sinks.base import Result, Sink, annotate
 from edgekd.sinks.line_message import line_message
 
@@ -35,6 +36,7 @@ class EventSink(Sink):
         self.camera = str(names.get("source"))
         self.minute: _Minute | None = None
         self.written = 0
+        self.ages = Ages()  # each event's age when committed
         self.parts = 0
 
     def write(self, result: Result, overlay_bgr: np.ndarray | None) -> None:
@@ -64,6 +66,7 @@ class EventSink(Sink):
             write_bytes_atomic(path, encoded.tobytes())  # the files first: a committed row always has its files
         self.store.add(line_message(result, self.names), *paths)
         self.written += 1
+        self.ages.add(result.timestamp)
 
     def _flush_minute(self) -> None:
         m = self.minute
@@ -76,7 +79,8 @@ class EventSink(Sink):
         self.parts += 1
 
     def counters(self) -> dict:
-        return {"events": self.written, "parts": self.parts, "removed_by_retention": self.store.removed}
+        return {"events": self.written, "parts": self.parts, "removed_by_retention": self.store.removed,
+                **self.ages.summary()}
 
     def close(self) -> None:
         try:

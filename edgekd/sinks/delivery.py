@@ -6,19 +6,16 @@ for the receiver), dropped (only when the spool was full), pending, retries, and
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 from typing import Callable
 
-import numpy as np
-
+from edgekd.sinks.ages import Ages
 from edgekd.sinks.spool import Spool
 
 FIRST_PAUSE_S = 0.2
 LONGEST_PAUSE_S = 5.0  # a broker back after an outage is found within this
 CLOSE_DOWN_S = 6.0  # at the end of a run, a receiver away this long (a retry at the longest pause failed) is left
-AGES_KEPT = 2048  # recent verdict ages kept for p50/p99
 
 
 class Delivery:
@@ -28,7 +25,7 @@ class Delivery:
         is the message's capture time (Unix seconds), for the age it reaches the receiver at."""
         self.name, self.spool, self.send, self.log, self.age_of = name, spool, send, log, age_of
         self.counts = {"queued": 0, "sent": 0, "spooled": 0, "retries": 0, "outages": 0}
-        self.ages_ms: collections.deque[float] = collections.deque(maxlen=AGES_KEPT)
+        self.ages = Ages()
         self.down_since: float | None = None
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -69,9 +66,7 @@ class Delivery:
                 continue
             self.spool.remove(message_id)
             self.counts["sent"] += 1
-            captured = self.age_of(payload)
-            if captured is not None:
-                self.ages_ms.append((time.time() - captured) * 1000.0)
+            self.ages.add(self.age_of(payload))
             if self.down_since is not None:
                 self.log(f"info: {self.name} is back after {time.monotonic() - self.down_since:.1f} s; "
                          f"{len(self.spool)} queued messages follow")
@@ -93,8 +88,5 @@ class Delivery:
         return len(self.spool)
 
     def counters(self) -> dict:
-        ages = np.array(self.ages_ms) if self.ages_ms else None
         return {**self.counts, "dropped": self.spool.dropped, "pending": len(self.spool),
-                "connected": self.down_since is None,
-                **({"age_ms_p50": round(float(np.percentile(ages, 50)), 2),
-                    "age_ms_p99": round(float(np.percentile(ages, 99)), 2)} if ages is not None else {})}
+                "connected": self.down_since is None, **self.ages.summary()}

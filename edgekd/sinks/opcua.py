@@ -30,6 +30,7 @@ import numpy as np
 
 from edgekd.addresses import resolves_to_loopback
 from edgekd.errors import EdgekdError
+from edgekd.sinks.ages import Ages
 from edgekd.sinks.base import Result, Sink
 from edgekd.sinks.mqtt import read_credentials
 
@@ -103,6 +104,7 @@ class OpcuaServer:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="edgekd-opcua", daemon=True)
         self.server = None
+        self.ages = Ages()  # each frame's age when its values are on the nodes
         self.on_trigger = None  # (part id or None) -> None: the PLC wrote PartTrigger (--part-trigger opcua)
         self._trigger_ready = False  # the subscription's first notification is the initial value, not a write
 
@@ -159,8 +161,15 @@ class OpcuaServer:
             for name, value in values.items():  # the server's direct write: no session, no access check to pay
                 await self.server.write_attribute_value(self.nodes[name].nodeid,
                                                         ua.DataValue(ua.Variant(value, self._types[name])))
+            if "LastFrameTime" in values:
+                self.ages.add(values["LastFrameTime"].timestamp())
             if stop:
                 await self.server.stop()
+                # sessions of clients still connected keep tasks of their own: end them with the loop
+                others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+                for task in others:
+                    task.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
                 return
             await asyncio.sleep(WRITE_EVERY_S)  # frames faster than this are merged: the newest of each value wins
 
@@ -223,7 +232,8 @@ class OpcuaSink(Sink):
                              "LastPartWorstScore": float(part.worst_score), "LastPartWorstFrame": part.worst_frame})
 
     def counters(self) -> dict:
-        return {"frames": self.frames, "defect_frames": self.defect_frames, "parts": self.parts}
+        return {"frames": self.frames, "defect_frames": self.defect_frames, "parts": self.parts,
+                **self.server.ages.summary()}
 
     def close(self) -> None:
         self.server.close()

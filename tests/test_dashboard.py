@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.dashboard.access import check_exposure, parse_serve_address, read_token
+from edgekd.dashboard.access import check_exposure, parse_serve_address
+from edgekd.secret_files import read_token
 from edgekd.dashboard.board import LiveBoard
 from edgekd.dashboard.server import Dashboard
 from edgekd.errors import EdgekdError

@@ -117,3 +117,20 @@ def test_the_live_picture_can_be_the_plain_camera_image():
         assert np.abs(decode(annotated[1]).astype(int) - image).mean() > 20  # the heatmap and banner drawn on it
     finally:
         board.close()
+
+
+def test_metrics_count_each_line_outputs_messages():
+    from edgekd.dashboard.metrics import metrics_registry, render
+    board = LiveBoard()
+    outputs = {"mqtt": {"queued": 12, "sent": 9, "spooled": 4, "dropped": 0, "retries": 3, "pending": 3},
+               "webhook": {"queued": 2, "sent": 2, "spooled": 0, "dropped": 1, "retries": 0, "pending": 0}}
+    board.attach(Thresholds(1.0, 1.0), (0.0, 2.0), lambda: {**RunStats().snapshot(), "outputs": outputs}, {})
+    try:
+        text = render(metrics_registry(board, lambda: {})).decode()
+        for line in ('edgekd_output_messages_total{output="mqtt",state="sent"} 9.0',
+                     'edgekd_output_messages_total{output="mqtt",state="spooled"} 4.0',
+                     'edgekd_output_messages_total{output="webhook",state="dropped"} 1.0',
+                     'edgekd_output_pending{output="mqtt"} 3.0'):
+            assert line in text, line
+    finally:
+        board.close()

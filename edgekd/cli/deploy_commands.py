@@ -114,7 +114,7 @@ def serve(artifacts: List[Path] = typer.Argument(..., help="model.ckpt, .onnx or
           drain_s: int = typer.Option(30, "--drain-s", min=1, help="On Ctrl-C/SIGTERM, how long in-flight requests may finish.")):
     import signal as signals
     import shutil as shutils
-    from edgekd.dashboard.access import read_token
+    from edgekd.secret_files import read_token
     from edgekd.serve.repository import describe, write_serving_repository
     from edgekd.serve.server import (TritonServer, check_ports_free, make_work_dir, serving_exposure,
                                      serving_ports)

@@ -114,7 +114,7 @@ def run(ctx: typer.Context,
         request = request.replace(model=str(open_bundle(request.bundle, log=lambda line: typer.echo(line, err=True))))
     if request.server_key_file is not None and request.server is None:
         raise EdgekdError("--server-key-file goes with --server URL (the key of the Triton server that does the inference)")
-    from edgekd.dashboard.access import read_token
+    from edgekd.secret_files import read_token
     server_key = (read_token(None, request.server_key_file, "server API key", "--server-key-file")
                   if request.server_key_file else None)
     run_stream(request, echo=_echo, server_key=server_key)

@@ -12,19 +12,14 @@ import hmac
 import ipaddress
 import re
 import socket
-import stat
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qs
 
 from edgekd.addresses import LOOPBACK_NAMES, resolves_to_loopback
 from edgekd.errors import EdgekdError
+from edgekd.secret_files import MAKE_TOKEN
 
 COOKIE = "edgekd_token"
-MIN_TOKEN_LENGTH = 16
-TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]+")  # safe in a cookie and a header as it is
-MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 
 
 @dataclass(frozen=True)
@@ -56,34 +51,6 @@ def parse_serve_address(text: str) -> ServeAddress:
         raise EdgekdError(f"--serve {text!r}: '{host}' is not an address of this machine: use 127.0.0.1, 0.0.0.0 or "
                           "one of its IP addresses") from None
     return ServeAddress(host, port, resolves_to_loopback(host, port), infos[0][0])
-
-
-def read_token(token: str | None, token_file: Path | None, what: str = "dashboard token",
-               file_option: str = "--token-file") -> str | None:
-    """The token from --token or --token-file (its first line), checked for length and characters."""
-    if token is not None and token_file is not None:
-        raise EdgekdError(f"give the {what} once: --token or {file_option}, not both")
-    if token_file is not None:
-        try:
-            mode = token_file.stat().st_mode
-            lines = token_file.read_text().splitlines()
-        except FileNotFoundError:
-            raise EdgekdError(f"{file_option} {token_file} does not exist: write a token into it, e.g. "
-                              f"{MAKE_TOKEN} > {token_file}; chmod 600 {token_file}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise EdgekdError(f"{file_option} {token_file} cannot be read ({exc}): make it a readable text file") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            sys.stderr.write(f"warning: {file_option} {token_file} is readable by other users: chmod 600 it\n")
-        token = lines[0].strip() if lines else ""
-        where = f"{file_option} {token_file}"
-    else:
-        where = "--token"
-    if token is None:
-        return None
-    if len(token) < MIN_TOKEN_LENGTH or not TOKEN_PATTERN.fullmatch(token):
-        raise EdgekdError(f"{where}: a {what} needs at least {MIN_TOKEN_LENGTH} characters of letters, digits "
-                          f"and ._~+/=- (make one: {MAKE_TOKEN})")
-    return token
 
 
 def check_exposure(address: ServeAddress, token: str | None) -> None:

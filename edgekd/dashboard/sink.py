@@ -3,7 +3,8 @@ port or a missing token fails first; started once the run's thresholds and count
 
 from __future__ import annotations
 
-from edgekd.dashboard.access import parse_serve_address, read_token
+from edgekd.dashboard.access import parse_serve_address
+from edgekd.secret_files import read_token
 from edgekd.dashboard.board import LiveBoard
 from edgekd.dashboard.server import Dashboard
 

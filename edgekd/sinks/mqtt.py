@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgekd.errors import EdgekdError
+from edgekd.secret_files import read_credentials
 from edgekd.sinks.line_message import is_part
 from edgekd.sinks.spool import Spool
 from edgekd.sinks.spooled import EVERY, SpooledSink
@@ -62,19 +63,6 @@ def _readable(path: Path | None, option: str) -> Path | None:
     if path is not None and not os.access(path, os.R_OK):
         raise EdgekdError(f"{option} {path} cannot be read: give an existing PEM file")
     return path
-
-
-def read_credentials(path: Path, option: str) -> tuple[str, str]:
-    """USER:PASSWORD from the first line of a file (never on the command line, where the process list shows it)."""
-    try:
-        first = Path(path).read_text().splitlines()[:1]
-    except OSError as exc:
-        raise EdgekdError(f"{option} {path} cannot be read ({exc.strerror}): write USER:PASSWORD on its first line") \
-            from None
-    user, colon, password = (first[0].strip() if first else "").partition(":")
-    if not user or not colon:
-        raise EdgekdError(f"{option} {path}: its first line must be USER:PASSWORD")
-    return user, password
 
 
 def parse_target(url: str, qos: int = 1, ca: Path | None = None, cert: Path | None = None, key: Path | None = None,

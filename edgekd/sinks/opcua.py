@@ -32,7 +32,7 @@ from edgekd.addresses import resolves_to_loopback
 from edgekd.errors import EdgekdError
 from edgekd.sinks.ages import Ages
 from edgekd.sinks.base import Result, Sink
-from edgekd.sinks.mqtt import read_credentials
+from edgekd.secret_files import read_credentials
 
 NAMESPACE = "urn:edgekd"
 START_WAIT_S = 15.0

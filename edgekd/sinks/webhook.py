@@ -79,7 +79,7 @@ class PreparedWebhook:
 
 
 def prepare(request) -> PreparedWebhook:
-    from edgekd.dashboard.access import read_token
+    from edgekd.secret_files import read_token
     if request.webhook_every not in EVERY:
         raise EdgekdError(f"--webhook-every {request.webhook_every!r} must be one of {', '.join(EVERY)}")
     url = check_url(request.webhook)

@@ -40,7 +40,7 @@ from edgekd.machine import machine_info
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' real broker and subscriber (tests/mqtt_broker.py)
-from mqtt_broker import Broker, free_port  # noqa: E402
+from mqtt_broker import Broker, first_seen, free_port  # noqa: E402
 from results_files import write_results  # noqa: E402
 from studies import folder_of  # noqa: E402
 
@@ -297,19 +297,10 @@ def outage(model, video, scratch, broker, outage_s: float) -> dict:
     counts = summary["outputs"]["mqtt"]
     result = {"outage_s": outage_s, "frames": summary["processed"], "received_unique": len(unique),
               "duplicates": len(stamps.frames) - len(unique), "lost": len(set(sent) - unique),
-              "in_order": _first_seen(stamps.frames) == sent, "spooled": counts["spooled"],
+              "in_order": first_seen(stamps.frames) == sent, "spooled": counts["spooled"],
               "retries": counts["retries"], "dropped": counts["dropped"], "pending_at_end": counts["pending"]}
     print(f"outage: {result}", flush=True)
     return result
-
-
-def _first_seen(frames: list[int]) -> list[int]:
-    seen, order = set(), []
-    for frame in frames:
-        if frame not in seen:
-            seen.add(frame)
-            order.append(frame)
-    return order
 
 
 def report(payload: dict) -> str:

@@ -101,3 +101,9 @@ class Listener:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def first_seen(frames: list[int]) -> list[int]:
+    """At-least-once delivery may repeat a message around a broker restart; the order of first arrivals is the one
+    that must hold."""
+    return list(dict.fromkeys(frames))

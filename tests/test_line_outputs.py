@@ -20,7 +20,7 @@ from edgekd.sinks.spool import Spool
 from edgekd.stream.cli_run import run_stream
 from edgekd.stream.request import RunRequest
 
-from mqtt_broker import Broker, Listener, free_port, mosquitto_binary
+from mqtt_broker import Broker, Listener, first_seen, free_port, mosquitto_binary
 
 DEFECT_FRAMES = [6, 17, 29, 30, 41]
 FRAMES = 48
@@ -45,17 +45,6 @@ def _wait_for(condition, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-def _first_seen(frames: list[int]) -> list[int]:
-    """At-least-once delivery may repeat a message around a broker restart; the order of first arrivals is the one
-    that must hold."""
-    seen, order = set(), []
-    for frame in frames:
-        if frame not in seen:
-            seen.add(frame)
-            order.append(frame)
-    return order
 
 
 # ------------------------------------------------------------------------------------------------ the spool itself
@@ -158,10 +147,10 @@ def test_a_broker_killed_and_restarted_mid_run_loses_no_verdict(onnx_exports, li
                       spool=tmp_path / "spool", realtime=True, loop=True, max_frames=150, batch=1)
         killer.join(30)
         frames = [e["frame"] for e in _jsonl(tmp_path / "e.jsonl")]
-        _wait_for(lambda: len(_first_seen([json.loads(p)["frame"] for p in listener.payloads("line1/verdict")]))
+        _wait_for(lambda: len(first_seen([json.loads(p)["frame"] for p in listener.payloads("line1/verdict")]))
                   >= len(frames), 20)
         arrived = [json.loads(p)["frame"] for p in listener.payloads("line1/verdict")]
-        assert len(frames) == 150 and _first_seen(arrived) == frames
+        assert len(frames) == 150 and first_seen(arrived) == frames
         counts = result["outputs"]["mqtt"]
         assert counts["outages"] >= 1 and counts["spooled"] > 0 and counts["pending"] == 0 and counts["dropped"] == 0
         assert counts["sent"] == counts["queued"] == 150
